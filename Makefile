@@ -1,0 +1,35 @@
+# `make demo` and `make test` each create/update .venv with the pinned dependencies first.
+PY      ?= python3
+VENV    := .venv
+BIN     := $(VENV)/bin
+STAMP   := $(VENV)/.installed
+TORCH   := torch==2.13.0
+
+.PHONY: demo test test-slow reports bench clean
+
+$(STAMP): pyproject.toml requirements.lock
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	# torch first, pinned: on a CPU machine this is the CPU wheel; a later unpinned `torch` would pull CUDA.
+	$(BIN)/pip install -q $(TORCH)
+	$(BIN)/pip install -q -r requirements.lock
+	$(BIN)/pip install -q --no-deps -e .
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/mindport demo --out out/demo
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q -p no:cacheprovider
+
+test-slow: $(STAMP)
+	$(BIN)/python -m pytest -q -m slow
+
+reports: $(STAMP)
+	$(BIN)/python -m parity.reports
+
+bench: $(STAMP)
+	$(BIN)/python -m pytest -q -m bench bench
+
+clean:
+	rm -rf build out .pytest_cache

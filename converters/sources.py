@@ -1,0 +1,203 @@
+"""Finding a checkpoint's files: Hub ids, pipeline folders, component folders; safetensors (single or sharded with an
+index), `.bin` pickles (loaded with torch, weights_only, lazily imported) and `variant` files (`*.fp16.safetensors`)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .errors import ConversionError
+from .safetensors_io import TensorRef, read_header
+
+# weight file stems: diffusers models, transformers models
+WEIGHT_STEMS = ("diffusion_pytorch_model", "model", "pytorch_model")
+CONVERTED_WEIGHTS = "mindspore_model.safetensors"
+MANIFEST = "manifest.json"
+
+
+@dataclass
+class ComponentSource:
+    """One model component's config and tensors (not yet read)."""
+
+    folder: Path
+    config: dict
+    class_name: str
+    files: list[Path]
+    tensors: dict[str, TensorRef] = field(default_factory=dict)
+    converted: bool = False  # a folder written by `mindport convert` (keys already MindSpore names)
+
+
+def read_json(path: Path) -> dict:
+    try:
+        data = json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise ConversionError(f"{path}: file not found") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ConversionError(f"{path}: invalid JSON ({e})") from None
+    if not isinstance(data, dict):
+        raise ConversionError(f"{path}: expected a JSON object")
+    return data
+
+
+def class_name_of(config: dict, config_path) -> str:
+    if "_class_name" in config:
+        return str(config["_class_name"])
+    archs = config.get("architectures")
+    if isinstance(archs, list) and archs:
+        return str(archs[0])
+    raise ConversionError(f"{config_path}: cannot tell the architecture (no '_class_name' or 'architectures' field)")
+
+
+def sha256(path: Path, chunk: int = 16 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Hub
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def looks_like_hub_id(src: str) -> bool:
+    parts = str(src).split("/")
+    return len(parts) == 2 and all(parts) and not Path(src).exists() and not str(src).startswith((".", "/", "~"))
+
+
+def resolve(src, variant: str | None = None) -> Path:
+    """A local path, or a Hub id fetched with huggingface_hub (honours HF_HUB_OFFLINE and the local cache)."""
+    p = Path(os.path.expanduser(str(src)))
+    if p.exists():
+        return p
+    if not looks_like_hub_id(str(src)):
+        raise ConversionError(f"{src}: no such file or folder (and not a Hub repo id of the form owner/name)")
+    try:
+        from huggingface_hub import snapshot_download
+    except ImportError:  # pragma: no cover - base dependency
+        raise ConversionError(f"{src}: looks like a Hub id but huggingface_hub is not installed") from None
+    patterns = ["*.json", "*.txt", "*.model"]
+    weights = [f"*{'.' + variant if variant else ''}.safetensors", f"*{'.' + variant if variant else ''}.safetensors.index.json"]
+    if not variant:
+        weights.append("*.bin")
+    else:
+        weights += ["*.safetensors", "*.safetensors.index.json"]  # fallback when a component has no variant file
+    try:
+        return Path(snapshot_download(str(src), allow_patterns=patterns + weights))
+    except Exception as e:  # huggingface_hub raises many kinds: offline, not found, gated, network
+        offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
+        why = "HF_HUB_OFFLINE is set and it is not in the local cache" if offline else f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+        raise ConversionError(f"{src}: cannot fetch from the Hub ({why})") from None
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Component folders
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def _weight_files(folder: Path, variant: str | None) -> list[Path]:
+    """The weight files of one component, preferring safetensors, then `.bin`; variant files first when asked."""
+    def candidates(var):
+        suffix = f".{var}" if var else ""
+        for stem in WEIGHT_STEMS:
+            for ext in ("safetensors", "bin"):
+                index = folder / f"{stem}{suffix}.{ext}.index.json"
+                if index.exists():
+                    idx = read_json(index)
+                    wm = idx.get("weight_map")
+                    if not isinstance(wm, dict) or not wm:
+                        raise ConversionError(f"{index}: no 'weight_map' in shard index")
+                    shards = sorted(set(wm.values()))
+                    missing = [s for s in shards if not (folder / s).exists()]
+                    if missing:
+                        raise ConversionError(f"{index}: shard file(s) {missing} listed in the index are missing")
+                    return [folder / s for s in shards]
+                single = folder / f"{stem}{suffix}.{ext}"
+                if single.exists():
+                    return [single]
+        return []
+
+    files = candidates(variant) if variant else []
+    if variant and not files:
+        files = candidates(None)
+        if files:
+            warnings.warn(f"{folder}: no '{variant}' variant weights; loading {files[0].name} instead", stacklevel=3)
+    if not variant:
+        files = candidates(None)
+    return files
+
+
+def _bin_tensors(path: Path) -> dict[str, TensorRef]:
+    try:
+        import torch
+    except ImportError:
+        raise ConversionError(f"{path}: .bin checkpoints are pickles and need PyTorch to read (pip install torch), "
+                              "or convert them to safetensors") from None
+    try:
+        sd = torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
+    except Exception as e:
+        raise ConversionError(f"{path}: cannot read .bin checkpoint ({type(e).__name__}: {str(e).splitlines()[0][:200]})") from None
+    if isinstance(sd, dict) and "state_dict" in sd and isinstance(sd["state_dict"], dict):
+        sd = sd["state_dict"]
+    tags = {torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16", torch.float64: "F64", torch.int64: "I64"}
+    refs = {}
+    for k, t in sd.items():
+        if not hasattr(t, "dtype") or t.dtype not in tags:
+            raise ConversionError(f"{path}: entry {k!r} is not a supported tensor ({type(t).__name__} {getattr(t, 'dtype', '')})")
+        load = (lambda t=t: t.float().numpy() if t.dtype == torch.bfloat16 else t.numpy())
+        refs[k] = TensorRef(str(path), k, tags[t.dtype], tuple(t.shape), 0, t.numel() * t.element_size(), load)
+    return refs
+
+
+def read_tensors(files: list[Path]) -> dict[str, TensorRef]:
+    refs: dict[str, TensorRef] = {}
+    for f in files:
+        part = read_header(f)[0] if f.suffix == ".safetensors" else _bin_tensors(f)
+        dup = set(part) & set(refs)
+        if dup:
+            raise ConversionError(f"{f}: key {sorted(dup)[0]!r} also appears in {refs[sorted(dup)[0]].file}")
+        refs.update(part)
+    return refs
+
+
+def open_component(folder, variant: str | None = None, read: bool = True) -> ComponentSource:
+    """A component folder: config.json plus weights (PyTorch names) or mindspore_model.safetensors (converted)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise ConversionError(f"{folder}: component folder not found")
+    cfg_path = folder / "config.json"
+    config = read_json(cfg_path)
+    cls = class_name_of(config, cfg_path)
+    converted = (folder / CONVERTED_WEIGHTS).exists()
+    files = [folder / CONVERTED_WEIGHTS] if converted else _weight_files(folder, variant)
+    if not files:
+        want = f"{variant} variant or default " if variant else ""
+        raise ConversionError(f"{folder}: no {want}weights (expected diffusion_pytorch_model/model[.{variant or 'VARIANT'}]"
+                              ".safetensors, a sharded index, or a .bin)")
+    src = ComponentSource(folder, config, cls, files, converted=converted)
+    if read:
+        src.tensors = read_tensors(files)
+    return src
+
+
+def is_converted_folder(path) -> bool:
+    return (Path(path) / MANIFEST).exists()
+
+
+def file_records(files: list[Path], root: Path) -> list[dict]:
+    out = []
+    for f in files:
+        try:
+            rel = str(Path(f).resolve().relative_to(Path(root).resolve()))
+        except ValueError:
+            rel = str(f)
+        out.append({"path": rel, "bytes": Path(f).stat().st_size, "sha256": sha256(f)})
+    return out
+

@@ -1,0 +1,158 @@
+"""The `mindport` command. Thin: parses arguments, calls library functions, maps outcomes to exit codes
+(0 success / parity holds, 1 parity does not hold, 2 bad input or usage) and prints one line per error."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import warnings
+from pathlib import Path
+
+EXIT_OK, EXIT_PARITY_FAILED, EXIT_BAD_INPUT = 0, 1, 2
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # usage errors exit 2 with one line, like bad input
+        self.print_usage(sys.stderr)
+        print(f"mindport: error: {message}", file=sys.stderr)
+        raise SystemExit(EXIT_BAD_INPUT)
+
+
+def _quiet_frameworks() -> None:
+    os.environ.setdefault("GLOG_v", "3")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+
+
+def cmd_convert(a) -> int:
+    from mindport.loading import convert_checkpoint
+
+    manifest = convert_checkpoint(a.src, a.dst, variant=a.variant, dtype=a.dtype, overwrite=a.overwrite)
+    n = sum(c.get("audit", {}).get("parameters", 0) for c in manifest["components"].values())
+    comps = ", ".join(f"{k} ({v['class_name']})" for k, v in manifest["components"].items())
+    print(f"converted {a.src} -> {a.dst}: {comps}; {n} parameters, audit passed; manifest: {Path(a.dst) / 'manifest.json'}")
+    return EXIT_OK
+
+
+def cmd_parity(a) -> int:
+    from parity.harness import run_parity
+
+    report = run_parity(a.src, a.out, converted=a.converted, steps=a.steps, frames=a.frames, dtype=a.dtype,
+                        seed=a.seed, height=a.height, width=a.width, log=lambda m: print(m, file=sys.stderr))
+    f = report["frames"]
+    fd = report["first_divergence"]
+    where = "none" if fd is None else f"{fd['component']}.{fd['module']} (rel L2 {fd['rel_l2']:.3e})"
+    print(f"parity {'PASSED' if report['passed'] else 'FAILED'}: frames rel L2 {f['rel_l2']:.3e}, PSNR {f['psnr']:.1f} dB; "
+          f"{report['coverage']['compared_modules']} modules compared; first divergence: {where}")
+    for p in report["problems"]:
+        print(f"problem: {p}")
+    print(f"report: {Path(a.out) / 'report.md'}")
+    return EXIT_OK if report["passed"] else EXIT_PARITY_FAILED
+
+
+def cmd_generate(a) -> int:
+    import mindspore as ms
+    import numpy as np
+
+    from mindport import backend
+    from mindport.pipelines import StableVideoDiffusionPipeline
+    from mindport.utils import export_to_gif, export_to_video, load_image
+
+    backend.init_context()
+    pipe = StableVideoDiffusionPipeline.from_pretrained(a.src, mindspore_dtype=backend.resolve_dtype(a.dtype), variant=a.variant)
+    image = load_image(a.image)
+    height = a.height or image.height // 8 * 8
+    width = a.width or image.width // 8 * 8
+    frames = pipe(image, height=height, width=width, num_frames=a.frames, num_inference_steps=a.steps,
+                  decode_chunk_size=a.decode_chunk_size, generator=np.random.Generator(np.random.PCG64(a.seed)))[0]
+    out = Path(a.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    path = export_to_gif(frames, str(out), fps=a.fps) if out.suffix == ".gif" else export_to_video(frames, str(out), fps=a.fps)
+    print(f"generated {len(frames)} frames at {width}x{height} ({ms.__version__}): {path}")
+    return EXIT_OK
+
+
+def cmd_inspect(a) -> int:
+    from mindport.inspect import describe
+
+    info = describe(a.path)
+    print(json.dumps(info, indent=2) if a.json else info["text"])
+    return EXIT_OK
+
+
+def cmd_demo(a) -> int:
+    from parity.demo import run_demo
+
+    return EXIT_OK if run_demo(Path(a.out)) else EXIT_PARITY_FAILED
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="mindport", description="PyTorch diffusers video checkpoints on MindSpore, with proof of parity.")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    c = sub.add_parser("convert", help="convert a PyTorch diffusers checkpoint (folder or Hub id) to MindSpore")
+    c.add_argument("src")
+    c.add_argument("dst")
+    c.add_argument("--variant", help="weights variant, e.g. fp16 (diffusion_pytorch_model.fp16.safetensors)")
+    c.add_argument("--dtype", choices=["fp32", "fp16", "bf16"], help="store weights in this dtype (default: as the source)")
+    c.add_argument("--overwrite", action="store_true", help="replace DST if it exists")
+    c.set_defaults(fn=cmd_convert)
+
+    r = sub.add_parser("parity", help="compare MindSpore against PyTorch diffusers, module by module")
+    r.add_argument("src", help="PyTorch diffusers pipeline folder or Hub id")
+    r.add_argument("--converted", help="a folder written by `mindport convert` (default: convert SRC into a temp folder)")
+    r.add_argument("--steps", type=int, default=3)
+    r.add_argument("--frames", type=int)
+    r.add_argument("--height", type=int)
+    r.add_argument("--width", type=int)
+    r.add_argument("--dtype", choices=["fp32", "fp16"], default="fp32", help="MindSpore dtype (reference: PyTorch fp32)")
+    r.add_argument("--seed", type=int, default=0)
+    r.add_argument("--out", required=True, help="report folder")
+    r.set_defaults(fn=cmd_parity)
+
+    g = sub.add_parser("generate", help="generate a video with the MindSpore pipeline")
+    g.add_argument("src")
+    g.add_argument("--image", required=True, help="conditioning image: path or URL")
+    g.add_argument("--out", default="generated.mp4", help=".mp4 or .gif")
+    g.add_argument("--frames", type=int)
+    g.add_argument("--steps", type=int, default=25)
+    g.add_argument("--height", type=int)
+    g.add_argument("--width", type=int)
+    g.add_argument("--decode-chunk-size", type=int, default=8)
+    g.add_argument("--seed", type=int, default=42)
+    g.add_argument("--fps", type=int, default=7)
+    g.add_argument("--dtype", choices=["fp32", "fp16"], default="fp32")
+    g.add_argument("--variant")
+    g.set_defaults(fn=cmd_generate)
+
+    i = sub.add_parser("inspect", help="what a checkpoint folder or file holds")
+    i.add_argument("path")
+    i.add_argument("--json", action="store_true")
+    i.set_defaults(fn=cmd_inspect)
+
+    d = sub.add_parser("demo", help="build a tiny SVD checkpoint, convert it, run parity and generate a video")
+    d.add_argument("--out", default="out/demo")
+    d.set_defaults(fn=cmd_demo)
+    return p
+
+
+def main(argv=None) -> int:
+    _quiet_frameworks()
+    args = build_parser().parse_args(argv)
+    from converters import ConversionError
+
+    try:
+        return args.fn(args)
+    except (ConversionError, FileNotFoundError, ValueError) as e:
+        print(f"mindport {args.command}: error: {e}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        print(f"mindport {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,120 @@
+"""Model base class: diffusers-style config handling, `from_pretrained` and strict parameter loading."""
+
+from __future__ import annotations
+
+import inspect
+import json
+from collections import OrderedDict
+from pathlib import Path
+
+import mindspore as ms
+import numpy as np
+from mindspore import Tensor, nn
+
+from . import backend
+
+
+class Output(OrderedDict):
+    """Like diffusers' BaseOutput: fields by attribute (`.sample`), by key, or by position (`out[0]`)."""
+
+    def __getattr__(self, name):
+        try:
+            return self[name]
+        except KeyError as e:
+            raise AttributeError(name) from e
+
+    def __getitem__(self, key):
+        if isinstance(key, int):
+            return list(self.values())[key]
+        return super().__getitem__(key)
+
+    def to_tuple(self):
+        return tuple(self.values())
+
+
+class Config(dict):
+    """A model's config.json values, readable as attributes (`model.config.in_channels`)."""
+
+    def __getattr__(self, name):
+        try:
+            return self[name]
+        except KeyError as e:
+            raise AttributeError(f"config has no field {name!r}") from e
+
+
+class ModelMixin(nn.Cell):
+    """Base of every ported model. Subclasses take diffusers' config fields as keyword arguments."""
+
+    config_name = "config.json"
+    # diffusers / transformers class name this cell ports (used by converters and model_index.json)
+    diffusers_class: str = ""
+
+    @classmethod
+    def from_config(cls, config: dict, **overrides):
+        config = {**dict(config), **overrides}
+        sig = inspect.signature(cls.__init__)
+        accepts_any = any(p.kind is p.VAR_KEYWORD for p in sig.parameters.values())
+        kwargs = {k: v for k, v in config.items() if not k.startswith("_") and (accepts_any or k in sig.parameters)}
+        model = cls(**kwargs)
+        full = {k: v for k, v in config.items() if not k.startswith("_")}
+        for name, p in sig.parameters.items():
+            if name != "self" and p.default is not inspect.Parameter.empty and p.kind is not p.VAR_KEYWORD:
+                full.setdefault(name, p.default)
+        model.config = Config(full)
+        return model
+
+    # -- parameters ------------------------------------------------------------------------------------------------
+    def parameter_spec(self) -> dict[str, tuple[tuple[int, ...], str]]:
+        """{MindSpore parameter name: (shape, dtype name)}: what a converter must fill."""
+        return {name: (tuple(p.shape), str(p.dtype).lower()) for name, p in self.parameters_and_names()}
+
+    def load_arrays(self, arrays: dict[str, np.ndarray], dtype=None) -> None:
+        """Fill every parameter from `arrays` (keys = parameter names), optionally casting to `dtype`.
+        Strict: key sets and shapes must agree."""
+        params = dict(self.parameters_and_names())
+        missing = sorted(set(params) - set(arrays))
+        unexpected = sorted(set(arrays) - set(params))
+        if missing or unexpected:
+            raise ValueError(
+                f"{type(self).__name__}: parameters missing from checkpoint: {missing[:5]}"
+                f"{' ...' if len(missing) > 5 else ''}; unexpected keys: {unexpected[:5]}{' ...' if len(unexpected) > 5 else ''}"
+            )
+        dtype = backend.resolve_dtype(dtype)
+        for name, p in params.items():
+            arr = np.asarray(arrays[name])
+            if tuple(arr.shape) != tuple(p.shape):
+                raise ValueError(f"{type(self).__name__}: {name} has shape {tuple(arr.shape)}, expected {tuple(p.shape)}")
+            if dtype is not None and p.dtype != dtype:
+                p.set_dtype(dtype)
+            p.set_data(Tensor(arr).astype(p.dtype))
+        self.set_train(False)
+
+    def to_dtype(self, dtype) -> "ModelMixin":
+        """Cast every (already loaded) parameter to `dtype`."""
+        dtype = backend.resolve_dtype(dtype)
+        if dtype is None:
+            return self
+        for _, p in self.parameters_and_names():
+            if p.dtype != dtype:
+                data = p.astype(dtype)
+                p.set_dtype(dtype)
+                p.set_data(data)
+        return self
+
+    @property
+    def dtype(self):
+        for _, p in self.parameters_and_names():
+            return p.dtype
+        return ms.float32
+
+    @classmethod
+    def from_pretrained(cls, path, subfolder: str | None = None, mindspore_dtype=None, variant: str | None = None, **overrides):
+        """Load from a PyTorch diffusers folder / Hub id (converted on load) or a folder written by `mindport convert`."""
+        from .loading import load_component
+
+        return load_component(cls, path, subfolder=subfolder, dtype=mindspore_dtype, variant=variant, overrides=overrides)
+
+    def save_config(self, folder) -> None:
+        cfg = {"_class_name": self.diffusers_class, **dict(self.config)}
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        (Path(folder) / self.config_name).write_text(json.dumps(cfg, indent=2, sort_keys=True))

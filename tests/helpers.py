@@ -1,0 +1,30 @@
+"""One comparison helper for every test: says where, how much, and both values."""
+
+import numpy as np
+
+
+def to_numpy(x):
+    if hasattr(x, "asnumpy"):
+        return x.asnumpy()
+    if hasattr(x, "detach"):
+        return x.detach().float().cpu().numpy()
+    return np.asarray(x)
+
+
+def assert_close(actual, expected, rel_l2=1e-5, where=""):
+    """relative L2 ||a-b|| / ||b|| must stay under `rel_l2`; on failure name the worst element and both values."""
+    a = to_numpy(actual).astype(np.float64)
+    b = to_numpy(expected).astype(np.float64)
+    assert a.shape == b.shape, f"{where}: shape {a.shape} (mindspore) != {b.shape} (torch)"
+    err = np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-30)
+    if not err <= rel_l2:
+        idx = np.unravel_index(np.argmax(np.abs(a - b)), a.shape)
+        raise AssertionError(
+            f"{where}: relative L2 {err:.3e} > {rel_l2:.1e}; max abs {np.abs(a - b).max():.3e} at {idx}: "
+            f"mindspore {a[idx]:.6g} vs torch {b[idx]:.6g}"
+        )
+    return err
+
+
+def torch_state_to_numpy(module):
+    return {k: v.detach().float().numpy() for k, v in module.state_dict().items()}

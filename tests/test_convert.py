@@ -1,0 +1,196 @@
+"""Converter: every layout we read, the audit, and bad input refused with one line and nothing written."""
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from converters import ConversionError
+from converters.safetensors_io import read_header, save_arrays, load_safetensors
+from mindport.cli import main
+from mindport.loading import convert_checkpoint
+from parity.fixtures import build_svd
+
+COMPONENTS = ("unet", "vae", "image_encoder")
+
+
+@pytest.fixture(scope="module")
+def svd_src():
+    return build_svd("svd-tiny")
+
+
+@pytest.fixture(scope="module")
+def converted(svd_src, tmp_path_factory):
+    dst = tmp_path_factory.mktemp("conv") / "svd"
+    convert_checkpoint(svd_src, dst, progress=False)
+    return dst
+
+
+def _source_arrays(folder: Path, variant=None):
+    name = "model" if (folder / "model.safetensors").exists() else "diffusion_pytorch_model"
+    return load_safetensors(folder / f"{name}{'.' + variant if variant else ''}.safetensors")
+
+
+def test_convert_writes_audited_folder(svd_src, converted):
+    assert (converted / "model_index.json").exists()
+    manifest = json.loads((converted / "manifest.json").read_text())
+    assert manifest["format"] == "mindport"
+    for comp in COMPONENTS:
+        m = manifest["components"][comp]
+        assert m["audit"]["passed"], m["audit"]
+        assert m["audit"]["source_tensors"] == m["audit"]["used_once"] + len(m["audit"]["dropped"])
+        assert m["audit"]["filled"] == m["audit"]["parameters"] > 0
+        assert all(len(f["sha256"]) == 64 for f in m["source_files"])
+        ours = load_safetensors(converted / comp / "mindspore_model.safetensors")
+        src = _source_arrays(svd_src / comp)
+        assert set(ours) == set(src)  # our cells keep diffusers' module paths: identity names
+        for k, v in ours.items():
+            np.testing.assert_array_equal(v, src[k], err_msg=k)
+        assert (converted / comp / "config.json").exists()
+    for plain in ("scheduler/scheduler_config.json", "feature_extractor/preprocessor_config.json"):
+        assert (converted / plain).exists()
+
+
+def test_variant_and_dtype_policy(svd_src, tmp_path):
+    convert_checkpoint(svd_src, tmp_path / "fp16", variant="fp16", progress=False)
+    refs, _ = read_header(tmp_path / "fp16" / "unet" / "mindspore_model.safetensors")
+    assert {r.dtype for r in refs.values()} == {"F16"}
+    src16 = _source_arrays(svd_src / "unet", "fp16")
+    got = load_safetensors(tmp_path / "fp16" / "unet" / "mindspore_model.safetensors")
+    for k in src16:
+        np.testing.assert_array_equal(got[k], src16[k])
+    convert_checkpoint(svd_src, tmp_path / "bf16", dtype="bf16", progress=False)
+    refs, _ = read_header(tmp_path / "bf16" / "vae" / "mindspore_model.safetensors")
+    assert {r.dtype for r in refs.values()} == {"BF16"}
+    got = load_safetensors(tmp_path / "bf16" / "vae" / "mindspore_model.safetensors")
+    src = _source_arrays(svd_src / "vae")
+    for k in src:  # bf16 keeps 8 bits of mantissa
+        np.testing.assert_allclose(got[k], src[k], rtol=2 ** -8, atol=1e-30)
+
+
+def test_sharded_and_bin_sources_give_identical_weights(svd_src, tmp_path):
+    import torch
+    from diffusers import UNetSpatioTemporalConditionModel
+
+    unet = UNetSpatioTemporalConditionModel.from_pretrained(svd_src / "unet", torch_dtype=torch.float32)
+    unet.save_pretrained(tmp_path / "sharded", max_shard_size="200KB", safe_serialization=True)
+    unet.save_pretrained(tmp_path / "bin", safe_serialization=False)
+    assert (tmp_path / "sharded" / "diffusion_pytorch_model.safetensors.index.json").exists()
+    assert list((tmp_path / "bin").glob("*.bin"))
+    ref = None
+    for layout in ("sharded", "bin"):
+        convert_checkpoint(tmp_path / layout, tmp_path / f"out-{layout}", progress=False)
+        got = load_safetensors(tmp_path / f"out-{layout}" / "mindspore_model.safetensors")
+        ref = ref or _source_arrays(svd_src / "unet")
+        assert set(got) == set(ref)
+        for k in ref:
+            np.testing.assert_array_equal(got[k], ref[k], err_msg=f"{layout}: {k}")
+
+
+def test_models_load_from_pytorch_and_converted_folders_alike(svd_src, converted):
+    from mindport.models import UNetSpatioTemporalConditionModel
+
+    a = UNetSpatioTemporalConditionModel.from_pretrained(svd_src, subfolder="unet")
+    b = UNetSpatioTemporalConditionModel.from_pretrained(converted, subfolder="unet")
+    pa, pb = dict(a.parameters_and_names()), dict(b.parameters_and_names())
+    assert set(pa) == set(pb)
+    for k in pa:
+        np.testing.assert_array_equal(pa[k].asnumpy(), pb[k].asnumpy())
+    with pytest.raises(ConversionError, match="AutoencoderKLTemporalDecoder"):
+        UNetSpatioTemporalConditionModel.from_pretrained(svd_src, subfolder="vae")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# bad input: exit 2, one line naming the problem, DST never created
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _tamper(svd_src, tmp_path, how):
+    src = tmp_path / "src"
+    shutil.copytree(svd_src, src)
+    f = src / "unet" / "diffusion_pytorch_model.safetensors"
+    if how == "truncated":
+        data = f.read_bytes()
+        f.write_bytes(data[: len(data) // 2])
+    elif how == "garbage":
+        f.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00not json at all!")
+    else:
+        arrays = load_safetensors(f)
+        if how == "missing":
+            del arrays["conv_in.weight"]
+        elif how == "unexpected":
+            arrays["conv_in.extra_weight"] = np.zeros(3, np.float32)
+        elif how == "shape":
+            arrays["conv_in.bias"] = np.zeros(7, np.float32)
+        elif how == "int_dtype":
+            arrays["conv_in.bias"] = arrays["conv_in.bias"].astype(np.int32)
+        save_arrays(f, arrays)
+    if how == "unknown_arch":
+        cfg = json.loads((src / "unet" / "config.json").read_text())
+        cfg["_class_name"] = "UNetFancyModel"
+        (src / "unet" / "config.json").write_text(json.dumps(cfg))
+    return src
+
+
+@pytest.mark.parametrize("how, needle", [
+    ("truncated", "truncated or corrupt"),
+    ("garbage", "diffusion_pytorch_model.safetensors"),
+    ("missing", "conv_in.weight"),
+    ("unexpected", "conv_in.extra_weight"),
+    ("shape", "conv_in.bias"),
+    ("int_dtype", "floating point"),
+    ("unknown_arch", "UNetFancyModel"),
+])
+def test_bad_input_exits_2_and_writes_nothing(svd_src, tmp_path, capsys, how, needle):
+    src = _tamper(svd_src, tmp_path, how)
+    dst = tmp_path / "dst"
+    assert main(["convert", str(src), str(dst)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert needle in err, err
+    assert len(err.splitlines()) == 1 and "Traceback" not in err
+    assert not dst.exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".dst")], "temporary folder left behind"
+
+
+def test_existing_dst_refused_unless_overwrite(svd_src, tmp_path, capsys):
+    dst = tmp_path / "dst"
+    dst.mkdir()
+    (dst / "keep.txt").write_text("mine")
+    assert main(["convert", str(svd_src), str(dst)]) == 2
+    assert "already exists" in capsys.readouterr().err
+    assert (dst / "keep.txt").exists()
+    assert main(["convert", str(svd_src), str(dst), "--overwrite"]) == 0
+    assert not (dst / "keep.txt").exists() and (dst / "manifest.json").exists()
+
+
+def test_missing_source_and_offline_hub_id(tmp_path, capsys, monkeypatch):
+    assert main(["convert", str(tmp_path / "nope"), str(tmp_path / "dst")]) == 2
+    assert "no such file or folder" in capsys.readouterr().err
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    assert main(["convert", "someone/not-cached-model", str(tmp_path / "dst")]) == 2
+    err = capsys.readouterr().err
+    assert "someone/not-cached-model" in err and "HF_HUB_OFFLINE" in err
+    assert not (tmp_path / "dst").exists()
+
+
+def test_ambiguous_rule_table_is_an_error():
+    from converters.base import ArchitectureConverter, Rule, map_tensors
+    from converters.safetensors_io import TensorRef
+
+    class Bad(ArchitectureConverter):
+        rules = (Rule(r"a\..*", "x"), Rule(r".*\.w", "y"))
+
+    refs = {"a.w": TensorRef("f", "a.w", "F32", (2,), 0, 8)}
+    with pytest.raises(ConversionError, match="several rule rows"):
+        map_tensors(Bad(), refs, {"x": ((2,), "float32")}, "test")
+
+
+def test_inspect(svd_src, converted, capsys):
+    assert main(["inspect", str(svd_src)]) == 0
+    out = capsys.readouterr().out
+    assert "PyTorch diffusers" in out and "UNetSpatioTemporalConditionModel" in out
+    assert main(["inspect", str(converted)]) == 0
+    assert "mindport converted" in capsys.readouterr().out
