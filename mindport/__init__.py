@@ -1,0 +1,28 @@
+"""mindport: PyTorch diffusers video-diffusion checkpoints on MindSpore, with numerical proof of parity.
+
+    from mindport import StableVideoDiffusionPipeline
+    pipe = StableVideoDiffusionPipeline.from_pretrained(path_or_hub_id, mindspore_dtype=ms.float16, variant="fp16")
+"""
+
+from importlib import import_module
+
+__version__ = "0.1.0"
+
+# public name -> submodule that defines it; imported on first use so `import mindport` stays light
+_EXPORTS = {
+    "StableVideoDiffusionPipeline": "mindport.pipelines",
+    "DiffusionPipeline": "mindport.pipelines",
+    "EulerDiscreteScheduler": "mindport.schedulers",
+    "UNetSpatioTemporalConditionModel": "mindport.models",
+    "AutoencoderKLTemporalDecoder": "mindport.models",
+    "CLIPVisionModelWithProjection": "mindport.models",
+}
+
+
+def __getattr__(name):
+    if name in _EXPORTS:
+        return getattr(import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'mindport' has no attribute {name!r}")
+
+
+__all__ = sorted(_EXPORTS)

@@ -1,0 +1,87 @@
+"""Pipeline base: `from_pretrained` over a diffusers pipeline folder (PyTorch or converted) or Hub id."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from converters import ConversionError
+from converters.sources import read_json, resolve
+from tqdm.auto import tqdm
+
+from ..loading import load_component
+from ..models import MODEL_MODULES, model_class
+from ..schedulers import SCHEDULERS
+
+
+# image-processor classes whose preprocessor_config.json we read (transformers 5 saves the PIL fallback's name)
+PROCESSORS = ("CLIPImageProcessor", "CLIPImageProcessorPil", "CLIPImageProcessorFast")
+
+
+class PipelineOutput(dict):
+    def __getattr__(self, name):
+        try:
+            return self[name]
+        except KeyError as e:
+            raise AttributeError(name) from e
+
+
+def _load_processor_config(folder: Path) -> dict:
+    path = folder / "preprocessor_config.json"
+    return read_json(path) if path.exists() else {}
+
+
+class DiffusionPipeline:
+    """Holds the components named in model_index.json; subclasses define `components_order` and `__call__`."""
+
+    components_order: tuple[str, ...] = ()
+
+    def __init__(self, **components):
+        for name in self.components_order:
+            setattr(self, name, components.get(name))
+        self._progress = {}
+
+    @property
+    def components(self) -> dict:
+        return {name: getattr(self, name) for name in self.components_order}
+
+    @classmethod
+    def from_pretrained(cls, path, mindspore_dtype=None, variant: str | None = None, **kwargs):
+        """Load every component. Models come from PyTorch weights (converted on load) or `mindport convert` output;
+        components passed as keyword arguments replace the stored ones (e.g. `scheduler=`)."""
+        root = Path(resolve(path, variant))
+        index_path = root / "model_index.json"
+        index = read_json(index_path)
+        stored = index.get("_class_name")
+        if stored and stored != cls.__name__:
+            raise ConversionError(f"{index_path}: holds a {stored}, but {cls.__name__}.from_pretrained was called")
+        components = {}
+        for name in cls.components_order:
+            if name in kwargs:
+                components[name] = kwargs.pop(name)
+                continue
+            entry = index.get(name)
+            if not isinstance(entry, list) or len(entry) != 2 or entry[1] is None:
+                components[name] = None
+                continue
+            class_name = entry[1]
+            if class_name in MODEL_MODULES:
+                components[name] = load_component(model_class(class_name), root, subfolder=name,
+                                                  dtype=mindspore_dtype, variant=variant)
+            elif class_name in SCHEDULERS:
+                components[name] = SCHEDULERS[class_name].from_pretrained(root, subfolder=name)
+            elif class_name in PROCESSORS:
+                components[name] = _load_processor_config(root / name)
+            else:
+                supported = sorted([*MODEL_MODULES, *SCHEDULERS, *PROCESSORS])
+                raise ConversionError(f"{index_path}: component {name!r} is a {class_name}, which mindport cannot load; "
+                                      f"supported: {', '.join(supported)}")
+        if kwargs:
+            raise TypeError(f"{cls.__name__}.from_pretrained got unexpected arguments: {', '.join(sorted(kwargs))}")
+        return cls(**components)
+
+    # progress bars, as diffusers' set_progress_bar_config
+    def set_progress_bar_config(self, **kwargs):
+        self._progress = kwargs
+
+    def progress_bar(self, total: int):
+        return tqdm(total=total, **{"leave": False, **self._progress})
