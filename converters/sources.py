@@ -10,8 +10,6 @@ import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
-
 from .errors import ConversionError
 from .safetensors_io import TensorRef, read_header
 

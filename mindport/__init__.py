@@ -10,12 +10,22 @@ __version__ = "0.1.0"
 
 # public name -> submodule that defines it; imported on first use so `import mindport` stays light
 _EXPORTS = {
-    "StableVideoDiffusionPipeline": "mindport.pipelines",
     "DiffusionPipeline": "mindport.pipelines",
+    "StableVideoDiffusionPipeline": "mindport.pipelines",
+    "AnimateDiffPipeline": "mindport.pipelines",
+    "I2VGenXLPipeline": "mindport.pipelines",
     "EulerDiscreteScheduler": "mindport.schedulers",
+    "DDIMScheduler": "mindport.schedulers",
+    "MotionAdapter": "mindport.models",
+    "UNetMotionModel": "mindport.models",
+    "UNet2DConditionModel": "mindport.models",
+    "I2VGenXLUNet": "mindport.models",
     "UNetSpatioTemporalConditionModel": "mindport.models",
     "AutoencoderKLTemporalDecoder": "mindport.models",
+    "AutoencoderKL": "mindport.models",
     "CLIPVisionModelWithProjection": "mindport.models",
+    "CLIPTextModel": "mindport.models",
+    "CLIPTextModelWithProjection": "mindport.models",
 }
 
 

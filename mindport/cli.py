@@ -41,7 +41,8 @@ def cmd_parity(a) -> int:
     from parity.harness import run_parity
 
     report = run_parity(a.src, a.out, converted=a.converted, steps=a.steps, frames=a.frames, dtype=a.dtype,
-                        seed=a.seed, height=a.height, width=a.width, log=lambda m: print(m, file=sys.stderr))
+                        seed=a.seed, height=a.height, width=a.width,
+                        decode_chunk_size=a.decode_chunk_size, log=lambda m: print(m, file=sys.stderr))
     f = report["frames"]
     fd = report["first_divergence"]
     where = "none" if fd is None else f"{fd['component']}.{fd['module']} (rel L2 {fd['rel_l2']:.3e})"
@@ -108,6 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--frames", type=int)
     r.add_argument("--height", type=int)
     r.add_argument("--width", type=int)
+    r.add_argument("--decode-chunk-size", type=int, help="frames decoded at a time (default: all)")
     r.add_argument("--dtype", choices=["fp32", "fp16"], default="fp32", help="MindSpore dtype (reference: PyTorch fp32)")
     r.add_argument("--seed", type=int, default=0)
     r.add_argument("--out", required=True, help="report folder")

@@ -15,7 +15,7 @@ def run_demo(out: Path) -> bool:
     from mindport.pipelines import StableVideoDiffusionPipeline
     from mindport.utils import export_to_gif, export_to_video
 
-    from .fixtures import build_svd, test_image
+    from .fixtures import build, synthetic_image
     from .harness import run_parity
 
     backend.init_context()
@@ -23,7 +23,7 @@ def run_demo(out: Path) -> bool:
     out.mkdir(parents=True, exist_ok=True)
     say = lambda m: print(m, file=sys.stderr)  # noqa: E731
     say("1/4 building the tiny Stable Video Diffusion checkpoint (random weights, diffusers save_pretrained)")
-    src = build_svd("svd-tiny")
+    src = build("svd-tiny")
     say(f"    {src}")
     say("2/4 converting it to MindSpore")
     converted = out / "svd-tiny-mindspore"
@@ -36,7 +36,7 @@ def run_demo(out: Path) -> bool:
         reports[dtype] = run_parity(src, out / f"parity-{dtype}", converted=converted, dtype=dtype, log=say)
     say("4/4 generating a video with the MindSpore pipeline")
     pipe = StableVideoDiffusionPipeline.from_pretrained(str(converted))
-    frames = pipe(test_image(40, 32, seed=1), height=32, width=40, num_frames=3, num_inference_steps=3,
+    frames = pipe(synthetic_image(40, 32, seed=1), height=32, width=40, num_frames=3, num_inference_steps=3,
                   generator=np.random.Generator(np.random.PCG64(42)))[0]
     video = export_to_video(frames, str(out / "generated.mp4"), fps=7)
     gif = export_to_gif(frames, str(out / "generated.gif"), fps=7)

@@ -3,11 +3,11 @@ frames, and write report.json / report.md."""
 
 from __future__ import annotations
 
-import json
 import platform
 import resource
 import tempfile
 import time
+from importlib import import_module
 from pathlib import Path
 
 import numpy as np
@@ -15,14 +15,25 @@ import numpy as np
 from converters import ConversionError
 from converters.sources import read_json, resolve
 
-from . import svd
 from .capture import Capture
 from .compare import BARS, compare_modules, first_divergence, frame_metrics
 from .fixtures import fixture_run_settings
 from .noise import SharedNoise
 from .report import write_reports
 
-ADAPTERS = {svd.PIPELINE: svd}
+# pipeline class -> adapter module (how to build, call and seed both sides)
+ADAPTER_MODULES = {
+    "StableVideoDiffusionPipeline": "parity.svd",
+    "AnimateDiffPipeline": "parity.animatediff",
+    "I2VGenXLPipeline": "parity.i2vgen_xl",
+}
+
+
+def adapter_for(pipeline: str, where: str = ""):
+    if pipeline not in ADAPTER_MODULES:
+        raise ConversionError(f"{where}: pipeline {pipeline!r} is not supported by parity; "
+                              f"supported: {', '.join(ADAPTER_MODULES)}")
+    return import_module(ADAPTER_MODULES[pipeline])
 
 
 def versions() -> dict:
@@ -41,7 +52,8 @@ def _peak_rss_mb() -> float:
 
 
 def run_parity(src, out, converted=None, steps: int = 3, frames: int | None = None, dtype: str = "fp32",
-               seed: int = 0, height: int | None = None, width: int | None = None, log=print) -> dict:
+               seed: int = 0, height: int | None = None, width: int | None = None,
+               decode_chunk_size: int | None = None, log=print) -> dict:
     """Returns the report dict (also written to OUT/report.json and OUT/report.md)."""
     from mindport.loading import convert_checkpoint
 
@@ -52,10 +64,7 @@ def run_parity(src, out, converted=None, steps: int = 3, frames: int | None = No
     root = resolve(src)
     index = read_json(root / "model_index.json")
     pipeline = index.get("_class_name")
-    if pipeline not in ADAPTERS:
-        raise ConversionError(f"{root / 'model_index.json'}: pipeline {pipeline!r} is not supported by parity; "
-                              f"supported: {', '.join(ADAPTERS)}")
-    adapter = ADAPTERS[pipeline]
+    adapter = adapter_for(pipeline, str(root / "model_index.json"))
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
 
@@ -66,6 +75,7 @@ def run_parity(src, out, converted=None, steps: int = 3, frames: int | None = No
         "pipeline": pipeline, "source": str(src), "dtype": dtype, "seed": seed, "steps": steps,
         "frames": frames or defaults.get("frames") or defaults.get("num_frames"),
         "height": height or defaults["height"], "width": width or defaults["width"],
+        "decode_chunk_size": decode_chunk_size,
         "bars": BARS[dtype], "reference": "PyTorch fp32 (diffusers)",
     }
 

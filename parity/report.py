@@ -94,7 +94,7 @@ def markdown(report: dict) -> str:
         f"- time: convert {t.get('convert_s', 0):.1f} s, load {t.get('load_s', 0):.1f} s, PyTorch {t.get('torch_s', 0):.1f} s "
         f"(with capture), MindSpore {t.get('mindspore_s', 0):.1f} s (free-running), "
         f"{t.get('mindspore_captured_s', 0):.1f} s (with capture); peak RSS {t['peak_rss_mb']:.0f} MB",
-        f"- versions: " + ", ".join(f"{k} {val}" for k, val in v.items()),
+        "- versions: " + ", ".join(f"{k} {val}" for k, val in v.items()),
         "",
     ]
     return "\n".join(lines)

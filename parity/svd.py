@@ -5,10 +5,72 @@ from __future__ import annotations
 
 import numpy as np
 
-from .fixtures import test_image
+from .fixtures import randomise, synthetic_image
 
 PIPELINE = "StableVideoDiffusionPipeline"
 COMPONENTS = ("image_encoder", "vae", "unet")
+
+# Named tiny SVD configs. `run` holds the parity settings (pixels, frames) that fit the config.
+PRESETS: dict[str, dict] = {
+    "svd-tiny": {
+        "unet": dict(block_out_channels=(32, 64), num_attention_heads=(2, 4), layers_per_block=1, cross_attention_dim=32,
+                     down_block_types=("CrossAttnDownBlockSpatioTemporal", "DownBlockSpatioTemporal"),
+                     up_block_types=("UpBlockSpatioTemporal", "CrossAttnUpBlockSpatioTemporal"), num_frames=3),
+        "vae": dict(block_out_channels=(32, 64), layers_per_block=1),
+        "clip": dict(hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4, patch_size=32),
+        "run": dict(height=32, width=40, num_frames=3),
+    },
+    "svd-tiny-3level": {
+        "unet": dict(block_out_channels=(32, 32, 64), num_attention_heads=2, layers_per_block=2, cross_attention_dim=48,
+                     down_block_types=("CrossAttnDownBlockSpatioTemporal",) * 2 + ("DownBlockSpatioTemporal",),
+                     up_block_types=("UpBlockSpatioTemporal",) + ("CrossAttnUpBlockSpatioTemporal",) * 2, num_frames=4),
+        "vae": dict(block_out_channels=(32, 32, 64), layers_per_block=1),
+        "clip": dict(hidden_size=48, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, patch_size=32),
+        "run": dict(height=48, width=32, num_frames=5),
+    },
+    "svd-tiny-wide": {
+        "unet": dict(block_out_channels=(64, 64), num_attention_heads=(8, 1), layers_per_block=1, cross_attention_dim=24,
+                     down_block_types=("CrossAttnDownBlockSpatioTemporal", "CrossAttnDownBlockSpatioTemporal"),
+                     up_block_types=("CrossAttnUpBlockSpatioTemporal", "CrossAttnUpBlockSpatioTemporal"),
+                     transformer_layers_per_block=(2, 1), num_frames=2),
+        "vae": dict(block_out_channels=(32, 64), layers_per_block=2),
+        "clip": dict(hidden_size=32, intermediate_size=40, num_hidden_layers=2, num_attention_heads=2, patch_size=56),
+        "run": dict(height=24, width=40, num_frames=2),
+    },
+}
+
+
+def make_fixture(spec: dict, seed: int):
+    """A tiny StableVideoDiffusionPipeline (diffusers, random weights)."""
+    import torch
+    from diffusers import AutoencoderKLTemporalDecoder, EulerDiscreteScheduler, StableVideoDiffusionPipeline
+    from diffusers import UNetSpatioTemporalConditionModel
+    from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModelWithProjection
+
+    torch.manual_seed(seed)
+    u = spec["unet"]
+    unet = UNetSpatioTemporalConditionModel(
+        sample_size=8, in_channels=8, out_channels=4, addition_time_embed_dim=8,
+        projection_class_embeddings_input_dim=24, **u,
+    )
+    vae = AutoencoderKLTemporalDecoder(
+        in_channels=3, out_channels=3, latent_channels=4, sample_size=32,
+        down_block_types=("DownEncoderBlock2D",) * len(spec["vae"]["block_out_channels"]), **spec["vae"],
+    )
+    c = spec["clip"]
+    clip = CLIPVisionModelWithProjection(CLIPVisionConfig(
+        image_size=224, projection_dim=u["cross_attention_dim"], hidden_act="gelu", **c,
+    ))
+    for i, m in enumerate((unet, vae, clip)):
+        randomise(m, seed * 10 + i)
+    scheduler = EulerDiscreteScheduler(
+        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", interpolation_type="linear",
+        num_train_timesteps=1000, prediction_type="v_prediction", sigma_max=700.0, sigma_min=0.002,
+        steps_offset=1, timestep_spacing="leading", timestep_type="continuous", use_karras_sigmas=True,
+    )
+    fe = CLIPImageProcessor(crop_size=224, size={"shortest_edge": 224}, do_center_crop=True, do_normalize=True,
+                            do_resize=True, do_rescale=True, resample=3)
+    return StableVideoDiffusionPipeline(vae=vae, image_encoder=clip, unet=unet, scheduler=scheduler, feature_extractor=fe)
 
 
 def load_reference(src):
@@ -57,7 +119,7 @@ def patch_noise(noise):
 def call_kwargs(settings: dict) -> dict:
     """Identical arguments for both pipelines; the image is synthesised from the seed."""
     return dict(
-        image=test_image(settings["width"], settings["height"], settings["seed"]),
+        image=synthetic_image(settings["width"], settings["height"], settings["seed"]),
         height=settings["height"],
         width=settings["width"],
         num_frames=settings["frames"],

@@ -11,14 +11,14 @@ from converters import ConversionError
 from converters.safetensors_io import read_header, save_arrays, load_safetensors
 from mindport.cli import main
 from mindport.loading import convert_checkpoint
-from parity.fixtures import build_svd
+from parity.fixtures import build
 
 COMPONENTS = ("unet", "vae", "image_encoder")
 
 
 @pytest.fixture(scope="module")
 def svd_src():
-    return build_svd("svd-tiny")
+    return build("svd-tiny")
 
 
 @pytest.fixture(scope="module")

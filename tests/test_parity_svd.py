@@ -4,28 +4,29 @@ and its report, on several tiny configs; and a planted mapping bug that parity m
 import json
 import shutil
 
-import numpy as np
 import pytest
 
 from converters.safetensors_io import load_safetensors, save_arrays
 from mindport.cli import main
 from mindport.loading import convert_checkpoint
-from parity.fixtures import build_svd
+from parity.fixtures import build
 
-# (preset, dtype, steps): the parity table. fp32 bars: modules 1e-5, frames 1e-4; fp16 frames 1e-2.
+# (preset, dtype, steps, extra flags): the parity table. fp32 bars: modules 1e-5, frames 1e-4; fp16 frames 1e-2.
+# svd-tiny: 2 levels, 32x40 pixels, 3 frames; 3level: three resolution levels, 48x32, 5 frames decoded 2 at a time;
+# wide: 64 channels, heads (8, 1), 2 transformer layers, 24x40.
 CASES = [
-    ("svd-tiny", "fp32", 3),
-    ("svd-tiny", "fp16", 3),
-    ("svd-tiny-3level", "fp32", 3),
-    ("svd-tiny-wide", "fp32", 3),
+    ("svd-tiny", "fp32", 3, []),
+    ("svd-tiny", "fp16", 3, []),
+    ("svd-tiny-3level", "fp32", 3, ["--decode-chunk-size", "2"]),
+    ("svd-tiny-wide", "fp32", 3, []),
 ]
 
 
-@pytest.mark.parametrize("preset, dtype, steps", CASES)
-def test_parity_cli(preset, dtype, steps, tmp_path, capsys):
-    src = build_svd(preset)
+@pytest.mark.parametrize("preset, dtype, steps, extra", CASES)
+def test_parity_cli(preset, dtype, steps, extra, tmp_path, capsys):
+    src = build(preset)
     out = tmp_path / "report"
-    code = main(["parity", str(src), "--steps", str(steps), "--dtype", dtype, "--out", str(out)])
+    code = main(["parity", str(src), "--steps", str(steps), "--dtype", dtype, "--out", str(out), *extra])
     report = json.loads((out / "report.json").read_text())
     assert code == 0, capsys.readouterr().out + json.dumps(report["first_divergence"]) + str(report["problems"])
     assert report["passed"] is True and report["first_divergence"] is None
@@ -48,7 +49,7 @@ def test_parity_cli(preset, dtype, steps, tmp_path, capsys):
 @pytest.fixture(scope="module")
 def converted_tiny(tmp_path_factory):
     dst = tmp_path_factory.mktemp("conv") / "svd"
-    convert_checkpoint(build_svd("svd-tiny"), dst, progress=False)
+    convert_checkpoint(build("svd-tiny"), dst, progress=False)
     return dst
 
 
@@ -67,7 +68,7 @@ def test_swapped_weights_fail_and_are_located(converted_tiny, tmp_path, capsys, 
     arrays[a], arrays[b] = arrays[b].copy(), arrays[a].copy()
     save_arrays(f, arrays)
     out = tmp_path / "report"
-    code = main(["parity", str(build_svd("svd-tiny")), "--converted", str(bad), "--steps", "3", "--out", str(out)])
+    code = main(["parity", str(build("svd-tiny")), "--converted", str(bad), "--steps", "3", "--out", str(out)])
     assert code == 1
     report = json.loads((out / "report.json").read_text())
     fd = report["first_divergence"]
@@ -80,5 +81,5 @@ def test_swapped_weights_fail_and_are_located(converted_tiny, tmp_path, capsys, 
 def test_parity_bad_input(tmp_path, capsys):
     assert main(["parity", str(tmp_path / "missing"), "--out", str(tmp_path / "r")]) == 2
     assert "no such file or folder" in capsys.readouterr().err
-    assert main(["parity", str(build_svd("svd-tiny")), "--steps", "0", "--out", str(tmp_path / "r")]) == 2
+    assert main(["parity", str(build("svd-tiny")), "--steps", "0", "--out", str(tmp_path / "r")]) == 2
     assert "--steps" in capsys.readouterr().err

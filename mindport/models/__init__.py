@@ -7,6 +7,13 @@ MODEL_MODULES = {
     "UNetSpatioTemporalConditionModel": "unet_spatio_temporal_condition",
     "AutoencoderKLTemporalDecoder": "autoencoder_kl_temporal_decoder",
     "CLIPVisionModelWithProjection": "clip",
+    "CLIPTextModel": "clip",
+    "CLIPTextModelWithProjection": "clip",
+    "AutoencoderKL": "autoencoder_kl",
+    "UNet2DConditionModel": "unet_2d_condition",
+    "MotionAdapter": "unet_motion_model",
+    "UNetMotionModel": "unet_motion_model",
+    "I2VGenXLUNet": "unet_i2vgen_xl",
 }
 
 

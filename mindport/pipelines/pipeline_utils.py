@@ -10,11 +10,13 @@ from tqdm.auto import tqdm
 
 from ..loading import load_component
 from ..models import MODEL_MODULES, model_class
-from ..schedulers import SCHEDULERS
+from ..schedulers import SCHEDULER_MODULES, scheduler_class
 
 
 # image-processor classes whose preprocessor_config.json we read (transformers 5 saves the PIL fallback's name)
 PROCESSORS = ("CLIPImageProcessor", "CLIPImageProcessorPil", "CLIPImageProcessorFast")
+# tokenizers, loaded with transformers (imported only when a pipeline has one)
+TOKENIZERS = ("CLIPTokenizer", "CLIPTokenizerFast")
 
 
 class PipelineOutput(dict):
@@ -28,6 +30,15 @@ class PipelineOutput(dict):
 def _load_processor_config(folder: Path) -> dict:
     path = folder / "preprocessor_config.json"
     return read_json(path) if path.exists() else {}
+
+
+def _load_tokenizer(folder: Path, class_name: str):
+    try:
+        import transformers
+    except ImportError:
+        raise ConversionError(f"{folder}: loading a {class_name} needs the transformers package "
+                              "(pip install transformers)") from None
+    return getattr(transformers, class_name).from_pretrained(str(folder))
 
 
 class DiffusionPipeline:
@@ -67,12 +78,14 @@ class DiffusionPipeline:
             if class_name in MODEL_MODULES:
                 components[name] = load_component(model_class(class_name), root, subfolder=name,
                                                   dtype=mindspore_dtype, variant=variant)
-            elif class_name in SCHEDULERS:
-                components[name] = SCHEDULERS[class_name].from_pretrained(root, subfolder=name)
+            elif class_name in SCHEDULER_MODULES:
+                components[name] = scheduler_class(class_name).from_pretrained(root, subfolder=name)
             elif class_name in PROCESSORS:
                 components[name] = _load_processor_config(root / name)
+            elif class_name in TOKENIZERS:
+                components[name] = _load_tokenizer(root / name, class_name)
             else:
-                supported = sorted([*MODEL_MODULES, *SCHEDULERS, *PROCESSORS])
+                supported = sorted([*MODEL_MODULES, *SCHEDULER_MODULES, *PROCESSORS, *TOKENIZERS])
                 raise ConversionError(f"{index_path}: component {name!r} is a {class_name}, which mindport cannot load; "
                                       f"supported: {', '.join(supported)}")
         if kwargs:
