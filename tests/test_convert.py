@@ -194,3 +194,27 @@ def test_inspect(svd_src, converted, capsys):
     assert "PyTorch diffusers" in out and "UNetSpatioTemporalConditionModel" in out
     assert main(["inspect", str(converted)]) == 0
     assert "mindport converted" in capsys.readouterr().out
+
+
+def test_hub_id_from_local_cache_offline(svd_src, tmp_path, monkeypatch):
+    """A Hub id resolves through huggingface_hub's cache (offline): the files come from the snapshot folder."""
+    import huggingface_hub
+
+    hub = tmp_path / "hf" / "hub"
+    repo = hub / "models--someone--svd-tiny"
+    rev = "0123456789abcdef0123456789abcdef01234567"
+    shutil.copytree(svd_src, repo / "snapshots" / rev)
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(rev)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(hub))
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True, raising=False)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(hub), raising=False)
+    dst = tmp_path / "dst"
+    assert main(["convert", "someone/svd-tiny", str(dst)]) == 0
+    manifest = json.loads((dst / "manifest.json").read_text())
+    assert manifest["source"] == "someone/svd-tiny" and rev in manifest["resolved_source"]
+    from mindport.models import AutoencoderKLTemporalDecoder
+
+    vae = AutoencoderKLTemporalDecoder.from_pretrained("someone/svd-tiny", subfolder="vae")
+    assert vae.config.latent_channels == 4

@@ -96,3 +96,16 @@ def test_load_image_errors(tmp_path):
 def _save(img, path):
     img.save(path)
     return str(path)
+
+
+def test_generate_cli(src, tmp_path, capsys):
+    from mindport.cli import main
+
+    _save(synthetic_image(40, 32), tmp_path / "in.png")
+    out = tmp_path / "video.gif"
+    code = main(["generate", str(src), "--image", str(tmp_path / "in.png"), "--out", str(out), "--frames", "3",
+                 "--steps", "1"])
+    assert code == 0 and PIL.Image.open(out).n_frames == 3
+    assert str(out) in capsys.readouterr().out
+    assert main(["generate", str(src), "--image", str(tmp_path / "missing.png"), "--out", str(out)]) == 2
+    assert "missing.png" in capsys.readouterr().err
