@@ -138,10 +138,10 @@ def test_transformer_spatio_temporal(rng):
 
 
 def test_block_factories_name_valid_choices():
-    with pytest.raises(ValueError, match="DownBlock3D.*DownBlockSpatioTemporal"):
-        unet_3d_blocks.get_down_block("DownBlock3D", 1, 32, 32, 128, True)
-    with pytest.raises(ValueError, match="UpBlock3D.*UpBlockSpatioTemporal"):
-        unet_3d_blocks.get_up_block("UpBlock3D", 1, 32, 32, 32, 128, True)
+    with pytest.raises(ValueError, match="FancyDownBlock.*DownBlockSpatioTemporal"):
+        unet_3d_blocks.get_down_block("FancyDownBlock", 1, 32, 32, 128, True)
+    with pytest.raises(ValueError, match="FancyUpBlock.*UpBlockSpatioTemporal"):
+        unet_3d_blocks.get_up_block("FancyUpBlock", 1, 32, 32, 32, 128, True)
 
 
 # ---------------------------------------------------------------------------------------------------------------
