@@ -6,13 +6,12 @@ import pytest
 torch = pytest.importorskip("torch")
 diffusers = pytest.importorskip("diffusers")
 
-import mindspore as ms  # noqa: E402
-from mindspore import Tensor  # noqa: E402
+import mindspore as ms
+from mindspore import Tensor
 
-from parity.fixtures import randomise  # noqa: E402
-from tests.helpers import assert_close, torch_state_to_numpy  # noqa: E402
-
-from mindport.models.transformer_2d import Transformer2DModel  # noqa: E402
+from mindport.models.transformer_2d import Transformer2DModel
+from parity.fixtures import randomise
+from tests.helpers import assert_close, torch_state_to_numpy
 
 CONFIGS = {
     "sd15-conv": dict(num_attention_heads=2, attention_head_dim=8, in_channels=16, norm_num_groups=4, cross_attention_dim=12),

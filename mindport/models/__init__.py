@@ -11,6 +11,7 @@ MODEL_MODULES = {
     "CLIPTextModelWithProjection": "clip",
     "AutoencoderKL": "autoencoder_kl",
     "UNet2DConditionModel": "unet_2d_condition",
+    "Transformer2DModel": "transformer_2d",
     "MotionAdapter": "unet_motion_model",
     "UNetMotionModel": "unet_motion_model",
     "I2VGenXLUNet": "unet_i2vgen_xl",
