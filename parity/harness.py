@@ -73,7 +73,7 @@ def run_parity(src, out, converted=None, steps: int = 3, frames: int | None = No
     defaults = {**adapter.default_settings(unet_cfg), **fixture_run_settings(root)}
     settings = {
         "pipeline": pipeline, "source": str(src), "dtype": dtype, "seed": seed, "steps": steps,
-        "frames": frames or defaults.get("frames") or defaults.get("num_frames"),
+        "frames": frames or defaults["frames"],
         "height": height or defaults["height"], "width": width or defaults["width"],
         "decode_chunk_size": decode_chunk_size,
         "bars": BARS[dtype], "reference": "PyTorch fp32 (diffusers)",

@@ -18,7 +18,7 @@ PRESETS: dict[str, dict] = {
                      up_block_types=("UpBlockSpatioTemporal", "CrossAttnUpBlockSpatioTemporal"), num_frames=3),
         "vae": dict(block_out_channels=(32, 64), layers_per_block=1),
         "clip": dict(hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4, patch_size=32),
-        "run": dict(height=32, width=40, num_frames=3),
+        "run": dict(height=32, width=40, frames=3),
     },
     "svd-tiny-3level": {
         "unet": dict(block_out_channels=(32, 32, 64), num_attention_heads=2, layers_per_block=2, cross_attention_dim=48,
@@ -26,7 +26,7 @@ PRESETS: dict[str, dict] = {
                      up_block_types=("UpBlockSpatioTemporal",) + ("CrossAttnUpBlockSpatioTemporal",) * 2, num_frames=4),
         "vae": dict(block_out_channels=(32, 32, 64), layers_per_block=1),
         "clip": dict(hidden_size=48, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, patch_size=32),
-        "run": dict(height=48, width=32, num_frames=5),
+        "run": dict(height=48, width=32, frames=5),
     },
     "svd-tiny-wide": {
         "unet": dict(block_out_channels=(64, 64), num_attention_heads=(8, 1), layers_per_block=1, cross_attention_dim=24,
@@ -35,7 +35,7 @@ PRESETS: dict[str, dict] = {
                      transformer_layers_per_block=(2, 1), num_frames=2),
         "vae": dict(block_out_channels=(32, 64), layers_per_block=2),
         "clip": dict(hidden_size=32, intermediate_size=40, num_hidden_layers=2, num_attention_heads=2, patch_size=56),
-        "run": dict(height=24, width=40, num_frames=2),
+        "run": dict(height=24, width=40, frames=2),
     },
 }
 

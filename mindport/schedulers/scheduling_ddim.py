@@ -18,31 +18,23 @@ Precision contract (as the Euler port)
 
 from __future__ import annotations
 
-import inspect
-import json
-from pathlib import Path
-
 import numpy as np
 
 from ..modeling import Config
 from ..utils import randn
-from .scheduling_euler_discrete import (
+from .scheduling_utils import (
+    _F32,
+    SchedulerMixin,
     SchedulerOutput,
     _cosine_betas,
     _cumprod_f32,
     _like,
     _linspace_f32,
+    _MsTensor,
     _rescale_zero_terminal_snr,
     _to_numpy,
+    ms,
 )
-
-try:  # MindSpore tensors are accepted and returned as such
-    import mindspore as ms
-    from mindspore import Tensor as _MsTensor
-except ImportError:  # pragma: no cover
-    ms, _MsTensor = None, ()
-
-_F32 = np.float32
 
 CHOICES = {
     "beta_schedule": ("linear", "scaled_linear", "squaredcos_cap_v2"),
@@ -94,11 +86,10 @@ def _round_to(values: np.ndarray, ref) -> np.ndarray:
     return values.astype(dt).astype(np.float64) if np.issubdtype(dt, np.floating) else values
 
 
-class DDIMScheduler:
+class DDIMScheduler(SchedulerMixin):
     """diffusers' DDIMScheduler: same config fields and defaults, same call sequence (`set_timesteps` -> for t in
     `timesteps`: `scale_model_input(x, t)` (identity), model, `step(out, t, x, eta=...).prev_sample`)."""
 
-    config_name = "scheduler_config.json"
     order = 1
     init_noise_sigma = 1.0
 
@@ -180,39 +171,6 @@ class DDIMScheduler:
             raise ValueError(
                 f"DDIMScheduler: dynamic_thresholding_ratio={cfg.dynamic_thresholding_ratio!r} must be in (0, 1]"
             )
-
-    @classmethod
-    def from_config(cls, config: dict, **overrides) -> DDIMScheduler:
-        """Keys starting with "_" and keys DDIM does not know (e.g. `skip_prk_steps`, `use_karras_sigmas` of another
-        scheduler's config) are ignored, as diffusers ignores them; keyword overrides win over the config."""
-        config = {**dict(config), **overrides}
-        names = set(inspect.signature(cls.__init__).parameters) - {"self"}
-        return cls(**{k: v for k, v in config.items() if k in names})
-
-    @classmethod
-    def from_pretrained(cls, path, subfolder: str | None = "scheduler", **overrides) -> DDIMScheduler:
-        """Read `<path>/<subfolder>/scheduler_config.json` (or `<path>/scheduler_config.json` when the folder itself
-        is the scheduler folder). Keyword overrides replace config values."""
-        root = Path(path)
-        candidates = [root / subfolder / cls.config_name] if subfolder else []
-        candidates.append(root / cls.config_name)
-        for file in candidates:
-            if file.is_file():
-                try:
-                    config = json.loads(file.read_text())
-                except json.JSONDecodeError as e:
-                    raise ValueError(f"{file}: not valid JSON ({e.msg} at line {e.lineno})") from e
-                if not isinstance(config, dict):
-                    raise ValueError(f"{file}: expected a JSON object, got {type(config).__name__}")
-                return cls.from_config(config, **overrides)
-        raise FileNotFoundError(
-            f"{candidates[0]}: no such file (looked for {cls.config_name} in {[str(c.parent) for c in candidates]})"
-        )
-
-    def save_config(self, folder) -> None:
-        Path(folder).mkdir(parents=True, exist_ok=True)
-        cfg = {"_class_name": type(self).__name__, **dict(self.config)}
-        (Path(folder) / self.config_name).write_text(json.dumps(cfg, indent=2, sort_keys=True))
 
     def __len__(self) -> int:
         return self.config.num_train_timesteps
@@ -361,8 +319,6 @@ class DDIMScheduler:
         out = np.sqrt(ac) * _to_numpy(noise).astype(np.float64) - np.sqrt(1 - ac) * x
         return _like(out, sample)
 
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}({json.dumps(dict(self.config), sort_keys=True)})"
 
 
 __all__ = ["CHOICES", "DDIMScheduler", "DDIMSchedulerOutput"]

@@ -15,21 +15,27 @@ Precision contract
 
 from __future__ import annotations
 
-import json
 import math
-from pathlib import Path
 
 import numpy as np
 
-from ..modeling import Config, Output
-
-try:  # MindSpore tensors are accepted and returned as such; the scheduler math itself needs only numpy
-    import mindspore as ms
-    from mindspore import Tensor as _MsTensor
-except ImportError:  # pragma: no cover
-    ms, _MsTensor = None, ()
-
-_F32 = np.float32
+from ..modeling import Config
+from ..utils import randn
+from .scheduling_utils import (
+    _F32,
+    SchedulerMixin,
+    SchedulerOutput,
+    _cosine_betas,
+    _cumprod_f32,
+    _like,
+    _linspace_f32,
+    _log_f32,
+    _MsTensor,
+    _rescale_zero_terminal_snr,
+    _scalar,
+    _to_numpy,
+    ms,
+)
 
 CHOICES = {
     "beta_schedule": ("linear", "scaled_linear", "squaredcos_cap_v2"),
@@ -41,113 +47,15 @@ CHOICES = {
 }
 
 
-class SchedulerOutput(Output):
-    """`.prev_sample`, `.pred_original_sample`; `out[0]` is prev_sample."""
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# float32 building blocks that reproduce torch's rounding
-# ----------------------------------------------------------------------------------------------------------------
-
-
-def _linspace_f32(start: float, end: float, steps: int) -> np.ndarray:
-    """torch.linspace(start, end, steps, dtype=float32) on CPU, bit for bit: float32 step = (end - start)/(steps - 1);
-    the first half is start + step*i, the second half end - step*(steps-1-i), each a fused multiply-add (one
-    rounding). The float64 evaluation is exact before the final rounding (24-bit step times an index < 2^29)."""
-    if steps == 1:
-        return np.array([start], _F32)
-    s, e = _F32(start), _F32(end)
-    step = (e - s) / _F32(steps - 1)
-    i = np.arange(steps, dtype=np.float64)
-    half = steps // 2
-    lo = np.float64(s) + np.float64(step) * i
-    hi = np.float64(e) - np.float64(step) * (steps - 1 - i)
-    return np.where(i < half, lo, hi).astype(_F32)
-
-
-def _cumprod_f32(x: np.ndarray) -> np.ndarray:
-    """torch.cumprod of a float32 CPU tensor: the running product is kept in double, each output rounded to float32."""
-    return np.cumprod(x.astype(np.float64)).astype(_F32)
-
-
-def _log_f32(x: np.ndarray) -> np.ndarray:
-    """Correctly rounded float32 natural log (what torch's scalar path gives for 0-d tensors)."""
-    return np.log(np.asarray(x, np.float64)).astype(_F32)
-
-
-def _cosine_betas(n: int, max_beta: float = 0.999) -> np.ndarray:
-    """Glide's squaredcos_cap_v2 betas (float64 python math, then float32, as diffusers' `betas_for_alpha_bar`)."""
-
-    def alpha_bar(t):
-        return math.cos((t + 0.008) / 1.008 * math.pi / 2) ** 2
-
-    return np.array([min(1 - alpha_bar((i + 1) / n) / alpha_bar(i / n), max_beta) for i in range(n)], np.float64).astype(_F32)
-
-
-def _rescale_zero_terminal_snr(betas: np.ndarray) -> np.ndarray:
-    """Shift/scale sqrt(alphas_cumprod) so the last step has zero SNR (arXiv 2305.08891, Alg. 1), in float32."""
-    abar_sqrt = np.sqrt(_cumprod_f32(_F32(1.0) - betas))
-    first, last = abar_sqrt[0], abar_sqrt[-1]
-    abar_sqrt = (abar_sqrt - last) * (first / (first - last))
-    abar = abar_sqrt**2
-    alphas = np.concatenate([abar[:1], abar[1:] / abar[:-1]]).astype(_F32)
-    return (_F32(1.0) - alphas).astype(_F32)
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# numpy <-> caller's array kind
-# ----------------------------------------------------------------------------------------------------------------
-
-
-def _to_numpy(x) -> np.ndarray:
-    if isinstance(x, _MsTensor):
-        if x.dtype == ms.bfloat16:  # no numpy bfloat16
-            x = x.astype(ms.float32)
-        return x.asnumpy()
-    return np.asarray(x)
-
-
-def _like(values: np.ndarray, ref, dtype=None):
-    """float64 result -> the caller's kind (numpy / MindSpore) and dtype (that of `ref` unless `dtype` is given)."""
-    if isinstance(ref, _MsTensor):
-        target = ref.dtype if dtype is None else dtype
-        if target == ms.bfloat16:
-            return _MsTensor(values.astype(np.float32)).astype(ms.bfloat16)
-        return _MsTensor(values.astype(ms.dtype_to_nptype(target)))
-    target = np.asarray(ref).dtype if dtype is None else dtype
-    if not np.issubdtype(target, np.floating):
-        target = np.float32
-    return values.astype(target)
-
-
-def _scalar(t) -> float | int:
-    if isinstance(t, _MsTensor):
-        t = t.asnumpy()
-    t = np.asarray(t)
-    if t.size != 1:
-        raise ValueError(f"expected a single timestep, got an array of shape {t.shape}")
-    return t.reshape(()).item() if np.issubdtype(t.dtype, np.integer) else t.reshape(())
-
-
-def _randn(generator, shape) -> np.ndarray:
-    try:
-        from ..utils import randn
-    except ImportError:  # pragma: no cover - utils is owned elsewhere; keep the scheduler usable without it
-        gen = generator if generator is not None else np.random.default_rng()
-        return gen.standard_normal(tuple(shape)).astype(np.float32)
-    return randn(generator, shape)
-
-
 # ----------------------------------------------------------------------------------------------------------------
 # The scheduler
 # ----------------------------------------------------------------------------------------------------------------
 
 
-class EulerDiscreteScheduler:
+class EulerDiscreteScheduler(SchedulerMixin):
     """diffusers' EulerDiscreteScheduler: same config fields and defaults, same call sequence
     (`set_timesteps` -> for t in `timesteps`: `scale_model_input(x, t)`, model, `step(out, t, x).prev_sample`)."""
 
-    config_name = "scheduler_config.json"
     order = 1
 
     def __init__(
@@ -238,39 +146,6 @@ class EulerDiscreteScheduler:
                 raise ImportError("EulerDiscreteScheduler: use_beta_sigmas=True needs scipy (pip install scipy)") from e
         if int(cfg.num_train_timesteps) < 2:
             raise ValueError(f"EulerDiscreteScheduler: num_train_timesteps={cfg.num_train_timesteps} must be at least 2")
-
-    @classmethod
-    def from_config(cls, config: dict, **overrides) -> "EulerDiscreteScheduler":
-        """Keys starting with "_" and keys this scheduler does not know (e.g. `skip_prk_steps` in old SD configs)
-        are ignored, as diffusers ignores them."""
-        import inspect
-
-        config = {**dict(config), **overrides}
-        names = set(inspect.signature(cls.__init__).parameters) - {"self"}
-        return cls(**{k: v for k, v in config.items() if k in names})
-
-    @classmethod
-    def from_pretrained(cls, path, subfolder: str | None = "scheduler", **overrides) -> "EulerDiscreteScheduler":
-        """Read `<path>/<subfolder>/scheduler_config.json` (or `<path>/scheduler_config.json` when the folder itself
-        is the scheduler folder). Keyword overrides replace config values."""
-        root = Path(path)
-        candidates = [root / subfolder / cls.config_name] if subfolder else []
-        candidates.append(root / cls.config_name)
-        for file in candidates:
-            if file.is_file():
-                try:
-                    config = json.loads(file.read_text())
-                except json.JSONDecodeError as e:
-                    raise ValueError(f"{file}: not valid JSON ({e.msg} at line {e.lineno})") from e
-                if not isinstance(config, dict):
-                    raise ValueError(f"{file}: expected a JSON object, got {type(config).__name__}")
-                return cls.from_config(config, **overrides)
-        raise FileNotFoundError(f"{candidates[0]}: no such file (looked for {cls.config_name} in {[str(c.parent) for c in candidates]})")
-
-    def save_config(self, folder) -> None:
-        Path(folder).mkdir(parents=True, exist_ok=True)
-        cfg = {"_class_name": type(self).__name__, **dict(self.config)}
-        (Path(folder) / self.config_name).write_text(json.dumps(cfg, indent=2, sort_keys=True))
 
     # -- properties --------------------------------------------------------------------------------------------
     @property
@@ -473,7 +348,7 @@ class EulerDiscreteScheduler:
         gamma = min(s_churn / (len(self.sigmas) - 1), 2**0.5 - 1) if s_tmin <= sigma <= s_tmax else 0.0
         sigma_hat = sigma * (gamma + 1)
         if gamma > 0:
-            eps = _randn(generator, m.shape).astype(np.float64) * s_noise
+            eps = randn(generator, m.shape).astype(np.float64) * s_noise
             x = x + eps * math.sqrt(sigma_hat**2 - sigma**2)
 
         # 2. denoised estimate x0
@@ -528,8 +403,6 @@ class EulerDiscreteScheduler:
         out = np.sqrt(ac) * _to_numpy(noise).astype(np.float64) - np.sqrt(1 - ac) * x.astype(np.float64)
         return _like(out, sample)
 
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}({json.dumps(dict(self.config), sort_keys=True)})"
 
 
 __all__ = ["EulerDiscreteScheduler", "SchedulerOutput", "CHOICES"]
