@@ -77,6 +77,9 @@ def cached_build(preset: str, spec: dict, seed: int, make_pipeline, cache: Path 
     out = cache / f"{preset}-{_key(preset, spec, seed)}"
     if (out / "model_index.json").exists():
         return out
+    from .harness import quiet_reference_libraries
+
+    quiet_reference_libraries()
     pipe = make_pipeline(spec, seed)
     tmp = cache / f".{out.name}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)

@@ -47,6 +47,17 @@ def versions() -> dict:
             "machine": f"{platform.machine()} {platform.system()}"}
 
 
+def quiet_reference_libraries() -> None:
+    """diffusers/transformers log warnings and progress bars on every load; the harness reports what matters."""
+    import diffusers
+    import transformers
+
+    diffusers.utils.logging.set_verbosity_error()
+    diffusers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+
+
 def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
@@ -61,6 +72,7 @@ def run_parity(src, out, converted=None, steps: int = 3, frames: int | None = No
         raise ConversionError(f"--dtype {dtype!r} is not supported for parity; expected one of {', '.join(BARS)}")
     if steps < 1:
         raise ConversionError(f"--steps must be at least 1, got {steps}")
+    quiet_reference_libraries()
     root = resolve(src)
     index = read_json(root / "model_index.json")
     pipeline = index.get("_class_name")
