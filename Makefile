@@ -5,7 +5,7 @@ BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 TORCH   := torch==2.13.0
 
-.PHONY: demo test test-slow reports bench clean
+.PHONY: demo test test-slow reports clean
 
 $(STAMP): pyproject.toml requirements.lock
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -23,13 +23,10 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -q -p no:cacheprovider
 
 test-slow: $(STAMP)
-	$(BIN)/python -m pytest -q -m slow
+	$(BIN)/python -m pytest -q -p no:cacheprovider -m slow
 
 reports: $(STAMP)
 	$(BIN)/python -m parity.reports
-
-bench: $(STAMP)
-	$(BIN)/python -m pytest -q -m bench bench
 
 clean:
 	rm -rf build out .pytest_cache

@@ -102,7 +102,10 @@ def map_tensors(
     rule), each parameter filled exactly once, shapes equal, dtypes floating. Raises ConversionError naming the
     key(s) otherwise. Nothing is read: the mapping works on headers."""
     audit = Audit(where, source_tensors=len(tensors), parameters=len(spec))
-    renamed = converter.normalise_keys(list(tensors), set(spec))
+    try:
+        renamed = converter.normalise_keys(list(tensors), set(spec))
+    except ConversionError as e:  # the hook sees keys only: name the source here
+        raise ConversionError(str(e) if str(e).startswith(where) else f"{where}: {e}") from None
     mapped: list[Mapped] = []
     by_target: dict[str, str] = {}
     unexpected: list[str] = []

@@ -16,7 +16,16 @@ from . import converter_for
 from .base import Audit, Mapped, map_tensors, materialise
 from .errors import ConversionError
 from .safetensors_io import write_safetensors
-from .sources import CONVERTED_WEIGHTS, MANIFEST, ComponentSource, file_records, open_component, read_json, resolve
+from .sources import (
+    CONVERTED_WEIGHTS,
+    MANIFEST,
+    ComponentSource,
+    file_records,
+    open_component,
+    read_json,
+    read_tensors,
+    resolve,
+)
 
 # the caller (mindport) builds the target model and reports its parameters: (component, class, config) -> spec
 SpecFn = Callable[[str, str, dict], dict]
@@ -33,7 +42,7 @@ def check_dtype(dtype: str | None) -> None:
 
 def plan_component(name: str, src: ComponentSource, spec_fn: SpecFn) -> tuple[dict, list[Mapped], Audit, dict]:
     """Map one component's tensors onto the parameters of the model built from its converted config."""
-    where = str(src.folder)
+    where = str(src.files[0]) if len(src.files) == 1 else str(src.folder)  # name the file when there is one
     conv = converter_for(src.class_name, f"{src.folder / 'config.json'}")
     config = conv.convert_config(src.config)
     spec = spec_fn(name, src.class_name, config)
@@ -116,61 +125,18 @@ def pipeline_components(root: Path) -> dict[str, tuple[str | None, str | None]]:
     return comps
 
 
-def convert(src, dst, spec_fn: SpecFn, variant: str | None = None, dtype: str | None = None,
-            overwrite: bool = False, progress_factory=None) -> dict:
-    """Convert SRC (Hub id, pipeline folder or component folder) into DST. Returns the manifest.
-
-    Refuses an existing DST unless `overwrite`; writes to DST's sibling temporary folder and renames it into place
-    only after every component passed its audit, so a failure (or an interrupt) leaves DST untouched."""
-    check_dtype(dtype)
+def publish(dst, overwrite: bool, build: Callable[[Path], dict]) -> dict:
+    """Write through a temporary sibling folder: `build(tmp)` fills it and returns the manifest's components; the
+    folder is renamed to DST only when every component passed its audit. Any failure (or an interrupt) removes the
+    temporary folder and leaves DST untouched; an existing DST is refused unless `overwrite`."""
     dst = Path(dst)
     if dst.exists() and not overwrite:
         raise ConversionError(f"{dst}: already exists (pass --overwrite to replace it)")
-    root = resolve(src, variant)
-    if root.is_file():
-        raise ConversionError(f"{root}: single-file checkpoints are not supported yet; pass a diffusers folder or Hub id")
     tmp = dst.parent / f".{dst.name}.partial-{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    manifest = {
-        "format": "mindport",
-        "format_version": FORMAT_VERSION,
-        "source": str(src),
-        "resolved_source": str(root),
-        "variant": variant,
-        "dtype": dtype,
-        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "components": {},
-    }
+    shutil.rmtree(tmp, ignore_errors=True)
     try:
         tmp.mkdir(parents=True)
-        if (root / "model_index.json").exists():
-            comps = pipeline_components(root)
-            sources = {}
-            for name, (lib, cls) in comps.items():
-                folder = root / name
-                if lib is None or not folder.is_dir():
-                    continue
-                if (folder / "config.json").exists():  # a model; schedulers/processors/tokenizers have other files
-                    sources[name] = open_component(folder, variant)
-                else:
-                    _copy_plain(folder, tmp / name)
-                    manifest["components"][name] = {"class_name": cls, "copied": True}
-            total = sum(len(s.tensors) for s in sources.values())
-            progress = progress_factory(total) if progress_factory else None
-            for name, s in sources.items():
-                manifest["components"][name] = _write_component(name, s, tmp / name, spec_fn, dtype, progress)
-            if progress is not None:
-                progress.close()
-            shutil.copy2(root / "model_index.json", tmp / "model_index.json")
-        elif (root / "config.json").exists():
-            s = open_component(root, variant)
-            progress = progress_factory(len(s.tensors)) if progress_factory else None
-            manifest["components"]["."] = _write_component(".", s, tmp, spec_fn, dtype, progress)
-            if progress is not None:
-                progress.close()
-        else:
-            raise ConversionError(f"{root}: neither a pipeline folder (model_index.json) nor a component folder (config.json)")
+        manifest = build(tmp)
         failed = [n for n, c in manifest["components"].items() if "audit" in c and not c["audit"]["passed"]]
         if failed:
             raise ConversionError(f"{dst}: audit failed for {', '.join(failed)}")
@@ -182,3 +148,70 @@ def convert(src, dst, spec_fn: SpecFn, variant: str | None = None, dtype: str | 
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return manifest
+
+
+def new_manifest(src, resolved, variant, dtype, **extra) -> dict:
+    return {
+        "format": "mindport",
+        "format_version": FORMAT_VERSION,
+        "source": str(src),
+        "resolved_source": str(resolved),
+        "variant": variant,
+        "dtype": dtype,
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        **extra,
+        "components": {},
+    }
+
+
+def _single_file_source(path: Path) -> ComponentSource:
+    """A checkpoint file on its own: which architecture it holds is told by its keys."""
+    from .animatediff import open_motion_module_file
+
+    keys = list(read_tensors([path]))
+    if any(".motion_modules." in k for k in keys):
+        return open_motion_module_file(path)
+    raise ConversionError(f"{path}: single-file checkpoints of this kind are not supported yet; supported: AnimateDiff "
+                          "motion-module files (original release or diffusers naming). Pass a diffusers folder or Hub id")
+
+
+def convert(src, dst, spec_fn: SpecFn, variant: str | None = None, dtype: str | None = None,
+            overwrite: bool = False, progress_factory=None) -> dict:
+    """Convert SRC (Hub id, pipeline folder, component folder or single motion-module file) into DST, audited and
+    published atomically (see `publish`). Returns the manifest."""
+    check_dtype(dtype)
+    if Path(dst).exists() and not overwrite:
+        raise ConversionError(f"{dst}: already exists (pass --overwrite to replace it)")
+    root = resolve(src, variant)
+
+    def write_all(tmp: Path, sources: dict[str, ComponentSource], manifest: dict) -> dict:
+        progress = progress_factory(sum(len(s.tensors) for s in sources.values())) if progress_factory else None
+        for name, s in sources.items():
+            out = tmp if name == "." else tmp / name
+            manifest["components"][name] = _write_component(name, s, out, spec_fn, dtype, progress)
+        if progress is not None:
+            progress.close()
+        return manifest
+
+    def build(tmp: Path) -> dict:
+        manifest = new_manifest(src, root, variant, dtype)
+        if root.is_file():
+            return write_all(tmp, {".": _single_file_source(root)}, manifest)
+        if (root / "model_index.json").exists():
+            sources = {}
+            for name, (lib, cls) in pipeline_components(root).items():
+                folder = root / name
+                if lib is None or not folder.is_dir():
+                    continue
+                if (folder / "config.json").exists():  # a model; schedulers/processors/tokenizers have other files
+                    sources[name] = open_component(folder, variant)
+                else:
+                    _copy_plain(folder, tmp / name)
+                    manifest["components"][name] = {"class_name": cls, "copied": True}
+            shutil.copy2(root / "model_index.json", tmp / "model_index.json")
+            return write_all(tmp, sources, manifest)
+        if (root / "config.json").exists():
+            return write_all(tmp, {".": open_component(root, variant)}, manifest)
+        raise ConversionError(f"{root}: neither a pipeline folder (model_index.json) nor a component folder (config.json)")
+
+    return publish(dst, overwrite, build)

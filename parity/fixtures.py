@@ -5,6 +5,7 @@ Every parameter is re-drawn from a seeded normal after construction: diffusers z
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import math
@@ -45,7 +46,7 @@ def _key(preset: str, spec: dict, seed: int) -> str:
     import diffusers
     import transformers
 
-    blob = json.dumps([preset, spec, seed, diffusers.__version__, transformers.__version__, 3], sort_keys=True, default=str)
+    blob = json.dumps([preset, spec, seed, diffusers.__version__, transformers.__version__, 5], sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
@@ -83,18 +84,41 @@ def cached_build(preset: str, spec: dict, seed: int, make_pipeline, cache: Path 
     pipe = make_pipeline(spec, seed)
     tmp = cache / f".{out.name}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
-    pipe.save_pretrained(tmp, safe_serialization=True)
+    # fp16 variants from copies (a round trip through fp16 would round the fp32 weights and buffers), written first:
+    # transformers records the dtype in config.json, so the fp32 save must come last
     for name, comp in pipe.components.items():
         if isinstance(comp, torch.nn.Module) and variants:
             for v in variants:
-                comp.to(torch.float16).save_pretrained(tmp / name, variant=v, safe_serialization=True)
-            comp.to(torch.float32)
+                copy.deepcopy(comp).to(torch.float16).save_pretrained(tmp / name, variant=v, safe_serialization=True)
+    pipe.save_pretrained(tmp, safe_serialization=True)
     (tmp / "mindport_fixture.json").write_text(json.dumps({"preset": preset, "seed": seed, "spec": spec}, default=list))
     try:
         os.replace(tmp, out)
     except OSError:  # built concurrently by another process: keep theirs
         shutil.rmtree(tmp, ignore_errors=True)
     return out
+
+
+def write_tiny_clip_vocab(folder) -> tuple[Path, int]:
+    """A byte-level BPE vocabulary in CLIP's format (every byte symbol alone and word-final, a few merges, the two
+    special tokens) written as vocab.json / merges.txt. Returns (folder, vocabulary size)."""
+    from tokenizers import pre_tokenizers
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
+    vocab = {ch: i for i, ch in enumerate(alphabet)}
+    for ch in alphabet:
+        vocab[ch + "</w>"] = len(vocab)
+    merges = ["t h", "th e</w>", "c a", "ca t</w>", "i n</w>", "a t</w>", "h at</w>", "s t", "r e", "o n</w>",
+              "o f</w>", "t o", "w a", "l k", "i n", "in g</w>"]
+    for m in merges:
+        vocab.setdefault(m.replace(" ", ""), len(vocab))
+    vocab["<|startoftext|>"] = len(vocab)
+    vocab["<|endoftext|>"] = len(vocab)
+    (folder / "vocab.json").write_text(json.dumps(vocab))
+    (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n")
+    return folder, len(vocab)
 
 
 def fixture_run_settings(path) -> dict:

@@ -5,6 +5,11 @@ from __future__ import annotations
 
 import numpy as np
 
+from .adapter_utils import (
+    patch_randn,
+    run_ours_with_callback,
+    run_reference_with_callback,
+)
 from .fixtures import randomise, synthetic_image
 
 PIPELINE = "StableVideoDiffusionPipeline"
@@ -43,9 +48,17 @@ PRESETS: dict[str, dict] = {
 def make_fixture(spec: dict, seed: int):
     """A tiny StableVideoDiffusionPipeline (diffusers, random weights)."""
     import torch
-    from diffusers import AutoencoderKLTemporalDecoder, EulerDiscreteScheduler, StableVideoDiffusionPipeline
-    from diffusers import UNetSpatioTemporalConditionModel
-    from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModelWithProjection
+    from diffusers import (
+        AutoencoderKLTemporalDecoder,
+        EulerDiscreteScheduler,
+        StableVideoDiffusionPipeline,
+        UNetSpatioTemporalConditionModel,
+    )
+    from transformers import (
+        CLIPImageProcessor,
+        CLIPVisionConfig,
+        CLIPVisionModelWithProjection,
+    )
 
     torch.manual_seed(seed)
     u = spec["unet"]
@@ -91,29 +104,17 @@ def load_ours(converted, dtype):
 
 
 def patch_noise(noise):
-    """Route every random draw of both pipelines through the shared numpy noise source. Returns an undo function."""
-    import sys
+    """Every random draw of both pipelines through the shared noise source: the noise augmentation, then the initial
+    latents (and the Euler scheduler's churn noise, which SVD's settings never draw). Returns an undo function."""
+    from diffusers.pipelines.stable_video_diffusion import (
+        pipeline_stable_video_diffusion as ref_pipe,
+    )
+    from diffusers.schedulers import scheduling_euler_discrete as ref_euler
 
-    import torch
-    from diffusers.pipelines.stable_video_diffusion import pipeline_stable_video_diffusion as ref_mod
+    from mindport.pipelines import stable_video_diffusion as our_pipe
+    from mindport.schedulers import scheduling_euler_discrete as our_euler
 
-    from mindport.pipelines import stable_video_diffusion as our_mod
-
-    def ref_randn(shape, generator=None, device=None, dtype=None, layout=None):
-        who = sys._getframe(1).f_code.co_name
-        return torch.from_numpy(noise.draw("torch", who, shape)).to(dtype or torch.float32)
-
-    def our_randn(generator, shape, dtype=np.float32):
-        who = sys._getframe(1).f_code.co_name
-        return noise.draw("mindspore", who, shape).astype(dtype)
-
-    saved = (ref_mod.randn_tensor, our_mod.randn)
-    ref_mod.randn_tensor, our_mod.randn = ref_randn, our_randn
-
-    def undo():
-        ref_mod.randn_tensor, our_mod.randn = saved
-
-    return undo
+    return patch_randn(noise, (ref_pipe, ref_euler), (our_pipe, our_euler))
 
 
 def call_kwargs(settings: dict) -> dict:
@@ -136,26 +137,12 @@ def call_kwargs(settings: dict) -> dict:
 
 def run_reference(pipe, kwargs, callback=None) -> np.ndarray:
     """`callback(step, latents) -> None` sees the latents after every step (numpy)."""
-    import torch
-
-    def on_step(_pipe, i, _t, tensors):
-        callback(i, tensors["latents"].detach().float().numpy())
-        return {}
-
-    with torch.no_grad():
-        out = pipe(**kwargs, callback_on_step_end=on_step if callback else None, return_dict=True)
-    return np.asarray(out.frames, dtype=np.float32)
+    return np.asarray(run_reference_with_callback(pipe, kwargs, callback).frames, dtype=np.float32)
 
 
 def run_ours(pipe, kwargs, callback=None) -> np.ndarray:
     """`callback(step, latents) -> numpy array or None`: replaces the latents after a step (re-synchronisation)."""
-    from mindspore import Tensor
-
-    def on_step(_pipe, i, _t, tensors):
-        new = callback(i, tensors["latents"])
-        return {} if new is None else {"latents": Tensor(new).astype(tensors["latents"].dtype)}
-
-    return np.asarray(pipe(**kwargs, callback_on_step_end=on_step if callback else None), dtype=np.float32)
+    return np.asarray(run_ours_with_callback(pipe, kwargs, callback), dtype=np.float32)
 
 
 def default_settings(unet_config: dict) -> dict:

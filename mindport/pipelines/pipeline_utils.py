@@ -41,10 +41,29 @@ def _load_tokenizer(folder: Path, class_name: str):
     return getattr(transformers, class_name).from_pretrained(str(folder))
 
 
+def encode_text(tokenizer, text_encoder, texts: list[str], max_length: int, clip_skip: int | None, owner: str):
+    """CLIP text hidden states, as diffusers' `encode_prompt`: padded to `max_length`; with `clip_skip`, the
+    (clip_skip+1)-th last hidden state through the final layer norm. The attention mask is passed only when the
+    text encoder's config asks for it."""
+    import numpy as np
+
+    if tokenizer is None or text_encoder is None:
+        raise ValueError(f"{owner}: a prompt needs the pipeline's tokenizer and text_encoder; pass prompt_embeds instead")
+    tokens = tokenizer(texts, padding="max_length", max_length=max_length, truncation=True, return_tensors="np")
+    mask = tokens["attention_mask"] if text_encoder.config.get("use_attention_mask") else None
+    ids = np.asarray(tokens["input_ids"], np.int64)
+    if clip_skip is None:
+        return text_encoder(ids, attention_mask=mask)[0]
+    hidden = text_encoder(ids, attention_mask=mask, output_hidden_states=True).hidden_states
+    return text_encoder.final_layer_norm(hidden[-(clip_skip + 1)])
+
+
 class DiffusionPipeline:
     """Holds the components named in model_index.json; subclasses define `components_order` and `__call__`."""
 
     components_order: tuple[str, ...] = ()
+    # other pipelines whose folders this one also loads (AnimateDiff: an SD 1.5 base)
+    loads_from: tuple[str, ...] = ()
 
     def __init__(self, **components):
         for name in self.components_order:
@@ -63,7 +82,7 @@ class DiffusionPipeline:
         index_path = root / "model_index.json"
         index = read_json(index_path)
         stored = index.get("_class_name")
-        if stored and stored != cls.__name__:
+        if stored and stored not in (cls.__name__, *cls.loads_from):
             raise ConversionError(f"{index_path}: holds a {stored}, but {cls.__name__}.from_pretrained was called")
         components = {}
         for name in cls.components_order:

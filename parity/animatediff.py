@@ -1,0 +1,178 @@
+"""AnimateDiff adapter for the harness: how to build both pipelines, where each draws noise, how to call them with
+identical arguments.
+
+The fixture is built as users build AnimateDiff: an SD 1.5-like `UNet2DConditionModel` and a `MotionAdapter` (both
+randomised) handed to diffusers' AnimateDiffPipeline, which merges them into a `UNetMotionModel`; the saved folder
+holds that UNet plus the adapter. Random draws: the initial latents (`prepare_latents`) and, with eta > 0, one DDIM
+variance draw per step (`step`).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .adapter_utils import (
+    patch_randn,
+    preset_run,
+    run_ours_with_callback,
+    run_reference_with_callback,
+)
+from .fixtures import randomise, write_tiny_clip_vocab
+
+PIPELINE = "AnimateDiffPipeline"
+COMPONENTS = ("text_encoder", "unet", "vae")
+
+PROMPT = "the cat walking at night"
+NEGATIVE_PROMPT = "a dog, static"
+
+# Named tiny AnimateDiff configs. `unet` is the SD 1.5-like base UNet, `adapter` the MotionAdapter; `run` holds the
+# parity settings (pixels, frames) and the sampler settings the adapter reads itself (guidance_scale, eta,
+# decode_chunk_size).
+# - animatediff-tiny: two levels, conv proj_in, spatial heads (2, 4), 2 motion heads, 4 of 8 frames, latents 8x8;
+# - animatediff-tiny-3level: three levels, linear proj_in, one head per level for space and (1, 2, 4) in time,
+#   two temporal transformer layers, 6 = motion_max_seq_length frames, a three-level VAE, latents 6x10 (not
+#   divisible by 4: the up blocks take the skips' sizes), DDIM eta 0.5, decoded 4 frames at a time;
+# - animatediff-tiny-nomid: an adapter without a motion mid block (AnimateDiff v1), 8 heads in time, heads (4, 1) in
+#   space, two resnets per level, 3 frames, a one-level VAE (latents at pixel size, 16x8).
+PRESETS: dict[str, dict] = {
+    "animatediff-tiny": {
+        "unet": dict(block_out_channels=(32, 64), layers_per_block=1, attention_head_dim=(2, 4), cross_attention_dim=32,
+                     down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+                     up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), norm_num_groups=8),
+        "adapter": dict(motion_layers_per_block=1, motion_num_attention_heads=2, motion_norm_num_groups=8,
+                        motion_max_seq_length=8),
+        "vae": dict(block_out_channels=(16, 32), layers_per_block=1, norm_num_groups=8),
+        "text": dict(hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4),
+        "run": dict(height=16, width=16, num_frames=4, guidance_scale=7.5),
+    },
+    "animatediff-tiny-3level": {
+        "unet": dict(block_out_channels=(16, 32, 32), layers_per_block=1, attention_head_dim=1, cross_attention_dim=24,
+                     down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
+                     up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"), norm_num_groups=8,
+                     use_linear_projection=True),
+        "adapter": dict(motion_layers_per_block=1, motion_num_attention_heads=(1, 2, 4), motion_norm_num_groups=8,
+                        motion_transformer_layers_per_block=2, motion_max_seq_length=6),
+        "vae": dict(block_out_channels=(16, 16, 16), layers_per_block=1, norm_num_groups=8),
+        "text": dict(hidden_size=24, intermediate_size=30, num_hidden_layers=1, num_attention_heads=2),
+        "run": dict(height=24, width=40, num_frames=6, guidance_scale=6.0, eta=0.5, decode_chunk_size=4),
+    },
+    "animatediff-tiny-nomid": {
+        "unet": dict(block_out_channels=(32, 32), layers_per_block=2, attention_head_dim=(4, 1), cross_attention_dim=16,
+                     down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+                     up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D"), norm_num_groups=8),
+        "adapter": dict(motion_layers_per_block=2, motion_num_attention_heads=8, motion_norm_num_groups=4,
+                        use_motion_mid_block=False, motion_max_seq_length=24),
+        "vae": dict(block_out_channels=(16,), layers_per_block=1, norm_num_groups=8),
+        "text": dict(hidden_size=16, intermediate_size=24, num_hidden_layers=2, num_attention_heads=2),
+        "run": dict(height=16, width=8, num_frames=3, guidance_scale=4.0),
+    },
+}
+
+
+def make_components(spec: dict, seed: int) -> dict:
+    """The diffusers / transformers components of a tiny AnimateDiff (random weights): vae, text_encoder,
+    tokenizer, unet (an SD 1.5-like UNet2DConditionModel), motion_adapter, scheduler (DDIM as AnimateDiff's
+    examples configure it)."""
+    import tempfile
+
+    import torch
+    from diffusers import (
+        AutoencoderKL,
+        DDIMScheduler,
+        MotionAdapter,
+        UNet2DConditionModel,
+    )
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+
+    torch.manual_seed(seed)
+    u = spec["unet"]
+    unet = UNet2DConditionModel(sample_size=8, in_channels=4, out_channels=4, **u)
+    adapter = MotionAdapter(block_out_channels=u["block_out_channels"], **spec["adapter"])
+    levels = len(spec["vae"]["block_out_channels"])
+    vae = AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4, sample_size=32,
+                        down_block_types=("DownEncoderBlock2D",) * levels, up_block_types=("UpDecoderBlock2D",) * levels,
+                        **spec["vae"])
+    with tempfile.TemporaryDirectory() as tmp:
+        folder, vocab_size = write_tiny_clip_vocab(tmp)
+        tokenizer = CLIPTokenizer.from_pretrained(str(folder), model_max_length=16)
+    text_encoder = CLIPTextModel(CLIPTextConfig(
+        vocab_size=vocab_size, max_position_embeddings=16, projection_dim=u["cross_attention_dim"],
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+        **{"hidden_act": "quick_gelu", **spec["text"]}))
+    for i, m in enumerate((unet, adapter, vae, text_encoder)):
+        randomise(m, seed * 10 + i)
+    scheduler = DDIMScheduler(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="linear",
+                              clip_sample=False, timestep_spacing="linspace", steps_offset=1, set_alpha_to_one=False)
+    return dict(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, motion_adapter=adapter,
+                scheduler=scheduler)
+
+
+def make_fixture(spec: dict, seed: int):
+    """A tiny AnimateDiffPipeline (diffusers): the pipeline builds its UNetMotionModel from the UNet2D + adapter."""
+    from diffusers import AnimateDiffPipeline
+
+    return AnimateDiffPipeline(**make_components(spec, seed))
+
+
+def load_reference(src):
+    import torch
+    from diffusers import AnimateDiffPipeline
+
+    pipe = AnimateDiffPipeline.from_pretrained(str(src), torch_dtype=torch.float32)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def load_ours(converted, dtype):
+    from mindport import AnimateDiffPipeline
+
+    pipe = AnimateDiffPipeline.from_pretrained(str(converted), mindspore_dtype=dtype)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def patch_noise(noise):
+    """Every random draw of both pipelines through the shared noise source: the initial latents and (eta > 0) DDIM's
+    variance noise. Returns an undo function."""
+    from diffusers.pipelines.animatediff import pipeline_animatediff as ref_pipe
+    from diffusers.schedulers import scheduling_ddim as ref_ddim
+
+    from mindport.pipelines import animatediff as our_pipe
+    from mindport.schedulers import scheduling_ddim as our_ddim
+
+    return patch_randn(noise, (ref_pipe, ref_ddim), (our_pipe, our_ddim))
+
+
+def call_kwargs(settings: dict) -> dict:
+    """Identical arguments for both pipelines: a prompt and a negative prompt with guidance."""
+    run = preset_run(settings)
+    return dict(
+        prompt=PROMPT,
+        negative_prompt=NEGATIVE_PROMPT,
+        height=settings["height"],
+        width=settings["width"],
+        num_frames=settings["frames"],
+        num_inference_steps=settings["steps"],
+        guidance_scale=float(run.get("guidance_scale", 7.5)),
+        eta=float(run.get("eta", 0.0)),
+        decode_chunk_size=settings.get("decode_chunk_size") or run.get("decode_chunk_size") or settings["frames"],
+        output_type="np",
+    )
+
+
+def run_reference(pipe, kwargs, callback=None) -> np.ndarray:
+    """`callback(step, latents) -> None` sees the latents (B, C, F, h, w) after every step (numpy)."""
+    return np.asarray(run_reference_with_callback(pipe, kwargs, callback).frames, dtype=np.float32)
+
+
+def run_ours(pipe, kwargs, callback=None) -> np.ndarray:
+    """`callback(step, latents) -> numpy array or None`: replaces the latents after a step (re-synchronisation)."""
+    return np.asarray(run_ours_with_callback(pipe, kwargs, callback)[0], dtype=np.float32)
+
+
+def default_settings(unet_config: dict) -> dict:
+    """diffusers' defaults: sample_size * 8 pixels (512 for SD 1.5), 16 frames (fewer if the motion modules hold
+    fewer positions)."""
+    size = (unet_config.get("sample_size") or 64) * 8
+    return {"height": size, "width": size, "frames": min(16, unet_config.get("motion_max_seq_length", 32))}
