@@ -6,8 +6,8 @@ from collections import Counter
 from pathlib import Path
 
 from converters import ConversionError
-from converters.sources import MANIFEST, class_name_of, open_component, read_json
 from converters.safetensors_io import read_header
+from converters.sources import MANIFEST, class_name_of, open_component, read_json
 
 
 def _summarise(refs) -> dict:

@@ -14,6 +14,16 @@ from mindspore import Tensor, nn
 from . import backend
 
 
+def per_entry(value, n: int, name: str = "value") -> list:
+    """A config value given once (int, float, bool, None: repeated n times) or per block/layer (must have n)."""
+    if value is None or isinstance(value, (int, float, bool)):
+        return [value] * n
+    value = list(value)
+    if len(value) != n:
+        raise ValueError(f"{name}={value} has {len(value)} entries, expected {n} (one per block/layer) or a single value")
+    return value
+
+
 class Output(OrderedDict):
     """Like diffusers' BaseOutput: fields by attribute (`.sample`), by key, or by position (`out[0]`)."""
 

@@ -8,7 +8,13 @@ from mindspore import Tensor
 from .. import backend
 from ..layers import Conv2d
 from ..modeling import ModelMixin
-from .vae import AutoencoderKLOutput, Decoder, DecoderOutput, DiagonalGaussianDistribution, Encoder
+from .vae import (
+    AutoencoderKLOutput,
+    Decoder,
+    DecoderOutput,
+    DiagonalGaussianDistribution,
+    Encoder,
+)
 
 
 class AutoencoderKL(ModelMixin):

@@ -9,7 +9,13 @@ from mindspore import Tensor, ops
 from .. import backend
 from ..layers import Conv2d
 from ..modeling import ModelMixin
-from .vae import AutoencoderKLOutput, DecoderOutput, DiagonalGaussianDistribution, Encoder, TemporalDecoder
+from .vae import (
+    AutoencoderKLOutput,
+    DecoderOutput,
+    DiagonalGaussianDistribution,
+    Encoder,
+    TemporalDecoder,
+)
 
 
 class AutoencoderKLTemporalDecoder(ModelMixin):

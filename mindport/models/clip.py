@@ -17,8 +17,8 @@ non-persistent buffer; older checkpoints that still contain it are the converter
 
 from __future__ import annotations
 
-import numpy as np
 import mindspore as ms
+import numpy as np
 from mindspore import Parameter, Tensor, nn, ops
 from mindspore.common.initializer import Zero, initializer
 

@@ -95,3 +95,15 @@ class SinusoidalPositionalEmbedding(nn.Cell):
 
     def construct(self, x: Tensor) -> Tensor:
         return x + self.pe[:, : x.shape[1]].astype(x.dtype)
+
+
+def timesteps_1d(value, batch_size: int, owner: str, name: str = "timestep") -> Tensor:
+    """A timestep-like value (python / numpy scalar or array, ms Tensor) -> float32 (batch_size,); a single value is
+    broadcast over the batch, as diffusers' UNets do."""
+    t = value if isinstance(value, Tensor) else Tensor(np.asarray(value, dtype=np.float64))
+    t = t.astype(ms.float32).reshape(-1)
+    if t.shape[0] == 1 and batch_size != 1:
+        t = t.broadcast_to((batch_size,))
+    if t.shape[0] != batch_size:
+        raise ValueError(f"{owner}: got {t.shape[0]} values of `{name}` for batch size {batch_size}")
+    return t

@@ -8,7 +8,15 @@ import mindspore as ms
 from mindspore import Parameter, Tensor, nn, ops
 
 from .. import backend
-from ..layers import Conv2d, Conv3d, GroupNorm, LayerNorm, Linear, Dropout, get_activation
+from ..layers import (
+    Conv2d,
+    Conv3d,
+    Dropout,
+    GroupNorm,
+    LayerNorm,
+    Linear,
+    get_activation,
+)
 
 
 def _as_tensor(x) -> Tensor | None:

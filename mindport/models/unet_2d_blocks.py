@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from mindspore import Tensor, nn, ops
 
+from ..modeling import per_entry
 from .resnet import Downsample2D, ResnetBlock2D, Upsample2D
 from .transformer_2d import Transformer2DModel
 
@@ -16,8 +17,6 @@ UP_BLOCK_TYPES = ("UpBlock2D", "CrossAttnUpBlock2D")
 MID_BLOCK_TYPES = ("UNetMidBlock2DCrossAttn",)
 
 
-def _per_layer(value, num_layers: int) -> list:
-    return [value] * num_layers if isinstance(value, int) else list(value)
 
 
 def _refuse_dual(dual_cross_attention: bool, where: str) -> None:
@@ -65,7 +64,7 @@ class UNetMidBlock2DCrossAttn(nn.Cell):
         self.num_attention_heads = num_attention_heads
         resnet_groups = resnet_groups if resnet_groups is not None else min(in_channels // 4, 32)
         resnet_groups_out = resnet_groups_out or resnet_groups
-        layers = _per_layer(transformer_layers_per_block, num_layers)
+        layers = per_entry(transformer_layers_per_block, num_layers)
         common = dict(temb_channels=temb_channels, eps=resnet_eps, act=resnet_act_fn,
                       time_scale_shift=resnet_time_scale_shift, output_scale_factor=output_scale_factor,
                       dropout=dropout, pre_norm=resnet_pre_norm)
@@ -146,7 +145,7 @@ class CrossAttnDownBlock2D(nn.Cell):
         _refuse_dual(dual_cross_attention, "CrossAttnDownBlock2D")
         self.has_cross_attention = True
         self.num_attention_heads = num_attention_heads
-        layers = _per_layer(transformer_layers_per_block, num_layers)
+        layers = per_entry(transformer_layers_per_block, num_layers)
         resnets, attentions = [], []
         for i in range(num_layers):
             resnets.append(_resnet(in_channels if i == 0 else out_channels, out_channels, temb_channels, resnet_eps,
@@ -248,7 +247,7 @@ class CrossAttnUpBlock2D(nn.Cell):
         self.has_cross_attention = True
         self.num_attention_heads = num_attention_heads
         self.resolution_idx = resolution_idx
-        layers = _per_layer(transformer_layers_per_block, num_layers)
+        layers = per_entry(transformer_layers_per_block, num_layers)
         resnets, attentions = [], []
         for i in range(num_layers):
             resnets.append(_resnet(_up_resnet_channels(i, num_layers, in_channels, prev_output_channel, out_channels),

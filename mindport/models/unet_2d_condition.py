@@ -10,13 +10,12 @@ NotImplementedError naming the option."""
 from __future__ import annotations
 
 import mindspore as ms
-import numpy as np
 from mindspore import Tensor, nn, ops
 
 from .. import backend
 from ..layers import Conv2d, Embedding, GroupNorm, Identity, Linear, get_activation
-from ..modeling import ModelMixin, Output
-from .embeddings import TimestepEmbedding, Timesteps
+from ..modeling import ModelMixin, Output, per_entry
+from .embeddings import TimestepEmbedding, Timesteps, timesteps_1d
 from .unet_2d_blocks import (
     MID_BLOCK_TYPES,
     UNetMidBlock2DCrossAttn,
@@ -29,24 +28,8 @@ ADDITION_EMBED_TYPES = (None, "text_time")
 ENCODER_HID_DIM_TYPES = (None, "text_proj")
 
 
-def _per_block(value, n: int, name: str) -> list:
-    if isinstance(value, (int, bool)) or value is None:
-        return [value] * n
-    value = list(value)
-    if len(value) != n:
-        raise ValueError(f"UNet2DConditionModel: {name}={value} has {len(value)} entries, expected {n} (one per block)")
-    return value
 
 
-def _timesteps_1d(timestep, batch_size: int) -> Tensor:
-    """Python / numpy scalars or arrays and ms Tensors -> float32 (B,) (a single value is broadcast over the batch)."""
-    t = timestep if isinstance(timestep, Tensor) else Tensor(np.asarray(timestep, dtype=np.float64))
-    t = t.astype(ms.float32).reshape(-1)
-    if t.shape[0] == 1 and batch_size != 1:
-        t = t.broadcast_to((batch_size,))
-    if t.shape[0] != batch_size:
-        raise ValueError(f"UNet2DConditionModel: got {t.shape[0]} timesteps for batch size {batch_size}")
-    return t
 
 
 def _keep_mask_to_bias(mask, dtype) -> Tensor | None:
@@ -112,11 +95,11 @@ class UNet2DConditionModel(ModelMixin):
         self.class_embeddings_concat = class_embeddings_concat
         self.addition_embed_type = addition_embed_type
 
-        heads = _per_block(attention_head_dim, n, "attention_head_dim")  # number of heads (see above)
-        cross_dims = _per_block(cross_attention_dim, n, "cross_attention_dim")
-        layers = _per_block(layers_per_block, n, "layers_per_block")
-        tlayers = _per_block(transformer_layers_per_block, n, "transformer_layers_per_block")
-        only_cross = _per_block(only_cross_attention, n, "only_cross_attention")
+        heads = per_entry(attention_head_dim, n, "attention_head_dim")  # number of heads (see above)
+        cross_dims = per_entry(cross_attention_dim, n, "cross_attention_dim")
+        layers = per_entry(layers_per_block, n, "layers_per_block")
+        tlayers = per_entry(transformer_layers_per_block, n, "transformer_layers_per_block")
+        only_cross = per_entry(only_cross_attention, n, "only_cross_attention")
 
         # 1. input conv
         c0 = block_out_channels[0]
@@ -281,7 +264,7 @@ class UNet2DConditionModel(ModelMixin):
             sample = 2 * sample - 1.0
 
         # 1. time embedding (fp32 sinusoid, then model dtype): (B,) -> (B, T)
-        t_emb = self.time_proj(_timesteps_1d(timestep, batch_size)).astype(dtype)
+        t_emb = self.time_proj(timesteps_1d(timestep, batch_size, "UNet2DConditionModel")).astype(dtype)
         cond = backend.to_tensor(timestep_cond, dtype) if timestep_cond is not None else None
         emb = self.time_embedding(t_emb, cond)
         # 2. class / additional embeddings

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from mindspore import Tensor, nn, ops
 
+from ..modeling import per_entry
 from .resnet import Downsample2D, SpatioTemporalResBlock, Upsample2D
 from .transformer_temporal import TransformerSpatioTemporalModel
 
@@ -12,8 +13,6 @@ DOWN_BLOCK_TYPES = ("DownBlockSpatioTemporal", "CrossAttnDownBlockSpatioTemporal
 UP_BLOCK_TYPES = ("UpBlockSpatioTemporal", "CrossAttnUpBlockSpatioTemporal")
 
 
-def _per_layer(value, num_layers: int) -> list:
-    return [value] * num_layers if isinstance(value, int) else list(value)
 
 
 class UNetMidBlockSpatioTemporal(nn.Cell):
@@ -24,7 +23,7 @@ class UNetMidBlockSpatioTemporal(nn.Cell):
     def __init__(self, in_channels: int, temb_channels: int, num_layers: int = 1,
                  transformer_layers_per_block=1, num_attention_heads: int = 1, cross_attention_dim: int = 1280):
         super().__init__()
-        layers = _per_layer(transformer_layers_per_block, num_layers)
+        layers = per_entry(transformer_layers_per_block, num_layers)
         self.resnets = nn.CellList([
             SpatioTemporalResBlock(in_channels, in_channels, temb_channels, eps=1e-5) for _ in range(num_layers + 1)
         ])
@@ -79,7 +78,7 @@ class CrossAttnDownBlockSpatioTemporal(nn.Cell):
                  transformer_layers_per_block=1, num_attention_heads: int = 1, cross_attention_dim: int = 1280,
                  add_downsample: bool = True):
         super().__init__()
-        layers = _per_layer(transformer_layers_per_block, num_layers)
+        layers = per_entry(transformer_layers_per_block, num_layers)
         self.resnets = nn.CellList([
             SpatioTemporalResBlock(in_channels if i == 0 else out_channels, out_channels, temb_channels, eps=1e-6)
             for i in range(num_layers)
@@ -152,7 +151,7 @@ class CrossAttnUpBlockSpatioTemporal(nn.Cell):
                  add_upsample: bool = True):
         super().__init__()
         self.resolution_idx = resolution_idx
-        layers = _per_layer(transformer_layers_per_block, num_layers)
+        layers = per_entry(transformer_layers_per_block, num_layers)
         resnets, attentions = [], []
         for i in range(num_layers):
             skip = in_channels if i == num_layers - 1 else out_channels

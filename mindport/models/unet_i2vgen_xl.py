@@ -14,15 +14,13 @@ The body is `conv_in`, a temporal transformer (`transformer_in`) and 3D down / m
 
 from __future__ import annotations
 
-import mindspore as ms
-import numpy as np
 from mindspore import Tensor, nn, ops
 
 from .. import backend
 from ..layers import Conv2d, GroupNorm, LayerNorm, Linear, get_activation
 from ..modeling import ModelMixin, Output
 from .attention import Attention, FeedForward
-from .embeddings import TimestepEmbedding, Timesteps
+from .embeddings import TimestepEmbedding, Timesteps, timesteps_1d
 from .transformer_temporal import TransformerTemporalModel
 from .unet_3d_blocks import UNetMidBlock3DCrossAttn, get_down_block, get_up_block
 
@@ -59,17 +57,6 @@ class I2VGenXLTransformerTemporalEncoder(nn.Cell):
         return self.ff(hidden_states) + hidden_states
 
 
-def _timesteps_1d(value, batch: int, name: str) -> Tensor:
-    """A scalar / 0-d / (1,) / (N,) timestep-like value -> a float32 (N or batch,) tensor (scalars broadcast to batch)."""
-    if isinstance(value, Tensor):
-        arr = value.astype(ms.float32)
-    else:
-        arr = Tensor(np.asarray(value, dtype=np.float64).astype(np.float32))
-    if arr.ndim == 0:
-        arr = arr.reshape(1)
-    if arr.ndim != 1:
-        raise ValueError(f"I2VGenXLUNet: `{name}` must be a scalar or 1-D, got shape {tuple(arr.shape)}")
-    return arr
 
 
 class I2VGenXLUNet(ModelMixin):
@@ -180,13 +167,13 @@ class I2VGenXLUNet(ModelMixin):
     # -- conditioning ----------------------------------------------------------------------------------------------
     def _embed_time(self, timestep, fps, batch: int, timestep_cond) -> Tensor:
         """(B, time_embed_dim): time_embedding(time_proj(t)) + fps_embedding(time_proj(fps))."""
-        timesteps = _timesteps_1d(timestep, batch, "timestep")
+        timesteps = timesteps_1d(timestep, batch, "I2VGenXLUNet", "timestep")
         timesteps = ops.broadcast_to(timesteps, (batch,))
         t_emb = self.time_proj(timesteps).astype(self.dtype)
         if timestep_cond is not None:
             timestep_cond = backend.to_tensor(timestep_cond, self.dtype)
         t_emb = self.time_embedding(t_emb, timestep_cond)
-        fps_emb = self.fps_embedding(self.time_proj(_timesteps_1d(fps, batch, "fps")).astype(self.dtype))
+        fps_emb = self.fps_embedding(self.time_proj(timesteps_1d(fps, batch, "I2VGenXLUNet", "fps")).astype(self.dtype))
         return t_emb + fps_emb
 
     def _context(self, encoder_hidden_states: Tensor, image_latents: Tensor, image_embeddings: Tensor) -> Tensor:

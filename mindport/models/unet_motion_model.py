@@ -16,14 +16,13 @@ from __future__ import annotations
 import inspect
 
 import mindspore as ms
-import numpy as np
 from mindspore import Tensor, nn, ops
 
 from .. import backend
 from ..layers import Conv2d, GroupNorm, Linear, SiLU
-from ..modeling import Config, ModelMixin, Output
+from ..modeling import Config, ModelMixin, Output, per_entry
 from .attention import BasicTransformerBlock
-from .embeddings import TimestepEmbedding, Timesteps
+from .embeddings import TimestepEmbedding, Timesteps, timesteps_1d
 from .resnet import Downsample2D, ResnetBlock2D, Upsample2D
 from .transformer_2d import Transformer2DModel
 
@@ -36,14 +35,6 @@ def _keep_init_args(cell, args: dict) -> None:
     cell.config = Config({k: v for k, v in args.items() if k not in ("self", "__class__")})
 
 
-def _per_layer(value, num_layers: int, name: str) -> list:
-    """An int repeated per layer, or a sequence that must have one entry per layer."""
-    if isinstance(value, int):
-        return [value] * num_layers
-    value = list(value)
-    if len(value) != num_layers:
-        raise ValueError(f"{name} has {len(value)} entries, expected an int or {num_layers} entries (one per layer)")
-    return value
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -134,7 +125,7 @@ class MotionModules(nn.Cell):
         if activation_fn != "geglu" or attention_bias:
             raise NotImplementedError(f"MotionModules: activation_fn={activation_fn!r}, attention_bias={attention_bias} "
                                       "are not ported; expected 'geglu' and False")
-        layers = _per_layer(transformer_layers_per_block, layers_per_block, "MotionModules: transformer_layers_per_block")
+        layers = per_entry(transformer_layers_per_block, layers_per_block, "MotionModules: transformer_layers_per_block")
         self.motion_modules = nn.CellList([
             _motion_transformer(in_channels, num_attention_heads, layers[i], norm_num_groups, max_seq_length,
                                 cross_attention_dim)
@@ -162,12 +153,12 @@ class MotionAdapter(ModelMixin):
         super().__init__()
         _keep_init_args(self, locals())
         n = len(block_out_channels)
-        layers = _per_layer(motion_layers_per_block, n, "MotionAdapter: motion_layers_per_block")
+        layers = per_entry(motion_layers_per_block, n, "MotionAdapter: motion_layers_per_block")
         tlayers = ([motion_transformer_layers_per_block] * n if isinstance(motion_transformer_layers_per_block, int)
                    else list(motion_transformer_layers_per_block))
-        mid_tlayers = _per_layer(motion_transformer_layers_per_mid_block, motion_mid_block_layers_per_block,
+        mid_tlayers = per_entry(motion_transformer_layers_per_mid_block, motion_mid_block_layers_per_block,
                                  "MotionAdapter: motion_transformer_layers_per_mid_block")
-        heads = _per_layer(motion_num_attention_heads, n, "MotionAdapter: motion_num_attention_heads")
+        heads = per_entry(motion_num_attention_heads, n, "MotionAdapter: motion_num_attention_heads")
 
         def modules(channels, n_layers, t_layers, n_heads):
             return MotionModules(channels, layers_per_block=n_layers, transformer_layers_per_block=t_layers,
@@ -242,9 +233,9 @@ class DownBlockMotion(nn.Cell):
                  temporal_max_seq_length: int = 32, temporal_transformer_layers_per_block=1,
                  temporal_double_self_attention: bool = True):
         super().__init__()
-        tlayers = _per_layer(temporal_transformer_layers_per_block, num_layers,
+        tlayers = per_entry(temporal_transformer_layers_per_block, num_layers,
                              "DownBlockMotion: temporal_transformer_layers_per_block")
-        theads = _per_layer(temporal_num_attention_heads, num_layers, "DownBlockMotion: temporal_num_attention_heads")
+        theads = per_entry(temporal_num_attention_heads, num_layers, "DownBlockMotion: temporal_num_attention_heads")
         self.resnets = nn.CellList([
             _resnet(in_channels if i == 0 else out_channels, out_channels, temb_channels, resnet_eps, resnet_groups,
                     resnet_act_fn, output_scale_factor)
@@ -289,8 +280,8 @@ class CrossAttnDownBlockMotion(nn.Cell):
                  temporal_double_self_attention: bool = True):
         super().__init__()
         _check_block_options("CrossAttnDownBlockMotion", dual_cross_attention, attention_type)
-        layers = _per_layer(transformer_layers_per_block, num_layers, "CrossAttnDownBlockMotion: transformer_layers_per_block")
-        tlayers = _per_layer(temporal_transformer_layers_per_block, num_layers,
+        layers = per_entry(transformer_layers_per_block, num_layers, "CrossAttnDownBlockMotion: transformer_layers_per_block")
+        tlayers = per_entry(temporal_transformer_layers_per_block, num_layers,
                              "CrossAttnDownBlockMotion: temporal_transformer_layers_per_block")
         self.resnets = nn.CellList([
             _resnet(in_channels if i == 0 else out_channels, out_channels, temb_channels, resnet_eps, resnet_groups,
@@ -349,8 +340,8 @@ class UNetMidBlockCrossAttnMotion(nn.Cell):
         super().__init__()
         _check_block_options("UNetMidBlockCrossAttnMotion", dual_cross_attention, attention_type)
         groups = resnet_groups if resnet_groups is not None else min(in_channels // 4, 32)
-        layers = _per_layer(transformer_layers_per_block, num_layers, "UNetMidBlockCrossAttnMotion: transformer_layers_per_block")
-        tlayers = _per_layer(temporal_transformer_layers_per_block, num_layers,
+        layers = per_entry(transformer_layers_per_block, num_layers, "UNetMidBlockCrossAttnMotion: transformer_layers_per_block")
+        tlayers = per_entry(temporal_transformer_layers_per_block, num_layers,
                              "UNetMidBlockCrossAttnMotion: temporal_transformer_layers_per_block")
         self.attentions = nn.CellList([
             _spatial_transformer(in_channels, num_attention_heads, layers[i], cross_attention_dim, groups,
@@ -392,7 +383,7 @@ class UpBlockMotion(nn.Cell):
                  temporal_transformer_layers_per_block=1):
         super().__init__()
         self.resolution_idx = resolution_idx
-        tlayers = _per_layer(temporal_transformer_layers_per_block, num_layers,
+        tlayers = per_entry(temporal_transformer_layers_per_block, num_layers,
                              "UpBlockMotion: temporal_transformer_layers_per_block")
         self.resnets = nn.CellList([
             _resnet((prev_output_channel if i == 0 else out_channels) + (in_channels if i == num_layers - 1 else out_channels),
@@ -438,8 +429,8 @@ class CrossAttnUpBlockMotion(nn.Cell):
         super().__init__()
         _check_block_options("CrossAttnUpBlockMotion", dual_cross_attention, attention_type)
         self.resolution_idx = resolution_idx
-        layers = _per_layer(transformer_layers_per_block, num_layers, "CrossAttnUpBlockMotion: transformer_layers_per_block")
-        tlayers = _per_layer(temporal_transformer_layers_per_block, num_layers,
+        layers = per_entry(transformer_layers_per_block, num_layers, "CrossAttnUpBlockMotion: transformer_layers_per_block")
+        tlayers = per_entry(temporal_transformer_layers_per_block, num_layers,
                              "CrossAttnUpBlockMotion: temporal_transformer_layers_per_block")
         self.resnets = nn.CellList([
             _resnet((prev_output_channel if i == 0 else out_channels) + (in_channels if i == num_layers - 1 else out_channels),
@@ -482,15 +473,6 @@ class CrossAttnUpBlockMotion(nn.Cell):
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def _timesteps_1d(timestep, batch_size: int) -> Tensor:
-    """Python / numpy scalars or arrays and ms Tensors -> float32 (B,) (a scalar is broadcast over the batch)."""
-    t = timestep if isinstance(timestep, Tensor) else Tensor(np.asarray(timestep, dtype=np.float64))
-    t = t.astype(ms.float32).reshape(-1)
-    if t.shape[0] == 1 and batch_size != 1:
-        t = t.broadcast_to((batch_size,))
-    if t.shape[0] != batch_size:
-        raise ValueError(f"UNetMotionModel: got {t.shape[0]} timesteps for batch size {batch_size}")
-    return t
 
 
 class UNetMotionModel(ModelMixin):
@@ -544,13 +526,13 @@ class UNetMotionModel(ModelMixin):
                 raise ValueError(f"UNetMotionModel: nested {name} needs reverse_{name} (asymmetrical UNet)")
         self.sample_size = sample_size
         self.num_frames_max = motion_max_seq_length
-        heads = _per_layer(num_attention_heads, n, "UNetMotionModel: num_attention_heads")
-        cross_dims = _per_layer(cross_attention_dim, n, "UNetMotionModel: cross_attention_dim")
-        layers = _per_layer(layers_per_block, n, "UNetMotionModel: layers_per_block")
-        tlayers = _per_layer(transformer_layers_per_block, n, "UNetMotionModel: transformer_layers_per_block")
-        ttlayers = _per_layer(temporal_transformer_layers_per_block, n,
+        heads = per_entry(num_attention_heads, n, "UNetMotionModel: num_attention_heads")
+        cross_dims = per_entry(cross_attention_dim, n, "UNetMotionModel: cross_attention_dim")
+        layers = per_entry(layers_per_block, n, "UNetMotionModel: layers_per_block")
+        tlayers = per_entry(transformer_layers_per_block, n, "UNetMotionModel: transformer_layers_per_block")
+        ttlayers = per_entry(temporal_transformer_layers_per_block, n,
                               "UNetMotionModel: temporal_transformer_layers_per_block")
-        mheads = _per_layer(motion_num_attention_heads, n, "UNetMotionModel: motion_num_attention_heads")
+        mheads = per_entry(motion_num_attention_heads, n, "UNetMotionModel: motion_num_attention_heads")
 
         # 1. input conv and time embedding (fixed cos-first sinusoid, as diffusers' UNetMotionModel)
         c0 = block_out_channels[0]
@@ -605,11 +587,11 @@ class UNetMotionModel(ModelMixin):
         rev_channels = list(reversed(block_out_channels))
         rev_heads, rev_layers, rev_cross = list(reversed(heads)), list(reversed(layers)), list(reversed(cross_dims))
         rev_mheads = list(reversed(mheads)) if reverse_motion_num_attention_heads is None else \
-            _per_layer(reverse_motion_num_attention_heads, n, "UNetMotionModel: reverse_motion_num_attention_heads")
+            per_entry(reverse_motion_num_attention_heads, n, "UNetMotionModel: reverse_motion_num_attention_heads")
         rev_tlayers = (list(reversed(tlayers)) if reverse_transformer_layers_per_block is None else
-                       _per_layer(reverse_transformer_layers_per_block, n, "reverse_transformer_layers_per_block"))
+                       per_entry(reverse_transformer_layers_per_block, n, "reverse_transformer_layers_per_block"))
         rev_ttlayers = (list(reversed(ttlayers)) if reverse_temporal_transformer_layers_per_block is None else
-                        _per_layer(reverse_temporal_transformer_layers_per_block, n,
+                        per_entry(reverse_temporal_transformer_layers_per_block, n,
                                    "reverse_temporal_transformer_layers_per_block"))
         self.num_upsamplers = n - 1
         up_blocks = []
@@ -652,8 +634,8 @@ class UNetMotionModel(ModelMixin):
         if acfg is not None:
             if len(acfg["block_out_channels"]) != n:
                 raise ValueError(f"incompatible MotionAdapter: {len(acfg['block_out_channels'])} blocks, the UNet has {n}")
-            unet_layers = _per_layer(ucfg["layers_per_block"], n, "UNet layers_per_block")
-            adapter_layers = _per_layer(acfg["motion_layers_per_block"], n, "MotionAdapter motion_layers_per_block")
+            unet_layers = per_entry(ucfg["layers_per_block"], n, "UNet layers_per_block")
+            adapter_layers = per_entry(acfg["motion_layers_per_block"], n, "MotionAdapter motion_layers_per_block")
             if unet_layers != adapter_layers:
                 raise ValueError(f"incompatible MotionAdapter: motion_layers_per_block {adapter_layers} != UNet "
                                  f"layers_per_block {unet_layers}")
@@ -765,7 +747,7 @@ class UNetMotionModel(ModelMixin):
             attention_mask = ((1 - backend.to_tensor(attention_mask, dtype)) * -10000.0)[:, None]
 
         # 1. time embedding (fp32 sinusoid, then model dtype): (B,) -> (B, 4*C0)
-        t_emb = self.time_proj(_timesteps_1d(timestep, batch_size)).astype(dtype)
+        t_emb = self.time_proj(timesteps_1d(timestep, batch_size, "UNetMotionModel")).astype(dtype)
         emb = self.time_embedding(t_emb, None if timestep_cond is None else backend.to_tensor(timestep_cond, dtype))
         if self.add_embedding is not None:
             if not added_cond_kwargs or "text_embeds" not in added_cond_kwargs or "time_ids" not in added_cond_kwargs:

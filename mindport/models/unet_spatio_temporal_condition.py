@@ -3,34 +3,13 @@
 from __future__ import annotations
 
 import mindspore as ms
-import numpy as np
-from mindspore import Tensor, nn, ops
+from mindspore import nn, ops
 
 from .. import backend
 from ..layers import Conv2d, GroupNorm, SiLU
-from ..modeling import ModelMixin, Output
-from .embeddings import TimestepEmbedding, Timesteps
+from ..modeling import ModelMixin, Output, per_entry
+from .embeddings import TimestepEmbedding, Timesteps, timesteps_1d
 from .unet_3d_blocks import UNetMidBlockSpatioTemporal, get_down_block, get_up_block
-
-
-def _per_block(value, n: int, name: str) -> list:
-    if isinstance(value, int):
-        return [value] * n
-    value = list(value)
-    if len(value) != n:
-        raise ValueError(f"UNetSpatioTemporalConditionModel: {name} has {len(value)} entries, expected {n} (one per block)")
-    return value
-
-
-def _timesteps_1d(timestep, batch_size: int) -> Tensor:
-    """Python / numpy scalars or arrays and ms Tensors -> float32 (B,) (a scalar is broadcast over the batch)."""
-    t = timestep if isinstance(timestep, Tensor) else Tensor(np.asarray(timestep, dtype=np.float64))
-    t = t.astype(ms.float32).reshape(-1)
-    if t.shape[0] == 1 and batch_size != 1:
-        t = t.broadcast_to((batch_size,))
-    if t.shape[0] != batch_size:
-        raise ValueError(f"UNetSpatioTemporalConditionModel: got {t.shape[0]} timesteps for batch size {batch_size}")
-    return t
 
 
 class UNetSpatioTemporalConditionModel(ModelMixin):
@@ -55,9 +34,9 @@ class UNetSpatioTemporalConditionModel(ModelMixin):
         if len(block_out_channels) != n:
             raise ValueError(f"UNetSpatioTemporalConditionModel: {len(block_out_channels)} block_out_channels for {n} blocks")
         self.sample_size = sample_size
-        heads = _per_block(num_attention_heads, n, "num_attention_heads")
-        cross_dims = _per_block(cross_attention_dim, n, "cross_attention_dim")
-        layers = _per_block(layers_per_block, n, "layers_per_block")
+        heads = per_entry(num_attention_heads, n, "num_attention_heads")
+        cross_dims = per_entry(cross_attention_dim, n, "cross_attention_dim")
+        layers = per_entry(layers_per_block, n, "layers_per_block")
         tlayers = [transformer_layers_per_block] * n if isinstance(transformer_layers_per_block, int) \
             else list(transformer_layers_per_block)
 
@@ -118,7 +97,7 @@ class UNetSpatioTemporalConditionModel(ModelMixin):
         forward_upsample_size = any(s % up_factor != 0 for s in sample.shape[-2:])
 
         # 1. time embedding (fp32 sinusoid, then model dtype): (B,) -> (B, 4*C0)
-        t_emb = self.time_proj(_timesteps_1d(timestep, batch_size)).astype(dtype)
+        t_emb = self.time_proj(timesteps_1d(timestep, batch_size, "UNetSpatioTemporalConditionModel")).astype(dtype)
         emb = self.time_embedding(t_emb)
         # 2. added time ids: (B, n) -> (B*n, A) -> (B, n*A) -> (B, 4*C0)
         time_embeds = self.add_time_proj(backend.to_tensor(added_time_ids, ms.float32).reshape(-1))

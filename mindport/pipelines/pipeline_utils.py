@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from tqdm.auto import tqdm
+
 from converters import ConversionError
 from converters.sources import read_json, resolve
-from tqdm.auto import tqdm
 
 from ..loading import load_component
 from ..models import MODEL_MODULES, model_class
 from ..schedulers import SCHEDULER_MODULES, scheduler_class
-
 
 # image-processor classes whose preprocessor_config.json we read (transformers 5 saves the PIL fallback's name)
 PROCESSORS = ("CLIPImageProcessor", "CLIPImageProcessorPil", "CLIPImageProcessorFast")

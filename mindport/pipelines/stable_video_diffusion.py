@@ -5,8 +5,8 @@ noise-augmentation noise (image shape), then the initial latents."""
 
 from __future__ import annotations
 
-import numpy as np
 import mindspore as ms
+import numpy as np
 import PIL.Image
 from mindspore import Tensor, ops
 
