@@ -26,14 +26,12 @@ from .scheduling_utils import (
     _F32,
     SchedulerMixin,
     SchedulerOutput,
-    _cosine_betas,
     _cumprod_f32,
     _like,
-    _linspace_f32,
     _MsTensor,
-    _rescale_zero_terminal_snr,
     _to_numpy,
     ms,
+    training_betas,
 )
 
 CHOICES = {
@@ -132,17 +130,7 @@ class DDIMScheduler(SchedulerMixin):
         n = self.config.num_train_timesteps
 
         # 1. training noise schedule (float32, as diffusers)
-        if trained_betas is not None:
-            betas = np.asarray(trained_betas, np.float64).astype(_F32).ravel()
-        elif beta_schedule == "linear":
-            betas = _linspace_f32(beta_start, beta_end, n)
-        elif beta_schedule == "scaled_linear":
-            betas = _linspace_f32(beta_start**0.5, beta_end**0.5, n) ** 2
-        else:  # squaredcos_cap_v2
-            betas = _cosine_betas(n)
-        if rescale_betas_zero_snr:
-            betas = _rescale_zero_terminal_snr(betas)
-        self.betas = betas.astype(_F32)
+        self.betas = training_betas(trained_betas, beta_schedule, beta_start, beta_end, n, rescale_betas_zero_snr)
         self.alphas = (_F32(1.0) - self.betas).astype(_F32)
         self.alphas_cumprod = _cumprod_f32(self.alphas)
         # 2. "previous" alpha of the last step: 1, or the first training alpha

@@ -25,16 +25,15 @@ from .scheduling_utils import (
     _F32,
     SchedulerMixin,
     SchedulerOutput,
-    _cosine_betas,
     _cumprod_f32,
     _like,
     _linspace_f32,
     _log_f32,
     _MsTensor,
-    _rescale_zero_terminal_snr,
     _scalar,
     _to_numpy,
     ms,
+    training_betas,
 )
 
 CHOICES = {
@@ -100,17 +99,7 @@ class EulerDiscreteScheduler(SchedulerMixin):
         self._validate_config()
 
         # 1. training noise schedule (float32, as diffusers)
-        if trained_betas is not None:
-            betas = np.asarray(trained_betas, np.float64).astype(_F32)
-        elif beta_schedule == "linear":
-            betas = _linspace_f32(beta_start, beta_end, num_train_timesteps)
-        elif beta_schedule == "scaled_linear":
-            betas = _linspace_f32(beta_start**0.5, beta_end**0.5, num_train_timesteps) ** 2
-        else:  # squaredcos_cap_v2
-            betas = _cosine_betas(num_train_timesteps)
-        if rescale_betas_zero_snr:
-            betas = _rescale_zero_terminal_snr(betas)
-        self.betas = betas.astype(_F32)
+        self.betas = training_betas(trained_betas, beta_schedule, beta_start, beta_end, num_train_timesteps, rescale_betas_zero_snr)
         self.alphas = (_F32(1.0) - self.betas).astype(_F32)
         self.alphas_cumprod = _cumprod_f32(self.alphas)
         if rescale_betas_zero_snr:

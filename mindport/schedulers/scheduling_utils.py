@@ -150,3 +150,20 @@ def _scalar(t) -> float | int:
     if t.size != 1:
         raise ValueError(f"expected a single timestep, got an array of shape {t.shape}")
     return t.reshape(()).item() if np.issubdtype(t.dtype, np.integer) else t.reshape(())
+
+
+def training_betas(trained_betas, beta_schedule: str, beta_start: float, beta_end: float, n: int,
+                   rescale_betas_zero_snr: bool) -> np.ndarray:
+    """The training noise schedule as diffusers' float32 tensors: linear / scaled_linear / squaredcos_cap_v2 or given
+    betas, optionally rescaled to zero terminal SNR."""
+    if trained_betas is not None:
+        betas = np.asarray(trained_betas, np.float64).astype(_F32).ravel()
+    elif beta_schedule == "linear":
+        betas = _linspace_f32(beta_start, beta_end, n)
+    elif beta_schedule == "scaled_linear":
+        betas = _linspace_f32(beta_start**0.5, beta_end**0.5, n) ** 2
+    else:  # squaredcos_cap_v2 (validated by the scheduler)
+        betas = _cosine_betas(n)
+    if rescale_betas_zero_snr:
+        betas = _rescale_zero_terminal_snr(betas)
+    return betas.astype(_F32)
