@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from .capture import Capture
-from .metrics import compare, psnr
+from .metrics import compare, psnr, ssim
 
 # Relative-L2 bars by the MindSpore side's dtype (the reference is always PyTorch fp32).
 BARS = {
@@ -73,6 +73,6 @@ def frame_metrics(ours: np.ndarray, ref: np.ndarray) -> dict:
     for b in range(ref.shape[0]):
         for f in range(ref.shape[1]):
             per_frame.append({"video": b, "frame": f, "psnr": psnr(ours[b, f], ref[b, f]),
-                              "rel_l2": compare(ours[b, f], ref[b, f])["rel_l2"]})
+                              "ssim": ssim(ours[b, f], ref[b, f]), "rel_l2": compare(ours[b, f], ref[b, f])["rel_l2"]})
     return {"rel_l2": m["rel_l2"], "max_abs": m["max_abs"], "cosine": m["cosine"], "psnr": psnr(ours, ref),
-            "shape": list(ref.shape), "per_frame": per_frame}
+            "ssim": float(np.mean([r["ssim"] for r in per_frame])), "shape": list(ref.shape), "per_frame": per_frame}
