@@ -1,108 +1,355 @@
-"""report.json (the stable schema the CLI and CI read), report.md (for people) and frames.png (a strip: PyTorch,
-MindSpore, and their difference amplified)."""
+"""report.json (the stable schema the CLI and CI read, docs/report_schema.md), report.md (for people), frames.png
+(per video a strip: PyTorch, MindSpore, their difference amplified), frames.gif (the same side by side, one frame at
+a time) and report.html (parity/html.py).
+
+Every section other than settings is optional: a report holds what its run measured, and a section that was not
+measured says so in one line instead of failing."""
 
 from __future__ import annotations
 
+import io
 import json
 import math
 from pathlib import Path
 
 import numpy as np
 import PIL.Image
+import PIL.ImageDraw
+import PIL.ImageFont
+
+NOT_MEASURED = "Not measured in this run."
+PANEL = 128  # frames are upscaled (nearest) until their longer side reaches this, so tiny frames stay visible
+MAX_PANEL = 384  # and larger frames are reduced (area) below this, so the strips of real checkpoints stay small
 
 
 def _fmt(x) -> str:
+    if x is None:
+        return "—"
     if isinstance(x, float):
         if math.isinf(x):
-            return "inf"
+            return "inf" if x > 0 else "-inf"
         return f"{x:.3e}"
     return str(x)
 
 
-def frame_strip(ref: np.ndarray, ours: np.ndarray, path: Path, amplify: float = 50.0) -> None:
-    """Rows: PyTorch frames, MindSpore frames, |difference| x amplify (first video)."""
-    r, o = ref[0], ours[0]
-    diff = np.clip(np.abs(o - r) * amplify, 0, 1)
-    rows = [np.concatenate(list(x), axis=1) for x in (r, o, diff)]
-    img = (np.clip(np.concatenate(rows, axis=0), 0, 1) * 255).round().astype(np.uint8)
-    scale = max(1, 96 // max(1, r.shape[1]))
-    pil = PIL.Image.fromarray(img)
-    pil.resize((pil.width * scale, pil.height * scale), PIL.Image.NEAREST).save(path)
+def _db(x) -> str:
+    return "—" if x is None else ("inf" if math.isinf(x) else f"{x:.1f}")
 
 
-def markdown(report: dict) -> str:
-    s, f = report["settings"], report["frames"]
-    verdict = "PASSED" if report["passed"] else "FAILED"
-    lines = [
-        f"# Parity report: {s['pipeline']} ({s['dtype']}) — {verdict}",
-        "",
-        f"Source `{s['source']}`; {s['steps']} steps, {s['frames']} frames at {s['height']}x{s['width']}, seed {s['seed']}. "
-        f"Reference: {s['reference']}. Bars (relative L2): modules ≤ {s['bars']['module']:g}, frames ≤ {s['bars']['frames']:g}.",
-        "",
-        "## Frames",
-        "",
-        "| relative L2 | max abs | PSNR (dB) | passed |",
-        "|---|---|---|---|",
-        f"| {_fmt(f['rel_l2'])} | {_fmt(f['max_abs'])} | {f['psnr']:.1f} | {f['passed']} |",
-        "",
-        "![frames: PyTorch, MindSpore, |difference| x50](frames.png)",
-        "",
-        "## First divergence",
-        "",
-    ]
-    fd = report["first_divergence"]
-    if fd is None:
-        lines.append("None: every compared module is within its bar.")
+def ratio(row: dict):
+    """rel_l2 / bound: how close a module (or block) is to its bar; None where the run has no bound."""
+    b = row.get("bound")
+    return None if not b else row["rel_l2"] / b
+
+
+def worst_rows(layers: list[dict], n: int) -> list[dict]:
+    """The n modules nearest to (or furthest beyond) their bound; by rel L2 when the run has no bounds."""
+    return sorted(layers, key=lambda r: -(ratio(r) if ratio(r) is not None else r["rel_l2"]))[:n]
+
+
+def step_block_worst(steps: dict) -> list[dict]:
+    """Per block of the step x block matrix: its worst cell (step, rel L2), in the matrix's block order."""
+    rows = []
+    for j, block in enumerate(steps.get("blocks", [])):
+        cells = [(row[j], s) for s, row in zip(steps.get("steps", []), steps.get("rel_l2", [])) if row[j] is not None]
+        if cells:
+            worst, step = max(cells, key=lambda c: c[0])  # the earliest step on ties
+            rows.append({"block": block, "step": step, "rel_l2": worst, "steps": len(cells)})
+    return rows
+
+
+# --- frame images -------------------------------------------------------------------------------------------------
+
+def amplification(ref: np.ndarray, ours: np.ndarray) -> float:
+    """The difference is shown x this: the power of ten that brings the largest difference into [1, 10), so the
+    worst pixels saturate and the pattern of smaller ones shows (1 when the largest is 1 or more; at most 1e6)."""
+    m = float(np.abs(np.asarray(ours, np.float64) - np.asarray(ref, np.float64)).max()) if ref.size else 0.0
+    if not np.isfinite(m) or m <= 0:
+        return 1.0
+    return float(10 ** min(6, max(0, math.ceil(-math.log10(m)))))
+
+
+def gain(amplify: float) -> str:
+    """10 -> "10", 100000 -> "1e5"."""
+    return f"{amplify:.0e}".replace("e+0", "e") if amplify >= 1000 else f"{amplify:g}"
+
+
+def _amp_label(amplify: float) -> str:
+    return f"|diff| x{gain(amplify)}"
+
+
+def _panel(frame: np.ndarray, reduce=np.mean) -> np.ndarray:
+    """(H, W, C) in [0, 1] -> uint8 (h, w, 3) resized for display (nearest up, `reduce` over k x k blocks down)."""
+    f = np.clip(np.nan_to_num(np.asarray(frame, np.float64), nan=1.0), 0, 1)
+    if f.shape[-1] == 1:
+        f = np.repeat(f, 3, axis=-1)
+    longer = max(f.shape[:2])
+    if longer > MAX_PANEL:
+        k = math.ceil(longer / MAX_PANEL)
+        h, w = f.shape[0] // k * k, f.shape[1] // k * k
+        f = reduce(f[:h, :w].reshape(h // k, k, w // k, k, -1), axis=(1, 3))
     else:
-        lines.append(f"`{fd['component']}.{fd['module']}` (call {fd['call']}): relative L2 {_fmt(fd['rel_l2'])}, "
-                     f"max abs {_fmt(fd['max_abs'])}.")
-    cov = report["coverage"]
-    lines += [
+        s = math.ceil(PANEL / longer)
+        f = f.repeat(s, axis=0).repeat(s, axis=1)
+    return (f * 255).round().astype(np.uint8)
+
+
+def _font(size: int = 12):
+    return PIL.ImageFont.load_default(size=size)
+
+
+def _labelled(rows: list[np.ndarray], labels: list[str], left: int = 96) -> PIL.Image.Image:
+    """Stack image rows vertically with a label column on the left."""
+    body = np.concatenate(rows, axis=0)
+    img = PIL.Image.new("RGB", (body.shape[1] + left, body.shape[0]), "white")
+    img.paste(PIL.Image.fromarray(body), (left, 0))
+    draw, font, y = PIL.ImageDraw.Draw(img), _font(), 0
+    for row, label in zip(rows, labels):
+        draw.text((6, y + row.shape[0] // 2), label, fill="black", font=font, anchor="lm")
+        y += row.shape[0]
+    return img
+
+
+def strip_image(ref: np.ndarray, ours: np.ndarray, amplify: float) -> PIL.Image.Image:
+    """One video (F, H, W, C): rows PyTorch, MindSpore, |difference| x amplify; frames left to right."""
+    sep = lambda p: np.pad(p, ((0, 2), (0, 2), (0, 0)), constant_values=255)  # noqa: E731 - white grid lines
+    diff = np.abs(np.asarray(ours, np.float64) - np.asarray(ref, np.float64)) * amplify
+    rows = [np.concatenate([sep(_panel(f, reduce)) for f in x], axis=1)
+            for x, reduce in ((ref, np.mean), (ours, np.mean), (diff, np.max))]
+    return _labelled(rows, ["PyTorch", "MindSpore", _amp_label(amplify)])
+
+
+def strips_png(ref: np.ndarray, ours: np.ndarray, amplify: float) -> bytes:
+    """frames.png: the strips of every video (B, F, H, W, C), one under the other."""
+    imgs = [strip_image(r, o, amplify) for r, o in zip(ref, ours)]
+    canvas = PIL.Image.new("RGB", (max(i.width for i in imgs), sum(i.height + 8 for i in imgs)), "white")
+    y = 0
+    for i in imgs:
+        canvas.paste(i, (0, y))
+        y += i.height + 8
+    buf = io.BytesIO()
+    canvas.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def side_by_side_gif(ref: np.ndarray, ours: np.ndarray, amplify: float, ms_per_frame: int = 500) -> bytes:
+    """frames.gif: per frame, PyTorch | MindSpore | |difference| x amplify side by side, one row per video."""
+    titles = ["PyTorch", "MindSpore", _amp_label(amplify)]
+    font, head = _font(), 34
+    frames = []
+    for f in range(ref.shape[1]):
+        rows = []
+        for r, o in zip(ref, ours):
+            diff = np.abs(np.asarray(o[f], np.float64) - np.asarray(r[f], np.float64)) * amplify
+            panels = [_panel(r[f]), _panel(o[f]), _panel(diff, np.max)]
+            rows.append(np.concatenate([np.pad(p, ((0, 4), (0, 4), (0, 0)), constant_values=255) for p in panels], 1))
+        body = np.concatenate(rows, axis=0)
+        img = PIL.Image.new("RGB", (body.shape[1], body.shape[0] + head), "white")
+        img.paste(PIL.Image.fromarray(body), (0, head))
+        draw, pw = PIL.ImageDraw.Draw(img), body.shape[1] // 3
+        draw.text((2, 9), f"frame {f + 1}/{ref.shape[1]}", fill="black", font=font, anchor="lm")
+        for i, t in enumerate(titles):
+            draw.text((i * pw + 2, 26), t, fill="black", font=font, anchor="lm")
+        frames.append(img)
+    buf = io.BytesIO()
+    frames[0].save(buf, format="GIF", save_all=True, append_images=frames[1:], duration=ms_per_frame, loop=0)
+    return buf.getvalue()
+
+
+# --- report.md ----------------------------------------------------------------------------------------------------
+
+def _table(header: list[str], rows: list[list]) -> list[str]:
+    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + \
+        ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+
+
+def _module_row(r: dict, with_bounds: bool) -> list:
+    row = [r["component"], f"`{r['module']}`", r.get("shape"), _fmt(r["rel_l2"]), _fmt(r.get("max_abs")),
+           f"{r['cosine']:.7f}" if "cosine" in r else "—"]
+    if with_bounds:
+        row += [_fmt(r.get("floor")), _fmt(r.get("bound")), _fmt(ratio(r)), r.get("worst_step", "—")]
+    return row + [r["passed"] if "error" not in r else f"False ({r['error']})"]
+
+
+def _describe_divergence(fd: dict) -> str:
+    if fd.get("kind") == "gate":
+        return f"gate `{fd.get('gate')}` failed: {fd.get('detail', '')}"
+    where = f"`{fd['component']}.{fd['module']}`"
+    step = f", step {fd['step']}" if fd.get("step") is not None else ""
+    bound = f" > bound {_fmt(fd['bound'])}" if fd.get("bound") is not None else ""
+    return (f"{where} (call {fd.get('call', '—')}{step}, shape {fd.get('shape', '—')}): relative L2 "
+            f"{_fmt(fd['rel_l2'])}{bound}, max abs {_fmt(fd.get('max_abs'))}.")
+
+
+def run_lines(report: dict) -> list[str]:
+    """Noise, time, memory and versions, one bullet each (shared by report.md and report.html)."""
+    lines = []
+    n = report.get("noise")
+    if n and n.get("runs"):
+        draws = ", ".join(f"{d['who']}{d['shape']}" for d in n["runs"][0]["draws"])
+        lines.append(f"noise: {n.get('generator', '?')} seed {n.get('seed', '?')}, {len(n['runs'])} runs, "
+                     f"draws per run: {draws}")
+    t = report.get("timings") or {}
+    secs = [f"{k[:-2].replace('_', ' ')} {v:.1f} s" for k, v in t.items() if k.endswith("_s") and v is not None]
+    if secs:
+        lines.append("time: " + ", ".join(secs))
+    mem = []
+    if t.get("overhead") is not None:
+        mem.append(f"capture overhead x{t['overhead']:.2f} (time with capture / without)")
+    if t.get("peak_anon_mb") is not None:
+        mem.append(f"peak anonymous RSS {t['peak_anon_mb']:.0f} MB above baseline")
+    if t.get("peak_rss_mb") is not None:
+        mem.append(f"peak RSS {t['peak_rss_mb']:.0f} MB")
+    if mem:
+        lines.append("memory: " + "; ".join(mem))
+    if report.get("versions"):
+        lines.append("versions: " + ", ".join(f"{k} {v}" for k, v in report["versions"].items()))
+    return lines
+
+
+def markdown(report: dict, amplify: float | None = None) -> str:
+    s = report.get("settings", {})
+    verdict = "PASSED" if report.get("passed") else "FAILED"
+    bars = s.get("bars", {})
+    lines = [
+        f"# Parity report: {s.get('pipeline', '?')} ({s.get('dtype', '?')}) — {verdict}",
         "",
-        f"## Modules ({cov['compared_modules']} modules, {cov['compared_calls']} calls compared)",
+        f"Source `{s.get('source', '?')}`; {s.get('steps', '?')} steps, {s.get('frames', '?')} frames at "
+        f"{s.get('height', '?')}x{s.get('width', '?')}, seed {s.get('seed', '?')}. Reference: {s.get('reference', '?')}. "
+        f"Bars (relative L2): modules ≤ {bars.get('module', '?')}, frames ≤ {bars.get('frames', '?')}.",
         "",
-        "Worst 15 by relative L2 (over all calls):",
+        "## Gates",
         "",
-        "| component | module | shape | rel L2 | max abs | cosine | passed |",
-        "|---|---|---|---|---|---|---|",
     ]
-    for r in sorted(report["layers"], key=lambda r: -r["rel_l2"])[:15]:
-        lines.append(f"| {r['component']} | `{r['module']}` | {r['shape']} | {_fmt(r['rel_l2'])} | {_fmt(r['max_abs'])} | "
-                     f"{r['cosine']:.7f} | {r['passed']} |")
-    by_comp: dict[str, list] = {}
-    for r in report["layers"]:
-        by_comp.setdefault(r["component"], []).append(r)
-    lines += ["", "Per component:", "", "| component | modules | worst rel L2 | failing |", "|---|---|---|---|"]
-    for comp, rows in by_comp.items():
-        lines.append(f"| {comp} | {len(rows)} | {_fmt(max(r['rel_l2'] for r in rows))} | {sum(not r['passed'] for r in rows)} |")
-    if cov["reference_only"] or cov["mindspore_only"]:
+    gates = report.get("gates")
+    lines += _table(["gate", "passed", "detail", "max abs"],
+                    [[g["name"], g["passed"], g.get("detail", ""), _fmt(g.get("max_abs"))] for g in gates]) \
+        if gates else [NOT_MEASURED]
+
+    lines += ["", "## First divergence", ""]
+    if "first_divergence" not in report:
+        lines.append(NOT_MEASURED)
+    else:
+        fd = report["first_divergence"]
+        lines.append("None: every gate holds and every compared module is within its bound." if fd is None
+                     else _describe_divergence(fd))
+    w = report.get("worst_module")
+    if w:
+        bound = f" (bound {_fmt(w['bound'])}, {_fmt(ratio(w))} of it)" if w.get("bound") else ""
+        lines += ["", f"Worst module: `{w['component']}.{w['module']}` {w.get('shape', '')}: relative L2 "
+                      f"{_fmt(w['rel_l2'])}{bound}, max abs {_fmt(w.get('max_abs'))}."]
+
+    lines += ["", "## Frames", ""]
+    f = report.get("frames")
+    if not f:
+        lines.append(NOT_MEASURED)
+    else:
+        lines += _table(["relative L2", "max abs", "cosine", "PSNR (dB)", "SSIM (mean)", "passed"],
+                        [[_fmt(f["rel_l2"]), _fmt(f.get("max_abs")), _fmt(f.get("cosine")), _db(f.get("psnr")),
+                          f"{f['ssim']:.6f}" if f.get("ssim") is not None else "—", f.get("passed", "—")]])
+        if f.get("error"):
+            lines += ["", f"Frames not comparable: {f['error']}"]
+        if (report.get("files") or {}).get("frames_png"):
+            amp = _amp_label(amplify) if amplify else "|diff| amplified"
+            lines += ["", f"![frames: PyTorch, MindSpore, {amp}]({report['files']['frames_png']})"]
+        if f.get("per_frame"):
+            lines += ["", "Per frame:", ""] + _table(
+                ["video", "frame", "PSNR (dB)", "SSIM", "relative L2"],
+                [[p["video"], p["frame"], _db(p.get("psnr")), f"{p['ssim']:.6f}" if p.get("ssim") is not None else "—",
+                  _fmt(p.get("rel_l2"))] for p in f["per_frame"]])
+
+    lines += ["", "## Isolation (teacher forcing): top 10 blocks by introduced error", ""]
+    iso = report.get("isolation")
+    if iso and iso.get("blocks"):
+        if iso.get("unit"):
+            lines += [f"Blocks: {iso['unit']}.", ""]
+        blocks = sorted(iso["blocks"], key=lambda b: -(b.get("ratio") or 0.0))[:10]
+        lines += _table(["component", "block", "introduced rel L2", "inherited rel L2", "floor", "bound",
+                         "introduced / bound", "passed"],
+                        [[b["component"], f"`{b['module']}`", _fmt(b["introduced_rel_l2"]),
+                          _fmt(b.get("inherited_rel_l2")), _fmt(b.get("floor")), _fmt(b.get("bound")),
+                          _fmt(b.get("ratio")), b.get("passed", "—")] for b in blocks])
+    else:
+        lines.append(NOT_MEASURED)
+
+    lines += ["", "## Step x block (worst cell per block)", ""]
+    cells = step_block_worst(report.get("steps") or {})
+    lines += _table(["block", "worst step", "relative L2", "steps run"],
+                    [[f"`{c['block']}`", c["step"], _fmt(c["rel_l2"]), c["steps"]] for c in cells]) \
+        if cells else [NOT_MEASURED]
+
+    layers = report.get("layers") or []
+    cov = report.get("coverage") or {}
+    with_bounds = any("bound" in r for r in layers)
+    header = ["component", "module", "shape", "rel L2", "max abs", "cosine"] + \
+        (["floor", "bound", "rel L2 / bound", "worst step"] if with_bounds else []) + ["passed"]
+    lines += ["", f"## Modules ({cov.get('compared_modules', len(layers))} modules, "
+                  f"{cov.get('compared_calls', '?')} calls compared)", ""]
+    if not layers:
+        lines.append(NOT_MEASURED)
+    else:
+        lines += [f"Worst 15 by {'relative L2 / bound' if with_bounds else 'relative L2'} (over all calls):", ""]
+        lines += _table(header, [_module_row(r, with_bounds) for r in worst_rows(layers, 15)])
+        by_comp: dict[str, list] = {}
+        for r in layers:
+            by_comp.setdefault(r["component"], []).append(r)
+        lines += ["", "Per component:", ""] + _table(
+            ["component", "modules", "worst rel L2", "failing"],
+            [[c, len(rows), _fmt(max(r["rel_l2"] for r in rows)), sum(not r["passed"] for r in rows)]
+             for c, rows in by_comp.items()])
+    one_side = cov.get("reference_only", []) + cov.get("mindspore_only", [])
+    if one_side:
         lines += ["", f"Modules on one side only (not compared): PyTorch {len(cov['reference_only'])}, "
-                      f"MindSpore {len(cov['mindspore_only'])}: {', '.join((cov['reference_only'] + cov['mindspore_only'])[:12])}"]
-    if report["problems"]:
+                      f"MindSpore {len(cov['mindspore_only'])}: {', '.join(one_side[:12])}"]
+
+    lines += ["", "## Weight mapping check", ""]
+    wc = report.get("weight_check")
+    if wc:
+        lines.append(f"{wc.get('checked', '?')} of {wc.get('total', '?')} tensors perturbed one at a time "
+                     f"({_fmt(wc.get('seconds'))} s): {len(wc.get('mismatches', []))} mismatches; "
+                     f"passed: {wc.get('passed', '—')}.")
+        if wc.get("mismatches"):
+            lines += [""] + _table(["component", "tensor", "expected module", "first moved"],
+                                   [[m["component"], f"`{m['tensor']}`", f"`{m['expected_module']}`",
+                                     f"`{m.get('first_moved')}`"] for m in wc["mismatches"][:20]])
+    else:
+        lines.append(NOT_MEASURED)
+
+    lines += ["", "## Baseline", ""]
+    base = report.get("baseline")
+    if base:
+        regs = base.get("regressions", [])
+        lines.append(f"Against `{base.get('path', '?')}`: {len(regs)} regressions; passed: {base.get('passed', '—')}.")
+        if regs:
+            lines += [""] + _table(["component", "module", "rel L2", "baseline rel L2", "allowed"],
+                                   [[r["component"], f"`{r['module']}`", _fmt(r["rel_l2"]),
+                                     _fmt(r.get("baseline_rel_l2")), _fmt(r.get("allowed"))] for r in regs[:20]])
+    else:
+        lines.append("No baseline given (`--baseline`).")
+
+    if report.get("problems"):
         lines += ["", "## Problems", ""] + [f"- {p}" for p in report["problems"]]
-    n = report["noise"]
-    t = report["timings"]
-    v = report["versions"]
-    lines += [
-        "",
-        "## Run",
-        "",
-        f"- noise: {n['generator']} seed {n['seed']}, {len(n['runs'])} runs, draws per run: "
-        f"{', '.join(d['who'] + str(d['shape']) for d in n['runs'][0]['draws'])}",
-        f"- modules compared with {report['settings'].get('module_comparison', 'free-running pipelines')}; "
-        "frames from a free-running MindSpore run",
-        f"- time: convert {t.get('convert_s', 0):.1f} s, load {t.get('load_s', 0):.1f} s, PyTorch {t.get('torch_s', 0):.1f} s "
-        f"(with capture), MindSpore {t.get('mindspore_s', 0):.1f} s (free-running), "
-        f"{t.get('mindspore_captured_s', 0):.1f} s (with capture); peak RSS {t['peak_rss_mb']:.0f} MB",
-        "- versions: " + ", ".join(f"{k} {val}" for k, val in v.items()),
-        "",
-    ]
+    lines += ["", "## Run", ""]
+    if s.get("module_comparison"):
+        lines.append(f"- modules compared with {s['module_comparison']}; frames from a free-running MindSpore run")
+    lines += [f"- {x}" for x in run_lines(report)] + [""]
     return "\n".join(lines)
 
 
-def write_reports(report: dict, out: Path, ref_frames: np.ndarray, our_frames: np.ndarray) -> None:
+def write_reports(report: dict, out: Path, ref_frames: np.ndarray, our_frames: np.ndarray) -> dict:
+    """Writes every report file into `out` and records their names in report["files"] (also returned)."""
+    from .html import write_html  # html.py renders with this module's helpers, so it is imported here
+
     out = Path(out)
+    files = {"md": "report.md", "html": "report.html"}
+    amplify = None
     if ref_frames.shape == our_frames.shape and ref_frames.ndim == 5:
-        frame_strip(ref_frames, our_frames, out / "frames.png")
+        amplify = amplification(ref_frames, our_frames)
+        (out / "frames.png").write_bytes(strips_png(ref_frames, our_frames, amplify))
+        (out / "frames.gif").write_bytes(side_by_side_gif(ref_frames, our_frames, amplify))
+        files.update(frames_png="frames.png", frames_gif="frames.gif")
+    report["files"] = files
+    (out / "report.md").write_text(markdown(report, amplify))
+    write_html(report, out, ref_frames, our_frames)
     (out / "report.json").write_text(json.dumps(report, indent=1, allow_nan=True))
-    (out / "report.md").write_text(markdown(report))
+    return files
