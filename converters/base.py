@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from functools import lru_cache
 
 import numpy as np
 
@@ -19,18 +20,23 @@ from .safetensors_io import FLOAT_TAGS, TensorRef
 IDENTITY = "identity"
 
 
+# compiled once per pattern: single-file layouts have more rows than `re`'s own cache holds
+_compile = lru_cache(maxsize=None)(re.compile)
+
+
 @dataclass(frozen=True)
 class Rule:
     """One row: source keys fully matching `source` go to `target` (a `re` template, None = dropped), transformed
-    by `transform` (a name in TRANSFORMS), for the stated `reason`."""
+    by `transform` (a name in TRANSFORMS), for the stated `reason`. A tuple of targets splits the source tensor
+    into that many equal parts along its first axis (a fused q/k/v projection), one per target."""
 
     source: str
-    target: str | None
+    target: str | tuple[str, ...] | None
     transform: str = IDENTITY
     reason: str = ""
 
     def match(self, key: str):
-        return re.fullmatch(self.source, key)
+        return _compile(self.source).fullmatch(key)
 
 
 # Named tensor transforms the rule rows may use. Each takes (array, target shape) and returns the array.
@@ -39,6 +45,8 @@ TRANSFORMS = {
     # a 1x1 convolution weight (O, I, 1, 1) stored where the port has a linear layer (O, I), and back
     "conv1x1_to_linear": lambda a, shape: a.reshape(shape),
     "linear_to_conv1x1": lambda a, shape: a.reshape(shape),
+    # a projection stored as (in, out) for `x @ proj` (OpenCLIP's `visual.proj`) where the port has a linear layer
+    "transpose": lambda a, shape: a.T,
 }
 
 
@@ -64,6 +72,12 @@ class Mapped:
     rule: str
     transform: str
     ref: TensorRef
+    part: tuple[int, int] | None = None  # (index, count): this target is one of `count` equal row blocks
+
+    @property
+    def raw(self) -> bool:
+        """The target's bytes are the source's bytes (no transform, no split): copyable without decoding."""
+        return self.transform == IDENTITY and self.part is None
 
 
 @dataclass
@@ -120,16 +134,20 @@ def map_tensors(
             audit.dropped.append(key)
             audit.rules_applied[rule.source] = audit.rules_applied.get(rule.source, 0) + 1
             continue
-        target = m.expand(rule.target) if rule is not None else nkey
-        if target not in spec:
-            unexpected.append(key if target == key else f"{key} (-> {target})")
+        templates = rule.target if rule is not None and isinstance(rule.target, tuple) else (rule.target if rule else None,)
+        targets = [m.expand(t) if t is not None else nkey for t in templates]
+        strays = [t for t in targets if t not in spec]
+        if strays:
+            unexpected.append(key if targets == [key] else f"{key} (-> {', '.join(strays)})")
             continue
-        if target in by_target:
-            raise ConversionError(f"{where}: parameter {target!r} is filled twice, from {by_target[target]!r} and {key!r}")
-        by_target[target] = key
         label = _rule_label(rule)
         audit.rules_applied[label] = audit.rules_applied.get(label, 0) + 1
-        mapped.append(Mapped(target, key, label, rule.transform if rule else IDENTITY, ref))
+        for i, target in enumerate(targets):
+            if target in by_target:
+                raise ConversionError(f"{where}: parameter {target!r} is filled twice, from {by_target[target]!r} and {key!r}")
+            by_target[target] = key
+            part = (i, len(targets)) if len(targets) > 1 else None
+            mapped.append(Mapped(target, key, label, rule.transform if rule else IDENTITY, ref, part))
     missing = sorted(set(spec) - set(by_target))
     if unexpected or missing:
         parts = []
@@ -141,17 +159,24 @@ def map_tensors(
     for mp in mapped:
         want = tuple(spec[mp.target][0])
         got = tuple(mp.ref.shape)
+        if mp.part is not None:  # one of n row blocks of the source
+            got = (got[0] // mp.part[1], *got[1:]) if got and got[0] % mp.part[1] == 0 else got
         same_count = int(np.prod(got, dtype=np.int64)) == int(np.prod(want, dtype=np.int64))
         if got != want and not (mp.transform != IDENTITY and same_count):
             raise ConversionError(f"{where}: {mp.source!r} has shape {got}, but parameter {mp.target!r} needs {want}")
         if mp.ref.dtype not in FLOAT_TAGS:
             raise ConversionError(f"{where}: {mp.source!r} has dtype {mp.ref.dtype}; floating point ({', '.join(FLOAT_TAGS)}) expected")
-    audit.used = len(mapped)
+    audit.used = len({mp.source for mp in mapped})
     audit.filled = len(by_target)
     return mapped, audit
 
 
 def materialise(mp: Mapped, shape: tuple[int, ...], np_dtype) -> np.ndarray:
     """Read one mapped tensor, apply its transform and cast it to the target dtype."""
-    arr = TRANSFORMS[mp.transform](mp.ref.load(), tuple(shape))
+    arr = mp.ref.load()
+    if mp.part is not None:
+        index, count = mp.part
+        rows = arr.shape[0] // count
+        arr = arr[index * rows:(index + 1) * rows]
+    arr = TRANSFORMS[mp.transform](arr, tuple(shape))
     return np.asarray(arr, dtype=np_dtype) if np_dtype is not None else np.asarray(arr)

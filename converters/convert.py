@@ -6,6 +6,7 @@ from __future__ import annotations
 import datetime
 import json
 import os
+import re
 import shutil
 from pathlib import Path
 from typing import Callable
@@ -15,7 +16,8 @@ import numpy as np
 from . import converter_for
 from .base import Audit, Mapped, map_tensors, materialise
 from .errors import ConversionError
-from .safetensors_io import write_safetensors
+from .safetensors_io import RawSpan, write_safetensors
+from .single_file import PLAIN_FILES
 from .sources import (
     CONVERTED_WEIGHTS,
     MANIFEST,
@@ -25,6 +27,7 @@ from .sources import (
     read_json,
     read_tensors,
     resolve,
+    sha256_async,
 )
 
 # the caller (mindport) builds the target model and reports its parameters: (component, class, config) -> spec
@@ -34,16 +37,39 @@ DTYPE_TAGS = {"fp32": ("F32", np.float32), "fp16": ("F16", np.float16), "bf16": 
 SOURCE_TAG_NP = {"F32": np.float32, "F16": np.float16, "F64": np.float32, "BF16": np.float32}
 FORMAT_VERSION = 1
 
+# --keep-fp32: which parameters stay float32 when --dtype asks for fp16/bf16. "norms": GroupNorm/LayerNorm scales
+# and shifts and AlphaBlender mix factors. The runtime computes all of them in float32 anyway (backend.group_norm /
+# layer_norm upcast, AlphaBlender casts mix_factor), so storing them rounded only loses precision, for about 0.1% of
+# the bytes. "auto" (the default) keeps them for bf16 (8 mantissa bits: a norm scale moves by up to 2e-3) but not
+# for fp16 (11 bits: at most 2.4e-4, under fp16 activations' own error), so an fp16 file stays uniformly fp16 as
+# diffusers' `torch_dtype` makes it. Embedding tables and projections always follow --dtype.
+NORMS = re.compile(r"(?:^|.*\.)(?:[a-z_]*norm[a-z_0-9]*)\.(?:weight|bias)|(?:^|.*\.)mix_factor")
+KEEP_FP32 = {"auto": {"bf16": NORMS}, "norms": {"fp16": NORMS, "bf16": NORMS}, "none": {}}
+DEFAULT_KEEP_FP32 = "auto"
 
-def check_dtype(dtype: str | None) -> None:
+
+def check_dtype(dtype: str | None, keep_fp32: str = DEFAULT_KEEP_FP32) -> None:
     if dtype is not None and dtype not in DTYPE_TAGS:
         raise ConversionError(f"--dtype {dtype!r} is not supported; expected one of {', '.join(DTYPE_TAGS)}")
+    if keep_fp32 not in KEEP_FP32:
+        raise ConversionError(f"--keep-fp32 {keep_fp32!r} is not supported; expected one of {', '.join(KEEP_FP32)}")
+
+
+def dtype_decision(name: str, shape, source_tag: str, dtype: str | None, keep_fp32: str) -> tuple[str, str]:
+    """(stored dtype tag, why) for one parameter."""
+    if dtype is None:
+        tag = source_tag if source_tag in ("F32", "F16", "BF16") else "F32"
+        return tag, "source dtype" if tag == source_tag else f"{source_tag} stored as F32"
+    pattern = KEEP_FP32[keep_fp32].get(dtype)
+    if pattern is not None and len(shape) <= 1 and pattern.fullmatch(name):
+        return "F32", f"kept fp32 (--keep-fp32 {keep_fp32})"
+    return DTYPE_TAGS[dtype][0], f"--dtype {dtype}"
 
 
 def plan_component(name: str, src: ComponentSource, spec_fn: SpecFn) -> tuple[dict, list[Mapped], Audit, dict]:
     """Map one component's tensors onto the parameters of the model built from its converted config."""
     where = str(src.files[0]) if len(src.files) == 1 else str(src.folder)  # name the file when there is one
-    conv = converter_for(src.class_name, f"{src.folder / 'config.json'}")
+    conv = src.converter or converter_for(src.class_name, f"{src.folder / 'config.json'}")
     config = conv.convert_config(src.config)
     spec = spec_fn(name, src.class_name, config)
     if src.converted:  # already MindSpore names: identity, but still fully audited
@@ -64,37 +90,46 @@ class _Identity:
 _IDENTITY = _Identity()
 
 
-def load_component_arrays(folder, spec_fn: SpecFn, variant: str | None = None, name: str = ".") -> tuple[dict, dict, dict]:
-    """In-memory conversion for `from_pretrained`: returns (config, {parameter: array}, audit dict)."""
+def load_component_arrays(folder, spec_fn: SpecFn, variant: str | None = None, name: str = "."):
+    """In-memory conversion for `from_pretrained`: returns (config, {parameter: array}, audit dict,
+    {parameter: stored dtype tag}) — the tags tell a mixed-precision checkpoint (bf16 arrays arrive widened)."""
     src = open_component(folder, variant)
     config, mapped, audit, spec = plan_component(name, src, spec_fn)
     arrays = {m.target: materialise(m, spec[m.target][0], None) for m in mapped}
-    return config, arrays, audit.as_dict()
+    return config, arrays, audit.as_dict(), {m.target: m.ref.dtype for m in mapped}
 
 
-def _target_tag(ref_tag: str, dtype: str | None) -> tuple[str, type]:
-    if dtype is None:
-        tag = ref_tag if ref_tag in ("F32", "F16", "BF16") else "F32"
-        return tag, SOURCE_TAG_NP[tag] if tag != "BF16" else np.float32
-    return DTYPE_TAGS[dtype]
+def _producer(mp: Mapped, shape, tag: str, progress):
+    """What the writer calls for one tensor: a RawSpan when the stored bytes do not change (kernel copy), else the
+    decoded, transformed and cast array."""
+    if mp.raw and mp.ref.loader is None and mp.ref.dtype == tag:
+        span = RawSpan(mp.ref.file, mp.ref.offset, mp.ref.nbytes)
+        return lambda: _tick(progress, span)
+    np_dtype = SOURCE_TAG_NP.get(tag, np.float32)
+    return lambda: _tick(progress, materialise(mp, shape, np_dtype))
 
 
-def _write_component(name: str, src: ComponentSource, out: Path, spec_fn: SpecFn, dtype: str | None, progress) -> dict:
-    config, mapped, audit, spec = plan_component(name, src, spec_fn)
+def _write_component(name: str, src: ComponentSource, out: Path, spec_fn: SpecFn, dtype: str | None, progress,
+                     keep_fp32: str = DEFAULT_KEEP_FP32, plan=None) -> dict:
+    config, mapped, audit, spec = plan or plan_component(name, src, spec_fn)
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.json").write_text(json.dumps({"_class_name": src.class_name, **config}, indent=2, sort_keys=True))
     entries, tensors = [], {}
     for mp in sorted(mapped, key=lambda m: m.target):
-        tag, np_dtype = _target_tag(mp.ref.dtype, dtype)
         shape = tuple(spec[mp.target][0])
-        entries.append((mp.target, shape, tag, lambda mp=mp, shape=shape, npd=np_dtype: _tick(progress, materialise(mp, shape, npd))))
+        tag, why = dtype_decision(mp.target, shape, mp.ref.dtype, dtype, keep_fp32)
+        entries.append((mp.target, shape, tag, _producer(mp, shape, tag, progress)))
         tensors[mp.target] = {"source": mp.source, "rule": mp.rule, "transform": mp.transform,
-                              "source_dtype": mp.ref.dtype, "dtype": tag, "shape": list(shape)}
-    write_safetensors(out / CONVERTED_WEIGHTS, entries, {"format": "mindport", "component": name})
+                              **({"part": list(mp.part)} if mp.part else {}),
+                              "source_dtype": mp.ref.dtype, "dtype": tag, "dtype_reason": why, "shape": list(shape)}
+    kept = sum(1 for t in tensors.values() if t["dtype_reason"].startswith("kept"))
+    meta = {"format": "mindport", "component": name, **({"kept_fp32": keep_fp32} if kept else {})}
+    write_safetensors(out / CONVERTED_WEIGHTS, entries, meta)
     return {
         "class_name": src.class_name,
         "source_files": file_records(src.files, src.folder.parent if name != "." else src.folder),
-        "dtype_policy": dtype or "keep source dtype",
+        "dtype_policy": {"dtype": dtype or "keep source dtype", "keep_fp32": keep_fp32 if dtype else None,
+                         "kept_fp32_tensors": kept},
         "audit": audit.as_dict(),
         "tensors": tensors,
     }
@@ -164,39 +199,70 @@ def new_manifest(src, resolved, variant, dtype, **extra) -> dict:
     }
 
 
-def _single_file_source(path: Path) -> ComponentSource:
-    """A checkpoint file on its own: which architecture it holds is told by its keys."""
-    from .animatediff import open_motion_module_file
+def _write_single_file(path: Path, tmp: Path, manifest: dict, config_dir, write_all) -> dict:
+    """A checkpoint file on its own: its keys tell what it holds. Whole-pipeline releases (SD 1.5, SVD) become a
+    pipeline folder; a motion-module file becomes a MotionAdapter folder."""
+    from .animatediff import is_original_format, open_motion_module_file
+    from .single_file import detect_layout, split_single_file
 
-    keys = list(read_tensors([path]))
-    if any(".motion_modules." in k for k in keys):
-        return open_motion_module_file(path)
-    raise ConversionError(f"{path}: single-file checkpoints of this kind are not supported yet; supported: AnimateDiff "
-                          "motion-module files (original release or diffusers naming). Pass a diffusers folder or Hub id")
+    tensors = read_tensors([path])
+    layout = detect_layout(tensors)
+    if layout is None:
+        if any(".motion_modules." in k for k in tensors):
+            manifest["source_format"] = "animatediff-original" if is_original_format(tensors) else "diffusers"
+            return write_all(tmp, {".": open_motion_module_file(path)}, manifest)
+        raise ConversionError(f"{path}: unknown single-file layout (first key {next(iter(tensors), None)!r}); supported: "
+                              "SD 1.5 (model.diffusion_model / first_stage_model / cond_stage_model.transformer), "
+                              "Stable Video Diffusion (generative-models), AnimateDiff motion modules")
+    single = split_single_file(path, tensors, layout, config_dir)
+    manifest["source_format"] = layout.name
+    manifest["config_source"] = str(config_dir) if config_dir else "built-in defaults"
+    manifest["dropped"] = single.dropped
+    for name, plain in single.plain.items():
+        if isinstance(plain, dict):
+            (tmp / name).mkdir(parents=True)
+            (tmp / name / PLAIN_FILES[name]).write_text(json.dumps(plain, indent=2, sort_keys=True))
+        elif (plain / "config.json").exists():
+            raise ConversionError(f"{plain}: {name} is a model, but {path} (a {layout.name} checkpoint) does not hold it")
+        else:
+            _copy_plain(plain, tmp / name)
+        manifest["components"][name] = {"class_name": single.model_index[name][1], "copied": True}
+    (tmp / "model_index.json").write_text(json.dumps(single.model_index, indent=2))
+    return write_all(tmp, single.sources, manifest)
 
 
 def convert(src, dst, spec_fn: SpecFn, variant: str | None = None, dtype: str | None = None,
-            overwrite: bool = False, progress_factory=None) -> dict:
-    """Convert SRC (Hub id, pipeline folder, component folder or single motion-module file) into DST, audited and
-    published atomically (see `publish`). Returns the manifest."""
-    check_dtype(dtype)
+            overwrite: bool = False, progress_factory=None, config_dir=None, keep_fp32: str = DEFAULT_KEEP_FP32) -> dict:
+    """Convert SRC (Hub id, pipeline folder, component folder, or a single file: SD 1.5 / SVD original release or
+    motion module) into DST, audited and published atomically (see `publish`). `config_dir`: the diffusers folder
+    whose configs a single-file pipeline checkpoint uses (default: built-in). Returns the manifest."""
+    check_dtype(dtype, keep_fp32)
     if Path(dst).exists() and not overwrite:
         raise ConversionError(f"{dst}: already exists (pass --overwrite to replace it)")
     root = resolve(src, variant)
+    if config_dir is not None and not root.is_file():
+        raise ConversionError(f"--config {config_dir}: only a single-file checkpoint takes configs; {root} is a folder")
 
     def write_all(tmp: Path, sources: dict[str, ComponentSource], manifest: dict) -> dict:
+        for s in sources.values():  # hash the sources in the background while the tensors stream
+            for f in s.files:
+                sha256_async(f)
+        plans = {name: plan_component(name, s, spec_fn) for name, s in sources.items()}  # every audit before any write
         progress = progress_factory(sum(len(s.tensors) for s in sources.values())) if progress_factory else None
-        for name, s in sources.items():
-            out = tmp if name == "." else tmp / name
-            manifest["components"][name] = _write_component(name, s, out, spec_fn, dtype, progress)
-        if progress is not None:
-            progress.close()
+        try:
+            for name, s in sources.items():
+                out = tmp if name == "." else tmp / name
+                manifest["components"][name] = _write_component(name, s, out, spec_fn, dtype, progress, keep_fp32,
+                                                                plans[name])
+        finally:
+            if progress is not None:
+                progress.close()
         return manifest
 
     def build(tmp: Path) -> dict:
         manifest = new_manifest(src, root, variant, dtype)
         if root.is_file():
-            return write_all(tmp, {".": _single_file_source(root)}, manifest)
+            return _write_single_file(root, tmp, manifest, config_dir, write_all)
         if (root / "model_index.json").exists():
             sources = {}
             for name, (lib, cls) in pipeline_components(root).items():

@@ -129,10 +129,33 @@ def read_header(path) -> tuple[dict[str, TensorRef], dict]:
     return refs, meta
 
 
+@dataclass(frozen=True)
+class RawSpan:
+    """Bytes to copy unchanged from another file (a tensor whose dtype, shape and layout stay as they are)."""
+
+    file: str
+    offset: int
+    nbytes: int
+
+
+def _copy_span(span: RawSpan, out_fd: int) -> None:
+    """Copy a byte range file-to-file in the kernel (copy_file_range, else sendfile), never through Python memory."""
+    with open(span.file, "rb", buffering=0) as src:
+        offset, left = span.offset, span.nbytes
+        while left > 0:
+            try:
+                n = os.copy_file_range(src.fileno(), out_fd, left, offset)
+            except OSError:  # e.g. across file systems on old kernels
+                n = os.sendfile(out_fd, src.fileno(), offset, left)
+            if n <= 0:
+                raise ConversionError(f"{span.file}: ends before byte {offset + left} (truncated while converting)")
+            offset, left = offset + n, left - n
+
+
 def write_safetensors(path, entries, metadata: dict | None = None) -> None:
-    """Stream tensors to `path`. `entries`: list of (name, shape, tag, produce) where `produce()` returns the array.
-    The header is written from the shapes first; each array is then produced, written and dropped in turn, so peak
-    memory is one tensor, not the model."""
+    """Stream tensors to `path`. `entries`: list of (name, shape, tag, produce) where `produce()` returns the array,
+    or a RawSpan to copy unchanged. The header is written from the shapes first; each array is then produced,
+    written and dropped in turn, so peak memory is one tensor, not the model."""
     header = {}
     offset = 0
     for name, shape, tag, _ in entries:
@@ -145,15 +168,19 @@ def write_safetensors(path, entries, metadata: dict | None = None) -> None:
         header["__metadata__"] = {str(k): str(v) for k, v in metadata.items()}
     raw = json.dumps(header, separators=(",", ":")).encode("utf-8")
     raw += b" " * (-len(raw) % 8)  # align the data block to 8 bytes
-    with open(path, "wb") as f:
-        f.write(struct.pack("<Q", len(raw)))
-        f.write(raw)
+    with open(path, "wb", buffering=0) as f:  # unbuffered: raw copies write through the same descriptor
+        f.write(struct.pack("<Q", len(raw)) + raw)
         for name, shape, tag, produce in entries:
             arr = produce()
+            if isinstance(arr, RawSpan):
+                _copy_span(arr, f.fileno())
+                continue
             if tuple(arr.shape) != tuple(shape):
                 raise ConversionError(f"{path}: tensor {name!r} produced shape {tuple(arr.shape)}, expected {tuple(shape)}")
             data = float32_to_bf16(arr) if tag == "BF16" else np.ascontiguousarray(arr, dtype=DTYPES[tag][0])
-            f.write(memoryview(data.reshape(-1)).cast("B"))
+            view = memoryview(data.reshape(-1)).cast("B")
+            while view:  # an unbuffered write may be partial
+                view = view[f.write(view):]
             del arr, data
 
 

@@ -7,6 +7,7 @@ import hashlib
 import json
 import os
 import warnings
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,6 +30,7 @@ class ComponentSource:
     files: list[Path]
     tensors: dict[str, TensorRef] = field(default_factory=dict)
     converted: bool = False  # a folder written by `mindport convert` (keys already MindSpore names)
+    converter: object = None  # an ArchitectureConverter for this source's layout (default: by class name)
 
 
 def read_json(path: Path) -> dict:
@@ -54,10 +56,25 @@ def class_name_of(config: dict, config_path) -> str:
 
 def sha256(path: Path, chunk: int = 16 << 20) -> str:
     h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
+    with open(path, "rb", buffering=0) as f:
+        buf = bytearray(chunk)
+        view = memoryview(buf)
+        while n := f.readinto(buf):
+            h.update(view[:n])  # hashlib releases the GIL on large blocks: hashing overlaps the conversion
     return h.hexdigest()
+
+
+_HASHER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sha256")
+_HASHES: dict[tuple, Future] = {}
+
+
+def sha256_async(path) -> Future:
+    """sha256 of a file, computed once per (path, size, mtime) in a background thread."""
+    st = os.stat(path)
+    key = (str(Path(path).resolve()), st.st_size, st.st_mtime_ns)
+    if key not in _HASHES:
+        _HASHES[key] = _HASHER.submit(sha256, Path(path))
+    return _HASHES[key]
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -196,6 +213,6 @@ def file_records(files: list[Path], root: Path) -> list[dict]:
             rel = str(Path(f).resolve().relative_to(Path(root).resolve()))
         except ValueError:
             rel = str(f)
-        out.append({"path": rel, "bytes": Path(f).stat().st_size, "sha256": sha256(f)})
+        out.append({"path": rel, "bytes": Path(f).stat().st_size, "sha256": sha256_async(f).result()})
     return out
 

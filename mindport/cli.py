@@ -30,10 +30,16 @@ def _quiet_frameworks() -> None:
 def cmd_convert(a) -> int:
     from mindport.loading import convert_checkpoint
 
-    manifest = convert_checkpoint(a.src, a.dst, variant=a.variant, dtype=a.dtype, overwrite=a.overwrite)
+    manifest = convert_checkpoint(a.src, a.dst, variant=a.variant, dtype=a.dtype, overwrite=a.overwrite,
+                                  config_dir=a.config, keep_fp32=a.keep_fp32)
     n = sum(c.get("audit", {}).get("parameters", 0) for c in manifest["components"].values())
     comps = ", ".join(f"{k} ({v['class_name']})" for k, v in manifest["components"].items())
-    print(f"converted {a.src} -> {a.dst}: {comps}; {n} parameters, audit passed; manifest: {Path(a.dst) / 'manifest.json'}")
+    dropped = sum(len(d["keys"]) for d in manifest.get("dropped", {}).values())
+    print(f"converted {a.src} -> {a.dst}: {comps}; {n} parameters, audit passed"
+          f"{f'; {dropped} unused key(s) dropped by explicit rows' if dropped else ''}; manifest: {Path(a.dst) / 'manifest.json'}")
+    if a.dtype == "bf16":
+        print("note: bf16 is stored for Ascend; MindSpore cannot run bf16 on CPU: load it there with "
+              "mindspore_dtype=ms.float32 (exact) or ms.float16")
     return EXIT_OK
 
 
@@ -94,11 +100,16 @@ def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="mindport", description="PyTorch diffusers video checkpoints on MindSpore, with proof of parity.")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
-    c = sub.add_parser("convert", help="convert a PyTorch diffusers checkpoint (folder or Hub id) to MindSpore")
+    c = sub.add_parser("convert", help="convert a PyTorch checkpoint (diffusers folder, Hub id or single file) to MindSpore")
     c.add_argument("src")
     c.add_argument("dst")
     c.add_argument("--variant", help="weights variant, e.g. fp16 (diffusion_pytorch_model.fp16.safetensors)")
     c.add_argument("--dtype", choices=["fp32", "fp16", "bf16"], help="store weights in this dtype (default: as the source)")
+    c.add_argument("--keep-fp32", choices=["auto", "norms", "none"], default="auto",
+                   help="with --dtype fp16/bf16: keep GroupNorm/LayerNorm parameters and blend factors in float32 "
+                        "(auto: for bf16 only; norms: for fp16 and bf16; none: never)")
+    c.add_argument("--config", help="single-file SD 1.5 / SVD checkpoint: take configs, scheduler and tokenizer from this "
+                                    "diffusers pipeline folder (default: built-in SD 1.5 / SVD-xt configs)")
     c.add_argument("--overwrite", action="store_true", help="replace DST if it exists")
     c.set_defaults(fn=cmd_convert)
 

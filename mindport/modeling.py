@@ -78,8 +78,9 @@ class ModelMixin(nn.Cell):
         """{MindSpore parameter name: (shape, dtype name)}: what a converter must fill."""
         return {name: (tuple(p.shape), str(p.dtype).lower()) for name, p in self.parameters_and_names()}
 
-    def load_arrays(self, arrays: dict[str, np.ndarray], dtype=None) -> None:
-        """Fill every parameter from `arrays` (keys = parameter names), optionally casting to `dtype`.
+    def load_arrays(self, arrays: dict[str, np.ndarray], dtype=None, keep_fp32=()) -> None:
+        """Fill every parameter from `arrays` (keys = parameter names), optionally casting to `dtype`; parameters
+        named in `keep_fp32` (norms of a mixed-precision checkpoint) stay float32, here and in `to_dtype`.
         Strict: key sets and shapes must agree."""
         params = dict(self.parameters_and_names())
         missing = sorted(set(params) - set(arrays))
@@ -90,12 +91,14 @@ class ModelMixin(nn.Cell):
                 f"{' ...' if len(missing) > 5 else ''}; unexpected keys: {unexpected[:5]}{' ...' if len(unexpected) > 5 else ''}"
             )
         dtype = backend.resolve_dtype(dtype)
+        self._keep_fp32 = frozenset(keep_fp32)
         for name, p in params.items():
             arr = np.asarray(arrays[name])
             if tuple(arr.shape) != tuple(p.shape):
                 raise ValueError(f"{type(self).__name__}: {name} has shape {tuple(arr.shape)}, expected {tuple(p.shape)}")
-            if dtype is not None and p.dtype != dtype:
-                p.set_dtype(dtype)
+            want = ms.float32 if name in self._keep_fp32 else dtype
+            if want is not None and p.dtype != want:
+                p.set_dtype(want)
             p.set_data(Tensor(arr).astype(p.dtype))
         self.set_train(False)
 
@@ -104,8 +107,8 @@ class ModelMixin(nn.Cell):
         dtype = backend.resolve_dtype(dtype)
         if dtype is None:
             return self
-        for _, p in self.parameters_and_names():
-            if p.dtype != dtype:
+        for name, p in self.parameters_and_names():
+            if p.dtype != dtype and name not in getattr(self, "_keep_fp32", ()):
                 data = p.astype(dtype)
                 p.set_dtype(dtype)
                 p.set_data(data)

@@ -61,13 +61,66 @@ def test_variant_and_dtype_policy(svd_src, tmp_path):
     got = load_safetensors(tmp_path / "fp16" / "unet" / "mindspore_model.safetensors")
     for k in src16:
         np.testing.assert_array_equal(got[k], src16[k])
-    convert_checkpoint(svd_src, tmp_path / "bf16", dtype="bf16", progress=False)
+    convert_checkpoint(svd_src, tmp_path / "bf16", dtype="bf16", progress=False, keep_fp32="none")
     refs, _ = read_header(tmp_path / "bf16" / "vae" / "mindspore_model.safetensors")
     assert {r.dtype for r in refs.values()} == {"BF16"}
     got = load_safetensors(tmp_path / "bf16" / "vae" / "mindspore_model.safetensors")
     src = _source_arrays(svd_src / "vae")
     for k in src:  # bf16 keeps 8 bits of mantissa
         np.testing.assert_allclose(got[k], src[k], rtol=2 ** -8, atol=1e-30)
+
+
+@pytest.mark.parametrize("dtype, keep, kept", [
+    ("bf16", "auto", True), ("fp16", "auto", False), ("fp16", "norms", True), ("bf16", "none", False),
+    ("fp32", "norms", False),
+])
+def test_keep_fp32_policy_is_applied_and_recorded(svd_src, tmp_path, dtype, keep, kept):
+    """Norm scales/shifts and blend factors stay float32 (bit-exact to the source) when the policy says so; every
+    other tensor takes --dtype; the manifest records the decision per tensor."""
+    dst = tmp_path / "out"
+    assert main(["convert", str(svd_src), str(dst), "--dtype", dtype, "--keep-fp32", keep]) == 0
+    manifest = json.loads((dst / "manifest.json").read_text())
+    want = {"fp32": "F32", "fp16": "F16", "bf16": "BF16"}[dtype]
+    for comp in COMPONENTS:
+        refs, meta = read_header(dst / comp / "mindspore_model.safetensors")
+        src = _source_arrays(svd_src / comp)
+        tensors = manifest["components"][comp]["tensors"]
+        for name, ref in refs.items():
+            norm = name.endswith("mix_factor") or (len(ref.shape) == 1 and "norm" in name.rsplit(".", 2)[-2])
+            expect = "F32" if (kept and norm) else want
+            assert ref.dtype == expect == tensors[name]["dtype"], (comp, name, ref.dtype)
+            assert tensors[name]["dtype_reason"] == (f"kept fp32 (--keep-fp32 {keep})" if expect != want else f"--dtype {dtype}")
+            if expect == "F32":
+                np.testing.assert_array_equal(ref.load(), src[name], err_msg=name)
+        assert (meta.get("kept_fp32") == keep) == kept
+        assert manifest["components"][comp]["dtype_policy"]["kept_fp32_tensors"] == sum(
+            1 for t in tensors.values() if t["dtype"] == "F32" and want != "F32")
+
+
+def test_mixed_precision_checkpoint_loads_with_fp32_norms(svd_src, tmp_path):
+    """fp16 weights with fp32 norms: loaded as fp16 the norms stay fp32 (also through to_dtype), and the VAE
+    decodes like the all-fp32 model within fp16 error; asking for bf16 on CPU is refused with one line."""
+    import mindspore as ms
+
+    from mindport.models import AutoencoderKLTemporalDecoder
+
+    convert_checkpoint(svd_src, tmp_path / "mixed", dtype="fp16", keep_fp32="norms", progress=False)
+    vae = AutoencoderKLTemporalDecoder.from_pretrained(tmp_path / "mixed", subfolder="vae", mindspore_dtype=ms.float16)
+    params = dict(vae.parameters_and_names())
+    assert params["decoder.conv_norm_out.weight"].dtype == ms.float32
+    assert params["decoder.conv_in.weight"].dtype == ms.float16
+    vae.to_dtype(ms.float32).to_dtype(ms.float16)
+    assert params["decoder.conv_norm_out.weight"].dtype == ms.float32
+    ref = AutoencoderKLTemporalDecoder.from_pretrained(svd_src, subfolder="vae")
+    z = np.random.default_rng(0).standard_normal((2, 4, 4, 5)).astype(np.float32)
+    got = vae.decode(ms.Tensor(z, ms.float16), num_frames=2).sample.astype(ms.float32).asnumpy()
+    want = ref.decode(ms.Tensor(z), num_frames=2).sample.asnumpy()
+    assert np.linalg.norm(got - want) / np.linalg.norm(want) < 1e-2
+    convert_checkpoint(svd_src, tmp_path / "bf16", dtype="bf16", progress=False)
+    with pytest.raises(ConversionError, match="bf16 cannot run on CPU.*float32"):
+        AutoencoderKLTemporalDecoder.from_pretrained(tmp_path / "bf16", subfolder="vae", mindspore_dtype="bf16")
+    exact = AutoencoderKLTemporalDecoder.from_pretrained(tmp_path / "bf16", subfolder="vae")  # widened to fp32
+    assert dict(exact.parameters_and_names())["decoder.conv_in.weight"].dtype == ms.float32
 
 
 def test_sharded_and_bin_sources_give_identical_weights(svd_src, tmp_path):

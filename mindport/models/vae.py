@@ -390,9 +390,10 @@ class TemporalDecoder(nn.Cell):
     def construct(self, sample: Tensor, image_only_indicator: Tensor, num_frames: int = 1) -> Tensor:
         # 1. stem: (B*F, Cin, h, w) -> (B*F, C_last, h, w)
         sample = self.conv_in(sample)
-        # 2. middle, shapes unchanged; then the up blocks' dtype (diffusers' upscale_dtype)
+        # 2. middle, shapes unchanged; then the up blocks' dtype (diffusers' upscale_dtype; a weight's, since a
+        #    mixed-precision checkpoint keeps norm parameters in fp32)
         sample = self.mid_block(sample, image_only_indicator=image_only_indicator)
-        sample = sample.astype(next(self.up_blocks.get_parameters()).dtype)
+        sample = sample.astype(next(p for p in self.up_blocks.get_parameters() if p.ndim > 1).dtype)
         # 3. up: -> (B*F, C0, H, W)
         for up_block in self.up_blocks:
             sample = up_block(sample, image_only_indicator=image_only_indicator)
