@@ -16,11 +16,11 @@ from matplotlib import colormaps
 from matplotlib.colors import LogNorm
 from matplotlib.figure import Figure
 
-from .report import (NOT_MEASURED, _amp_label, _db, _describe_divergence, _fmt, amplification, gain, ratio,
-                     run_lines, side_by_side_gif, step_block_worst, strip_image, worst_rows)
+from .report import (NOT_MEASURED, amp_label, amplification, describe_divergence, fmt, fmt_db, fmt_ssim, gain,
+                     gate_measure, ratio, run_lines, side_by_side_gif, step_block_worst, strip_image, weight_mismatches,
+                     worst_rows)
 
 PASS, FAIL, FLOOR, BOUND = "#1a7f37", "#cf222e", "#4a7bd0", "#444444"
-TINY = 1e-12  # exact zeros are drawn here on log axes
 HEADER_SETTINGS = ("pipeline", "source", "dtype", "seed", "steps", "frames", "height", "width", "reference", "bars")
 
 CSS = """
@@ -87,11 +87,15 @@ def _ok(flag) -> str:
     return '<span class="ok">pass</span>' if flag else '<span class="no">FAIL</span>'
 
 
-def _logy(values) -> np.ndarray:
-    """Values for a log axis: non-finite as NaN (drawn separately), zeros at TINY."""
-    v = np.array([np.nan if x is None else x for x in values], dtype=np.float64)
-    v[~np.isfinite(v)] = np.nan
-    return np.maximum(v, TINY)
+def _for_log(*columns) -> tuple[list[np.ndarray], float]:
+    """Columns of values sharing one log axis: None and non-finite -> NaN (not drawn), exact zeros -> a third of
+    the smallest positive value in any column (the bottom of the axis), which is returned too."""
+    arrays = [np.array([np.nan if v is None else v for v in c], dtype=np.float64) for c in columns]
+    for a in arrays:
+        a[~np.isfinite(a)] = np.nan
+    positive = np.concatenate([a[a > 0] for a in arrays])
+    zero_at = positive.min() / 3 if positive.size else 1e-12
+    return [np.where(a == 0, zero_at, a) for a in arrays], zero_at
 
 
 def _table(header: list[str], rows: list[list[str]], row_classes: list[str] | None = None, wide=False) -> str:
@@ -141,20 +145,20 @@ def plot_error_vs_depth(report: dict) -> bytes | None:
     for ax, comp in zip(axes, comps):
         rows = sorted((r for r in layers if r["component"] == comp), key=lambda r: r.get("order", 0))
         x = np.arange(len(rows))
-        y = _logy(r["rel_l2"] for r in rows)
+        (y, floor, bound), zero_at = _for_log([r["rel_l2"] for r in rows], [r.get("floor") for r in rows],
+                                              [r.get("bound") for r in rows])
         ok = np.array([bool(r["passed"]) for r in rows])
-        if any(r.get("floor") is not None for r in rows):
-            ax.scatter(x, _logy(r.get("floor") for r in rows), s=7, marker=".", color=FLOOR, label="noise floor",
-                       zorder=2)
-        if any(r.get("bound") is not None for r in rows):
-            ax.scatter(x, _logy(r.get("bound") for r in rows), s=26, marker="_", color=BOUND, label="bound", zorder=2)
+        if not np.isnan(floor).all():
+            ax.scatter(x, floor, s=7, marker=".", color=FLOOR, label="noise floor", zorder=2)
+        if not np.isnan(bound).all():
+            ax.scatter(x, bound, s=26, marker="_", color=BOUND, label="bound", zorder=2)
         elif bar:
             ax.axhline(bar, color=BOUND, ls="--", lw=1, label=f"bar {bar:g}")
         zero = np.array([r["rel_l2"] == 0 for r in rows])
         ax.scatter(x[ok & ~zero], y[ok & ~zero], s=11, color=PASS, label="passed", zorder=3)
         if zero.any():
             ax.scatter(x[zero], y[zero], s=16, marker="v", facecolors="none", edgecolors=PASS, zorder=3,
-                       label=f"exactly 0 (drawn at {TINY:g})")
+                       label=f"exactly 0 (drawn at {zero_at:.0e})")
         if (~ok).any():
             ax.scatter(x[~ok], y[~ok], s=22, color=FAIL, label="failed", zorder=4)
         bad = np.isnan(y)
@@ -172,7 +176,8 @@ def plot_error_vs_depth(report: dict) -> bytes | None:
         j = rows.index(worst)
         if np.isfinite(y[j]):
             ax.annotate(worst["module"][-70:], (j, y[j]), fontsize=7.5, color="#333", xytext=(5, 6),
-                        textcoords="offset points", ha="left" if j < 0.7 * len(rows) else "right")
+                        textcoords="offset points", ha="left" if j < 0.7 * len(rows) else "right",
+                        bbox={"boxstyle": "round,pad=0.2", "fc": "white", "ec": "none", "alpha": 0.85})
         ax.set_yscale("log")
         ax.set_xlim(-1, max(1, len(rows)))
         ax.xaxis.get_major_locator().set_params(integer=True)
@@ -194,8 +199,9 @@ def plot_step_block(steps: dict) -> bytes | None:
     m[~np.isfinite(m)] = np.nan
     if np.isnan(m).all():
         return None
-    m = np.maximum(m, TINY)
-    lo, hi = np.nanmin(m), np.nanmax(m)
+    zero = m == 0
+    lo, hi = np.nanmin(np.where(zero, np.nan, m)) if (m > 0).any() else 1e-12, np.nanmax(m)
+    m[zero] = lo  # an exact zero takes the lowest colour and is labelled "0"
     fig = Figure(figsize=(min(13.5, 5.5 + 0.55 * len(idx)), 1.6 + 0.26 * len(blocks)), layout="constrained")
     ax = fig.subplots()
     cmap = colormaps["viridis"].with_extremes(bad="#d0d7de")
@@ -208,10 +214,10 @@ def plot_step_block(steps: dict) -> bytes | None:
         mid = math.sqrt(lo * hi)
         for (i, j), v in np.ndenumerate(m):
             if np.isfinite(v):
-                ax.text(j, i, f"{v:.0e}", ha="center", va="center", fontsize=7, color="white" if v < mid else "black")
+                ax.text(j, i, "0" if zero[i, j] else f"{v:.0e}", ha="center", va="center", fontsize=7,
+                        color="white" if v < mid else "black")
     fig.colorbar(im, ax=ax, label="relative L2 (log)", pad=0.01)
-    ax.set_title("step x block: rel L2 of each block's output, latents re-synchronised at every step", fontsize=10,
-                 loc="left")
+    ax.set_title("rel L2 of each block's output per step", fontsize=10, loc="left")
     return _png(fig)
 
 
@@ -224,19 +230,20 @@ def plot_isolation(isolation: dict, top: int = 20) -> bytes | None:
     fig = Figure(figsize=(12.5, 1.4 + 0.32 * len(blocks)), layout="constrained")
     ax = fig.subplots()
     colours = [PASS if b.get("passed", True) else FAIL for b in blocks]
-    ax.barh(y, _logy(b["introduced_rel_l2"] for b in blocks), color=colours, height=0.6, label="introduced")
-    ax.scatter(_logy(b.get("inherited_rel_l2") for b in blocks), y, marker="o", facecolors="none",
-               edgecolors="#666", s=28, label="inherited (input already off)", zorder=3)
-    ax.scatter(_logy(b.get("bound") for b in blocks), y, marker="|", color=BOUND, s=220, lw=2, label="bound",
-               zorder=4)
-    ax.scatter(_logy(b.get("floor") for b in blocks), y, marker=".", color=FLOOR, s=40, label="noise floor", zorder=4)
+    (intro, inherited, bound, floor), _ = _for_log(*([b.get(k) for b in blocks] for k in (
+        "introduced_rel_l2", "inherited_rel_l2", "bound", "floor")))
+    ax.barh(y, intro, color=colours, height=0.6, label="introduced")
+    ax.scatter(inherited, y, marker="o", facecolors="none", edgecolors="#666", s=28,
+               label="inherited (input already off)", zorder=3)
+    ax.scatter(bound, y, marker="|", color=BOUND, s=220, lw=2, label="bound", zorder=4)
+    ax.scatter(floor, y, marker=".", color=FLOOR, s=40, label="noise floor", zorder=4)
     ax.set_yticks(y, [f"{b['component']}.{b['module']}" for b in blocks], fontsize=8)
     ax.set_xscale("log")
     ax.set_xlabel("relative L2 (log)")
     ax.set_title(f"isolation: top {len(blocks)} blocks by introduced error / bound (teacher forcing)", fontsize=10,
                  loc="left")
     ax.grid(True, axis="x", alpha=0.3)
-    ax.legend(fontsize=8, loc="lower right")
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False)
     return _png(fig)
 
 
@@ -294,22 +301,21 @@ def _summary(report: dict) -> str:
     if "first_divergence" in report:
         fd = report["first_divergence"]
         text = ("None: every gate holds and every compared module is within its bound." if fd is None
-                else _describe_divergence(fd))
+                else describe_divergence(fd))
         cards.append(("bad" if fd else "good", "First divergence", _code(text)))
     w = report.get("worst_module")
     if w:
         r = ratio(w)
-        extra = f" = {r:.2g} x bound {_fmt(w['bound'])}" if r is not None else ""
+        extra = f" = {r:.2g} x bound {fmt(w['bound'])}" if r is not None else ""
         cls = "bad" if r is not None and r > 1 else ""
         cards.append((cls, "Worst module", f"<code>{escape(w['component'])}.{escape(w['module'])}</code> "
-                                           f"{escape(str(w.get('shape', '')))}<br>rel L2 {_fmt(w['rel_l2'])}{extra}, "
-                                           f"max abs {_fmt(w.get('max_abs'))}"))
+                                           f"{escape(str(w.get('shape', '')))}<br>rel L2 {fmt(w['rel_l2'])}{extra}, "
+                                           f"max abs {fmt(w.get('max_abs'))}"))
     f = report.get("frames")
     if f:
-        ssim = f"{f['ssim']:.6f}" if f.get("ssim") is not None else "—"
         cards.append(("good" if f.get("passed") else "bad", "Frames",
-                      f"rel L2 {_fmt(f['rel_l2'])}, max abs {_fmt(f.get('max_abs'))}<br>PSNR {_db(f.get('psnr'))} dB, "
-                      f"SSIM {ssim}" + (f"<br>{escape(f['error'])}" if f.get("error") else "")))
+                      f"rel L2 {fmt(f['rel_l2'])}, max abs {fmt(f.get('max_abs'))}<br>PSNR {fmt_db(f.get('psnr'))} dB, "
+                      f"SSIM {fmt_ssim(f.get('ssim'))}" + (f"<br>{escape(f['error'])}" if f.get("error") else "")))
     cov = report.get("coverage")
     if cov:
         one = len(cov.get("reference_only", [])) + len(cov.get("mindspore_only", []))
@@ -332,10 +338,10 @@ def _gates(report: dict) -> str:
     gates = report.get("gates")
     if not gates:
         return _section("gates", "Gates (non-network checks)", _missing())
-    rows = [[escape(g["name"]), _ok(g["passed"]), escape(str(g.get("detail", ""))), "#" + _fmt(g.get("max_abs"))]
+    rows = [[escape(g["name"]), _ok(g["passed"]), escape(str(g.get("detail", ""))), "#" + gate_measure(g)]
             for g in gates]
     return _section("gates", "Gates (non-network checks)",
-                    _table(["gate", "result", "detail", "max abs"], rows, ["" if g["passed"] else "bad" for g in gates]))
+                    _table(["gate", "result", "detail", "worst"], rows, ["" if g["passed"] else "bad" for g in gates]))
 
 
 def _frames(report: dict, ref: np.ndarray, ours: np.ndarray) -> str:
@@ -344,13 +350,13 @@ def _frames(report: dict, ref: np.ndarray, ours: np.ndarray) -> str:
     if ref.ndim == 5 and ref.shape == ours.shape:
         amp = amplification(ref, ours)
         parts.append(f"<p>Rows: PyTorch, MindSpore, and their absolute difference amplified <b>x{gain(amp)}</b> "
-                     f"(the power of ten that brings the largest difference, {_fmt(float(np.abs(ours - ref).max()))}, "
+                     f"(the power of ten that brings the largest difference, {fmt(float(np.abs(ours - ref).max()))}, "
                      "to 1–10: the worst pixels saturate, black means no difference). Frames left to right.</p>")
         for v in range(ref.shape[0]):
             buf = io.BytesIO()
             strip_image(ref[v], ours[v], amp).save(buf, format="PNG")
             parts.append(f"<h3>Video {v}</h3>" + _img(buf.getvalue(), f"video {v}: PyTorch, MindSpore, "
-                                                      f"{_amp_label(amp)}", cls="frames"))
+                                                      f"{amp_label(amp)}", cls="frames"))
         parts.append("<h3>Side by side, frame by frame</h3>" + _img(side_by_side_gif(ref, ours, amp),
                                                                   "frames GIF", "image/gif", cls="frames"))
     elif f and f.get("error"):
@@ -359,8 +365,8 @@ def _frames(report: dict, ref: np.ndarray, ours: np.ndarray) -> str:
         parts.append(_missing("No frames were given to the renderer."))
     if f:
         parts.append(_img(plot_per_frame(f), "per-frame PSNR and SSIM"))
-        rows = [["#" + str(p["video"]), "#" + str(p["frame"]), "#" + _db(p.get("psnr")),
-                 "#" + (f"{p['ssim']:.6f}" if p.get("ssim") is not None else "—"), "#" + _fmt(p.get("rel_l2"))]
+        rows = [["#" + str(p["video"]), "#" + str(p["frame"]), "#" + fmt_db(p.get("psnr")),
+                 "#" + fmt_ssim(p.get("ssim")), "#" + fmt(p.get("rel_l2"))]
                 for p in f.get("per_frame", [])]
         if rows:
             parts.append(_table(["video", "frame", "PSNR (dB)", "SSIM", "relative L2"], rows))
@@ -376,10 +382,10 @@ def _module_table(rows: list[dict], with_bounds: bool) -> str:
     for r in rows:
         q = ratio(r)
         c = [escape(r["component"]), "`" + escape(r["module"]), "#" + escape(str(r.get("shape", ""))),
-             "#" + str(r.get("calls", "—")), "#" + _fmt(r["rel_l2"]), "#" + _fmt(r.get("max_abs")),
+             "#" + str(r.get("calls", "—")), "#" + fmt(r["rel_l2"]), "#" + fmt(r.get("max_abs")),
              "#" + (f"{r['cosine']:.7f}" if r.get("cosine") is not None else "—")]
         if with_bounds:
-            c += ["#" + _fmt(r.get("floor")), "#" + _fmt(r.get("bound")), "#" + _ratio(q),
+            c += ["#" + fmt(r.get("floor")), "#" + fmt(r.get("bound")), "#" + _ratio(q),
                   "#" + str(r.get("worst_step", "—"))]
         c.append(_ok(r["passed"]) + (f" {escape(r['error'])}" if r.get("error") else ""))
         cells.append(c)
@@ -399,7 +405,7 @@ def _modules(report: dict) -> str:
         rows = sorted((r for r in layers if r["component"] == comp), key=lambda r: r.get("order", 0))
         failing = sum(not r["passed"] for r in rows)
         parts.append(f"<details><summary>{escape(comp)}: {len(rows)} modules, {failing} failing, worst rel L2 "
-                     f"{_fmt(max(r['rel_l2'] for r in rows))}</summary><div class=\"scroll\">"
+                     f"{fmt(max(r['rel_l2'] for r in rows))}</summary><div class=\"scroll\">"
                      f"{_module_table(rows, with_bounds)}</div></details>")
     cov = report.get("coverage") or {}
     for side, key in (("PyTorch", "reference_only"), ("MindSpore", "mindspore_only")):
@@ -417,8 +423,8 @@ def _isolation(report: dict) -> str:
     intro = ("<p>Each MindSpore block is run on the inputs the PyTorch block recorded, so the error it "
              "<i>introduces</i> is separated from the error it <i>inherits</i>" +
              (f" (blocks: {escape(str(iso['unit']))})" if iso.get("unit") else "") + ".</p>")
-    rows = [[escape(b["component"]), "`" + escape(b["module"]), "#" + _fmt(b["introduced_rel_l2"]),
-             "#" + _fmt(b.get("inherited_rel_l2")), "#" + _fmt(b.get("floor")), "#" + _fmt(b.get("bound")),
+    rows = [[escape(b["component"]), "`" + escape(b["module"]), "#" + fmt(b["introduced_rel_l2"]),
+             "#" + fmt(b.get("inherited_rel_l2")), "#" + fmt(b.get("floor")), "#" + fmt(b.get("bound")),
              "#" + _ratio(b.get("ratio")), _ok(b.get("passed"))] for b in blocks[:20]]
     table = _table(["component", "block", "introduced rel L2", "inherited rel L2", "floor", "bound",
                     "introduced / bound", "result"], rows,
@@ -432,9 +438,12 @@ def _steps(report: dict) -> str:
     img = _img(plot_step_block(steps), "step x block heatmap") if steps else ""
     if not img:
         return _section("steps", "Step x block", _missing())
-    rows = [["`" + escape(c["block"]), "#" + str(c["step"]), "#" + _fmt(c["rel_l2"]), "#" + str(c["steps"])]
+    rows = [["`" + escape(c["block"]), "#" + str(c["step"]), "#" + fmt(c["rel_l2"]), "#" + str(c["steps"])]
             for c in step_block_worst(steps)]
-    return _section("steps", "Step x block", img + "<details><summary>Worst cell per block</summary>" +
+    intro = ("<p>Relative L2 of each block's output at each denoising step, with the latents re-synchronised to the "
+             "reference before every step, so a step's error is not the drift of the steps before it. Grey: the block "
+             "did not run at that step.</p>")
+    return _section("steps", "Step x block", intro + img + "<details><summary>Worst cell per block</summary>" +
                     _table(["block", "worst step", "relative L2", "steps run"], rows) + "</details>")
 
 
@@ -442,7 +451,7 @@ def _weights(report: dict) -> str:
     wc = report.get("weight_check")
     if not wc:
         return _section("weights", "Weight mapping check", _missing())
-    mism = wc.get("mismatches") or []
+    mism = weight_mismatches(wc)
     body = (f"<p>{_ok(wc.get('passed'))} {escape(str(wc.get('checked', '?')))} of {escape(str(wc.get('total', '?')))} "
             f"tensors perturbed one at a time ({_secs(wc.get('seconds'))}); {len(mism)} moved a module other than "
             "the one they map to.</p>")
@@ -462,8 +471,8 @@ def _baseline(report: dict) -> str:
             f"{len(regs)} regressions.</p>")
     if regs:
         body += _table(["component", "module", "rel L2", "baseline rel L2", "allowed"],
-                       [[escape(r["component"]), "`" + escape(r["module"]), "#" + _fmt(r["rel_l2"]),
-                         "#" + _fmt(r.get("baseline_rel_l2")), "#" + _fmt(r.get("allowed"))] for r in regs],
+                       [[escape(r["component"]), "`" + escape(r["module"]), "#" + fmt(r["rel_l2"]),
+                         "#" + fmt(r.get("baseline_rel_l2")), "#" + fmt(r.get("allowed"))] for r in regs],
                        ["bad"] * len(regs))
     return _section("baseline", "Baseline", body)
 
@@ -485,7 +494,8 @@ def _run(report: dict) -> str:
     extra = {k: v for k, v in s.items() if k not in HEADER_SETTINGS}
     if extra:
         parts.append("<h3>Other settings</h3>" + _table(["setting", "value"], [
-            [escape(k), "`" + escape(json.dumps(v) if isinstance(v, (dict, list)) else str(v))] for k, v in extra.items()]))
+            [escape(k), "`" + escape(json.dumps(v) if isinstance(v, (dict, list)) else str(v))]
+            for k, v in extra.items()]))
     return _section("run", "Run", "".join(parts))
 
 

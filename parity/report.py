@@ -22,7 +22,7 @@ PANEL = 128  # frames are upscaled (nearest) until their longer side reaches thi
 MAX_PANEL = 384  # and larger frames are reduced (area) below this, so the strips of real checkpoints stay small
 
 
-def _fmt(x) -> str:
+def fmt(x) -> str:
     if x is None:
         return "—"
     if isinstance(x, float):
@@ -32,8 +32,28 @@ def _fmt(x) -> str:
     return str(x)
 
 
-def _db(x) -> str:
+def fmt_db(x) -> str:
     return "—" if x is None else ("inf" if math.isinf(x) else f"{x:.1f}")
+
+
+def fmt_ssim(x) -> str:
+    """0.987654 as is; values within 1e-6 of 1 as "1 - 2.0e-10", so near-identical frames still differ."""
+    if x is None or x == 1:
+        return "—" if x is None else "1"
+    return f"{x:.6f}" if x < 1 - 1e-6 else f"1 - {1 - x:.1e}"
+
+
+def gate_measure(g: dict) -> str:
+    """A gate's worst number, whichever the gate records."""
+    for key, label in (("max_abs", "max abs"), ("max_rel_l2", "rel L2")):
+        if g.get(key) is not None:
+            return f"{label} {fmt(g[key])}"
+    return "—"
+
+
+def weight_mismatches(wc: dict) -> list[dict]:
+    """The tensors whose perturbation moved another module first (`mismatches`, else the failing `rows`)."""
+    return wc.get("mismatches") or [r for r in wc.get("rows", []) if not r.get("passed", True)]
 
 
 def ratio(row: dict):
@@ -74,7 +94,7 @@ def gain(amplify: float) -> str:
     return f"{amplify:.0e}".replace("e+0", "e") if amplify >= 1000 else f"{amplify:g}"
 
 
-def _amp_label(amplify: float) -> str:
+def amp_label(amplify: float) -> str:
     return f"|diff| x{gain(amplify)}"
 
 
@@ -116,7 +136,7 @@ def strip_image(ref: np.ndarray, ours: np.ndarray, amplify: float) -> PIL.Image.
     diff = np.abs(np.asarray(ours, np.float64) - np.asarray(ref, np.float64)) * amplify
     rows = [np.concatenate([sep(_panel(f, reduce)) for f in x], axis=1)
             for x, reduce in ((ref, np.mean), (ours, np.mean), (diff, np.max))]
-    return _labelled(rows, ["PyTorch", "MindSpore", _amp_label(amplify)])
+    return _labelled(rows, ["PyTorch", "MindSpore", amp_label(amplify)])
 
 
 def strips_png(ref: np.ndarray, ours: np.ndarray, amplify: float) -> bytes:
@@ -134,7 +154,7 @@ def strips_png(ref: np.ndarray, ours: np.ndarray, amplify: float) -> bytes:
 
 def side_by_side_gif(ref: np.ndarray, ours: np.ndarray, amplify: float, ms_per_frame: int = 500) -> bytes:
     """frames.gif: per frame, PyTorch | MindSpore | |difference| x amplify side by side, one row per video."""
-    titles = ["PyTorch", "MindSpore", _amp_label(amplify)]
+    titles = ["PyTorch", "MindSpore", amp_label(amplify)]
     font, head = _font(), 34
     frames = []
     for f in range(ref.shape[1]):
@@ -164,21 +184,21 @@ def _table(header: list[str], rows: list[list]) -> list[str]:
 
 
 def _module_row(r: dict, with_bounds: bool) -> list:
-    row = [r["component"], f"`{r['module']}`", r.get("shape"), _fmt(r["rel_l2"]), _fmt(r.get("max_abs")),
+    row = [r["component"], f"`{r['module']}`", r.get("shape"), fmt(r["rel_l2"]), fmt(r.get("max_abs")),
            f"{r['cosine']:.7f}" if "cosine" in r else "—"]
     if with_bounds:
-        row += [_fmt(r.get("floor")), _fmt(r.get("bound")), _fmt(ratio(r)), r.get("worst_step", "—")]
+        row += [fmt(r.get("floor")), fmt(r.get("bound")), fmt(ratio(r)), r.get("worst_step", "—")]
     return row + [r["passed"] if "error" not in r else f"False ({r['error']})"]
 
 
-def _describe_divergence(fd: dict) -> str:
+def describe_divergence(fd: dict) -> str:
     if fd.get("kind") == "gate":
         return f"gate `{fd.get('gate')}` failed: {fd.get('detail', '')}"
     where = f"`{fd['component']}.{fd['module']}`"
     step = f", step {fd['step']}" if fd.get("step") is not None else ""
-    bound = f" > bound {_fmt(fd['bound'])}" if fd.get("bound") is not None else ""
+    bound = f" > bound {fmt(fd['bound'])}" if fd.get("bound") is not None else ""
     return (f"{where} (call {fd.get('call', '—')}{step}, shape {fd.get('shape', '—')}): relative L2 "
-            f"{_fmt(fd['rel_l2'])}{bound}, max abs {_fmt(fd.get('max_abs'))}.")
+            f"{fmt(fd['rel_l2'])}{bound}, max abs {fmt(fd.get('max_abs'))}.")
 
 
 def run_lines(report: dict) -> list[str]:
@@ -196,6 +216,8 @@ def run_lines(report: dict) -> list[str]:
     mem = []
     if t.get("overhead") is not None:
         mem.append(f"capture overhead x{t['overhead']:.2f} (time with capture / without)")
+    if t.get("activations_mb") is not None:
+        mem.append(f"captured activations {t['activations_mb']:.0f} MB")
     if t.get("peak_anon_mb") is not None:
         mem.append(f"peak anonymous RSS {t['peak_anon_mb']:.0f} MB above baseline")
     if t.get("peak_rss_mb") is not None:
@@ -215,15 +237,16 @@ def markdown(report: dict, amplify: float | None = None) -> str:
         f"# Parity report: {s.get('pipeline', '?')} ({s.get('dtype', '?')}) — {verdict}",
         "",
         f"Source `{s.get('source', '?')}`; {s.get('steps', '?')} steps, {s.get('frames', '?')} frames at "
-        f"{s.get('height', '?')}x{s.get('width', '?')}, seed {s.get('seed', '?')}. Reference: {s.get('reference', '?')}. "
+        f"{s.get('height', '?')}x{s.get('width', '?')}, seed {s.get('seed', '?')}. "
+        f"Reference: {s.get('reference', '?')}. "
         f"Bars (relative L2): modules ≤ {bars.get('module', '?')}, frames ≤ {bars.get('frames', '?')}.",
         "",
         "## Gates",
         "",
     ]
     gates = report.get("gates")
-    lines += _table(["gate", "passed", "detail", "max abs"],
-                    [[g["name"], g["passed"], g.get("detail", ""), _fmt(g.get("max_abs"))] for g in gates]) \
+    lines += _table(["gate", "passed", "detail", "worst"],
+                    [[g["name"], g["passed"], g.get("detail", ""), gate_measure(g)] for g in gates]) \
         if gates else [NOT_MEASURED]
 
     lines += ["", "## First divergence", ""]
@@ -232,12 +255,12 @@ def markdown(report: dict, amplify: float | None = None) -> str:
     else:
         fd = report["first_divergence"]
         lines.append("None: every gate holds and every compared module is within its bound." if fd is None
-                     else _describe_divergence(fd))
+                     else describe_divergence(fd))
     w = report.get("worst_module")
     if w:
-        bound = f" (bound {_fmt(w['bound'])}, {_fmt(ratio(w))} of it)" if w.get("bound") else ""
+        bound = f" (bound {fmt(w['bound'])}, {fmt(ratio(w))} of it)" if w.get("bound") else ""
         lines += ["", f"Worst module: `{w['component']}.{w['module']}` {w.get('shape', '')}: relative L2 "
-                      f"{_fmt(w['rel_l2'])}{bound}, max abs {_fmt(w.get('max_abs'))}."]
+                      f"{fmt(w['rel_l2'])}{bound}, max abs {fmt(w.get('max_abs'))}."]
 
     lines += ["", "## Frames", ""]
     f = report.get("frames")
@@ -245,18 +268,18 @@ def markdown(report: dict, amplify: float | None = None) -> str:
         lines.append(NOT_MEASURED)
     else:
         lines += _table(["relative L2", "max abs", "cosine", "PSNR (dB)", "SSIM (mean)", "passed"],
-                        [[_fmt(f["rel_l2"]), _fmt(f.get("max_abs")), _fmt(f.get("cosine")), _db(f.get("psnr")),
-                          f"{f['ssim']:.6f}" if f.get("ssim") is not None else "—", f.get("passed", "—")]])
+                        [[fmt(f["rel_l2"]), fmt(f.get("max_abs")), fmt(f.get("cosine")), fmt_db(f.get("psnr")),
+                          fmt_ssim(f.get("ssim")), f.get("passed", "—")]])
         if f.get("error"):
             lines += ["", f"Frames not comparable: {f['error']}"]
         if (report.get("files") or {}).get("frames_png"):
-            amp = _amp_label(amplify) if amplify else "|diff| amplified"
+            amp = amp_label(amplify) if amplify else "|diff| amplified"
             lines += ["", f"![frames: PyTorch, MindSpore, {amp}]({report['files']['frames_png']})"]
         if f.get("per_frame"):
             lines += ["", "Per frame:", ""] + _table(
                 ["video", "frame", "PSNR (dB)", "SSIM", "relative L2"],
-                [[p["video"], p["frame"], _db(p.get("psnr")), f"{p['ssim']:.6f}" if p.get("ssim") is not None else "—",
-                  _fmt(p.get("rel_l2"))] for p in f["per_frame"]])
+                [[p["video"], p["frame"], fmt_db(p.get("psnr")), fmt_ssim(p.get("ssim")),
+                  fmt(p.get("rel_l2"))] for p in f["per_frame"]])
 
     lines += ["", "## Isolation (teacher forcing): top 10 blocks by introduced error", ""]
     iso = report.get("isolation")
@@ -266,16 +289,16 @@ def markdown(report: dict, amplify: float | None = None) -> str:
         blocks = sorted(iso["blocks"], key=lambda b: -(b.get("ratio") or 0.0))[:10]
         lines += _table(["component", "block", "introduced rel L2", "inherited rel L2", "floor", "bound",
                          "introduced / bound", "passed"],
-                        [[b["component"], f"`{b['module']}`", _fmt(b["introduced_rel_l2"]),
-                          _fmt(b.get("inherited_rel_l2")), _fmt(b.get("floor")), _fmt(b.get("bound")),
-                          _fmt(b.get("ratio")), b.get("passed", "—")] for b in blocks])
+                        [[b["component"], f"`{b['module']}`", fmt(b["introduced_rel_l2"]),
+                          fmt(b.get("inherited_rel_l2")), fmt(b.get("floor")), fmt(b.get("bound")),
+                          fmt(b.get("ratio")), b.get("passed", "—")] for b in blocks])
     else:
         lines.append(NOT_MEASURED)
 
     lines += ["", "## Step x block (worst cell per block)", ""]
     cells = step_block_worst(report.get("steps") or {})
     lines += _table(["block", "worst step", "relative L2", "steps run"],
-                    [[f"`{c['block']}`", c["step"], _fmt(c["rel_l2"]), c["steps"]] for c in cells]) \
+                    [[f"`{c['block']}`", c["step"], fmt(c["rel_l2"]), c["steps"]] for c in cells]) \
         if cells else [NOT_MEASURED]
 
     layers = report.get("layers") or []
@@ -295,7 +318,7 @@ def markdown(report: dict, amplify: float | None = None) -> str:
             by_comp.setdefault(r["component"], []).append(r)
         lines += ["", "Per component:", ""] + _table(
             ["component", "modules", "worst rel L2", "failing"],
-            [[c, len(rows), _fmt(max(r["rel_l2"] for r in rows)), sum(not r["passed"] for r in rows)]
+            [[c, len(rows), fmt(max(r["rel_l2"] for r in rows)), sum(not r["passed"] for r in rows)]
              for c, rows in by_comp.items()])
     one_side = cov.get("reference_only", []) + cov.get("mindspore_only", [])
     if one_side:
@@ -305,13 +328,14 @@ def markdown(report: dict, amplify: float | None = None) -> str:
     lines += ["", "## Weight mapping check", ""]
     wc = report.get("weight_check")
     if wc:
+        mismatches = weight_mismatches(wc)
         lines.append(f"{wc.get('checked', '?')} of {wc.get('total', '?')} tensors perturbed one at a time "
-                     f"({_fmt(wc.get('seconds'))} s): {len(wc.get('mismatches', []))} mismatches; "
+                     f"({fmt(wc.get('seconds'))} s): {len(mismatches)} mismatches; "
                      f"passed: {wc.get('passed', '—')}.")
-        if wc.get("mismatches"):
+        if mismatches:
             lines += [""] + _table(["component", "tensor", "expected module", "first moved"],
                                    [[m["component"], f"`{m['tensor']}`", f"`{m['expected_module']}`",
-                                     f"`{m.get('first_moved')}`"] for m in wc["mismatches"][:20]])
+                                     f"`{m.get('first_moved')}`"] for m in mismatches[:20]])
     else:
         lines.append(NOT_MEASURED)
 
@@ -319,11 +343,12 @@ def markdown(report: dict, amplify: float | None = None) -> str:
     base = report.get("baseline")
     if base:
         regs = base.get("regressions", [])
-        lines.append(f"Against `{base.get('path', '?')}`: {len(regs)} regressions; passed: {base.get('passed', '—')}.")
+        lines.append(f"Against `{base.get('path', '?')}`: {len(regs)} regressions; "
+                     f"passed: {base.get('passed', '—')}.")
         if regs:
             lines += [""] + _table(["component", "module", "rel L2", "baseline rel L2", "allowed"],
-                                   [[r["component"], f"`{r['module']}`", _fmt(r["rel_l2"]),
-                                     _fmt(r.get("baseline_rel_l2")), _fmt(r.get("allowed"))] for r in regs[:20]])
+                                   [[r["component"], f"`{r['module']}`", fmt(r["rel_l2"]),
+                                     fmt(r.get("baseline_rel_l2")), fmt(r.get("allowed"))] for r in regs[:20]])
     else:
         lines.append("No baseline given (`--baseline`).")
 

@@ -15,7 +15,7 @@ import pytest
 
 from parity.compare import frame_metrics
 from parity.html import render_html, write_html
-from parity.report import amplification, markdown, write_reports
+from parity.report import amplification, fmt_ssim, markdown, write_reports
 
 ROOT = Path(__file__).resolve().parent.parent
 SECTIONS = ["summary", "gates", "frames", "depth", "steps", "isolation", "weights", "baseline", "modules", "run"]
@@ -46,7 +46,8 @@ def schema2_report(rng, ref, ours):
             order += 1
     layers[40]["rel_l2"], layers[40]["passed"], layers[40]["error"] = float("inf"), False, "shape [1, 8] != [1, 9]"
     first = next(r for r in layers if not r["passed"])
-    blocks = [f"unet.down_blocks.{i}" for i in range(4)] + ["unet.mid_block"] + [f"unet.up_blocks.{i}" for i in range(4)]
+    blocks = [f"unet.down_blocks.{i}" for i in range(4)] + ["unet.mid_block"] + \
+        [f"unet.up_blocks.{i}" for i in range(4)]
     steps = [[float(10 ** rng.uniform(-7, -5)) if not (s == 0 and j == 3) else None for j in range(len(blocks))]
              for s in range(3)]
     for s in range(3):
@@ -67,7 +68,7 @@ def schema2_report(rng, ref, ours):
         "worst_module": {k: first[k] for k in ("component", "module", "rel_l2", "max_abs", "shape", "bound")},
         "frames": frames,
         "gates": [{"name": "scheduler", "passed": True, "detail": "timesteps, sigmas equal", "max_abs": 0.0},
-                  {"name": "image_preprocessing", "passed": True, "detail": "pixel values", "max_abs": 1.2e-7},
+                  {"name": "image_preprocessing", "passed": True, "detail": "pixel values", "max_rel_l2": 1.2e-7},
                   {"name": "noise", "passed": False, "detail": "run 2 drew (1, 4) where the reference drew (1, 5)"}],
         "layers": layers,
         "isolation": {"unit": "down/mid/up blocks", "blocks": iso},
@@ -93,7 +94,8 @@ def schema2_report(rng, ref, ours):
 
 
 def data_uris(html: str) -> list[tuple[str, bytes]]:
-    return [(m, base64.b64decode(d)) for m, d in re.findall(r'src="data:(image/[a-z]+);base64,([A-Za-z0-9+/=]+)"', html)]
+    found = re.findall(r'src="data:(image/[a-z]+);base64,([A-Za-z0-9+/=]+)"', html)
+    return [(mime, base64.b64decode(data)) for mime, data in found]
 
 
 def assert_self_contained(html: str):
@@ -134,6 +136,7 @@ def test_write_reports_schema2(tmp_path, rng, frames):
         assert heading in md
     assert "Not measured in this run" not in md
     assert "| noise | False |" in md and "up_blocks.2.attentions.0.to_q.weight" in md
+    assert "| image_preprocessing | True | pixel values | rel L2 1.200e-07 |" in md
     assert "| `unet.up_blocks.1` | 0 | 3.000e-02 | 3 |" in md  # worst cell of the broken block
     assert "floor | bound | rel L2 / bound | worst step" in md
     assert f"{report['frames']['per_frame'][2]['ssim']:.6f}" in md
@@ -165,10 +168,12 @@ def test_amplification_is_a_power_of_ten_that_shows_the_difference(rng):
 
 
 FAST_REPORTS = ("svd-tiny/fp32", "animatediff-tiny/fp16", "i2vgen-xl-tiny/fp32")  # one per pipeline
-COMMITTED = sorted(p.parent.relative_to(ROOT / "reports").as_posix() for p in (ROOT / "reports").glob("*/*/report.json"))
+COMMITTED = sorted(p.parent.relative_to(ROOT / "reports").as_posix()
+                   for p in (ROOT / "reports").glob("*/*/report.json"))
 
 
-@pytest.mark.parametrize("name", [n if n in FAST_REPORTS else pytest.param(n, marks=pytest.mark.slow) for n in COMMITTED])
+@pytest.mark.parametrize("name", [n if n in FAST_REPORTS else pytest.param(n, marks=pytest.mark.slow)
+                                  for n in COMMITTED])
 def test_committed_reports_render(tmp_path, rng, name):
     """The committed report.json files (schema 1 until `make reports` regenerates them: no gates, floors,
     isolation...) render through write_reports, and the sections they lack say so."""
@@ -205,6 +210,18 @@ def test_minimal_and_broken_reports_render(tmp_path, rng):
     assert "frames shape [1, 2, 8, 8, 3] != reference" in html and "gate <code>noise</code> failed" in html
     assert_self_contained(html)
     assert "gate `noise` failed: draw shapes differ" in (tmp_path / "report.md").read_text()
+    # a weight check that lists every tensor in `rows` (no `mismatches`): the failing rows are the mismatches
+    report["weight_check"] = {"checked": 2, "total": 9, "passed": False, "rows": [
+        {"component": "vae", "tensor": "a.weight", "expected_module": "a", "first_moved": "a", "passed": True},
+        {"component": "vae", "tensor": "b.weight", "expected_module": "b", "first_moved": "c", "passed": False}]}
+    md = markdown(report)
+    assert "2 of 9 tensors perturbed one at a time" in md and "1 mismatches" in md
+    assert "| vae | `b.weight` | `b` | `c` |" in md and "`a.weight`" not in md
+
+
+def test_ssim_is_shown_with_its_distance_from_one():
+    assert fmt_ssim(0.98765432) == "0.987654" and fmt_ssim(1 - 2e-10) == "1 - 2.0e-10" and fmt_ssim(1.0) == "1"
+    assert fmt_ssim(None) == "—"
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="no chromium/chromium-browser/google-chrome on PATH "
