@@ -28,6 +28,7 @@ from .sources import (
     read_tensors,
     resolve,
     sha256_async,
+    wait_hashed,
 )
 
 # the caller (mindport) builds the target model and reports its parameters: (component, class, config) -> spec
@@ -115,7 +116,7 @@ def _write_component(name: str, src: ComponentSource, out: Path, spec_fn: SpecFn
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.json").write_text(json.dumps({"_class_name": src.class_name, **config}, indent=2, sort_keys=True))
     entries, tensors = [], {}
-    for mp in sorted(mapped, key=lambda m: m.target):
+    for mp in sorted(mapped, key=lambda m: (m.ref.file, m.ref.offset, m.target)):  # source order: raw runs coalesce
         shape = tuple(spec[mp.target][0])
         tag, why = dtype_decision(mp.target, shape, mp.ref.dtype, dtype, keep_fp32)
         entries.append((mp.target, shape, tag, _producer(mp, shape, tag, progress)))
@@ -124,7 +125,7 @@ def _write_component(name: str, src: ComponentSource, out: Path, spec_fn: SpecFn
                               "source_dtype": mp.ref.dtype, "dtype": tag, "dtype_reason": why, "shape": list(shape)}
     kept = sum(1 for t in tensors.values() if t["dtype_reason"].startswith("kept"))
     meta = {"format": "mindport", "component": name, **({"kept_fp32": keep_fp32} if kept else {})}
-    write_safetensors(out / CONVERTED_WEIGHTS, entries, meta)
+    write_safetensors(out / CONVERTED_WEIGHTS, entries, meta, before_copy=wait_hashed)
     return {
         "class_name": src.class_name,
         "source_files": file_records(src.files, src.folder.parent if name != "." else src.folder),

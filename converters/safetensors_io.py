@@ -138,23 +138,29 @@ class RawSpan:
     nbytes: int
 
 
-def _copy_span(span: RawSpan, out_fd: int) -> None:
-    """Copy a byte range file-to-file in the kernel (copy_file_range, else sendfile), never through Python memory."""
+COPY_PIECE = 256 << 20
+
+
+def _copy_span(span: RawSpan, out_fd: int, before_copy=None) -> None:
+    """Copy a byte range file-to-file in the kernel (copy_file_range, else sendfile), never through Python memory,
+    in large pieces (small calls are slow); `before_copy(file, end)` may wait until that much of the file is cached."""
     with open(span.file, "rb", buffering=0) as src:
         offset, left = span.offset, span.nbytes
         while left > 0:
+            if before_copy is not None:
+                before_copy(span.file, offset + min(left, COPY_PIECE))
             try:
-                n = os.copy_file_range(src.fileno(), out_fd, left, offset)
+                n = os.copy_file_range(src.fileno(), out_fd, min(left, COPY_PIECE), offset)
             except OSError:  # e.g. across file systems on old kernels
-                n = os.sendfile(out_fd, src.fileno(), offset, left)
+                n = os.sendfile(out_fd, src.fileno(), offset, min(left, COPY_PIECE))
             if n <= 0:
                 raise ConversionError(f"{span.file}: ends before byte {offset + left} (truncated while converting)")
             offset, left = offset + n, left - n
 
 
-def write_safetensors(path, entries, metadata: dict | None = None) -> None:
+def write_safetensors(path, entries, metadata: dict | None = None, before_copy=None) -> None:
     """Stream tensors to `path`. `entries`: list of (name, shape, tag, produce) where `produce()` returns the array,
-    or a RawSpan to copy unchanged. The header is written from the shapes first; each array is then produced,
+    or a RawSpan to copy unchanged (`before_copy`: see `_copy_span`). The header is written from the shapes first; each array is then produced,
     written and dropped in turn, so peak memory is one tensor, not the model."""
     header = {}
     offset = 0
@@ -169,19 +175,34 @@ def write_safetensors(path, entries, metadata: dict | None = None) -> None:
     raw = json.dumps(header, separators=(",", ":")).encode("utf-8")
     raw += b" " * (-len(raw) % 8)  # align the data block to 8 bytes
     with open(path, "wb", buffering=0) as f:  # unbuffered: raw copies write through the same descriptor
-        f.write(struct.pack("<Q", len(raw)) + raw)
+        _write_all(f, struct.pack("<Q", len(raw)) + raw)
+        pending = None  # consecutive raw spans of one file are copied in one call (small calls are slow)
         for name, shape, tag, produce in entries:
             arr = produce()
             if isinstance(arr, RawSpan):
-                _copy_span(arr, f.fileno())
+                if pending is not None and pending.file == arr.file and pending.offset + pending.nbytes == arr.offset:
+                    pending = RawSpan(arr.file, pending.offset, pending.nbytes + arr.nbytes)
+                    continue
+                if pending is not None:
+                    _copy_span(pending, f.fileno(), before_copy)
+                pending = arr
                 continue
+            if pending is not None:
+                _copy_span(pending, f.fileno(), before_copy)
+                pending = None
             if tuple(arr.shape) != tuple(shape):
                 raise ConversionError(f"{path}: tensor {name!r} produced shape {tuple(arr.shape)}, expected {tuple(shape)}")
             data = float32_to_bf16(arr) if tag == "BF16" else np.ascontiguousarray(arr, dtype=DTYPES[tag][0])
-            view = memoryview(data.reshape(-1)).cast("B")
-            while view:  # an unbuffered write may be partial
-                view = view[f.write(view):]
+            _write_all(f, memoryview(data.reshape(-1)).cast("B"))
             del arr, data
+        if pending is not None:
+            _copy_span(pending, f.fileno(), before_copy)
+
+
+def _write_all(f, data) -> None:
+    view = memoryview(data)
+    while view:  # an unbuffered write may be partial
+        view = view[f.write(view):]
 
 
 def save_arrays(path, arrays: dict[str, np.ndarray], metadata: dict | None = None) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import threading
 import warnings
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -54,27 +55,61 @@ def class_name_of(config: dict, config_path) -> str:
     raise ConversionError(f"{config_path}: cannot tell the architecture (no '_class_name' or 'architectures' field)")
 
 
-def sha256(path: Path, chunk: int = 16 << 20) -> str:
+class _HashJob:
+    """A file being hashed in the background, and how far it has been read (copies wait behind it, so the source
+    is read from disk once, sequentially, and copied from the page cache)."""
+
+    def __init__(self):
+        self.read = 0
+        self.cond = threading.Condition()
+        self.future: Future | None = None
+
+    def advance(self, n: int) -> None:
+        with self.cond:
+            self.read += n
+            self.cond.notify_all()
+
+    def wait_read(self, end: int) -> None:
+        with self.cond:
+            while self.read < end and not (self.future is not None and self.future.done()):
+                self.cond.wait(0.5)
+
+
+def sha256(path: Path, chunk: int = 16 << 20, job: _HashJob | None = None) -> str:
     h = hashlib.sha256()
     with open(path, "rb", buffering=0) as f:
         buf = bytearray(chunk)
         view = memoryview(buf)
         while n := f.readinto(buf):
             h.update(view[:n])  # hashlib releases the GIL on large blocks: hashing overlaps the conversion
+            if job is not None:
+                job.advance(n)
     return h.hexdigest()
 
 
 _HASHER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sha256")
-_HASHES: dict[tuple, Future] = {}
+_JOBS: dict[tuple, _HashJob] = {}
+
+
+def _job_key(path) -> tuple:
+    st = os.stat(path)
+    return str(Path(path).resolve()), st.st_size, st.st_mtime_ns
 
 
 def sha256_async(path) -> Future:
     """sha256 of a file, computed once per (path, size, mtime) in a background thread."""
-    st = os.stat(path)
-    key = (str(Path(path).resolve()), st.st_size, st.st_mtime_ns)
-    if key not in _HASHES:
-        _HASHES[key] = _HASHER.submit(sha256, Path(path))
-    return _HASHES[key]
+    key = _job_key(path)
+    if key not in _JOBS:
+        job = _JOBS[key] = _HashJob()
+        job.future = _HASHER.submit(sha256, Path(path), job=job)
+    return _JOBS[key].future
+
+
+def wait_hashed(path, end: int) -> None:
+    """Block until a background hash of `path` has read its first `end` bytes (no-op when none is running)."""
+    job = _JOBS.get(_job_key(path))
+    if job is not None:
+        job.wait_read(end)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -98,18 +133,47 @@ def resolve(src, variant: str | None = None) -> Path:
         from huggingface_hub import snapshot_download
     except ImportError:  # pragma: no cover - base dependency
         raise ConversionError(f"{src}: looks like a Hub id but huggingface_hub is not installed") from None
-    patterns = ["*.json", "*.txt", "*.model"]
-    weights = [f"*{'.' + variant if variant else ''}.safetensors", f"*{'.' + variant if variant else ''}.safetensors.index.json"]
-    if not variant:
-        weights.append("*.bin")
-    else:
-        weights += ["*.safetensors", "*.safetensors.index.json"]  # fallback when a component has no variant file
+    patterns = hub_patterns(str(src), variant)
     try:
-        return Path(snapshot_download(str(src), allow_patterns=patterns + weights))
+        return Path(snapshot_download(str(src), allow_patterns=patterns))
     except Exception as e:  # huggingface_hub raises many kinds: offline, not found, gated, network
         offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
         why = "HF_HUB_OFFLINE is set and it is not in the local cache" if offline else f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
         raise ConversionError(f"{src}: cannot fetch from the Hub ({why})") from None
+
+
+PLAIN_PATTERNS = ["*.json", "*.txt", "*.model"]  # configs, scheduler, tokenizer and processor files
+
+
+def hub_patterns(repo: str, variant: str | None) -> list[str]:
+    """allow_patterns for snapshot_download: the configs plus, per component folder, only the weights that
+    `choose_weights` would read (the variant's, else the default's; shards of a chosen index). Not the other
+    variant, not the original single-file releases many repos also hold. When the repo cannot be listed (offline:
+    the cache is all there is), every weight file of the variant (with the default as fallback) is allowed."""
+    from huggingface_hub import list_repo_files
+
+    suffix = f".{variant}" if variant else ""
+    try:
+        files = list_repo_files(repo)
+    except Exception:  # offline, gated, not found: snapshot_download says which, with the cache as fallback
+        fallback = [f"*{suffix}.safetensors", f"*{suffix}.safetensors.index.json"]
+        return PLAIN_PATTERNS + fallback + (["*.safetensors", "*.safetensors.index.json"] if variant else ["*.bin"])
+    folders: dict[str, list[str]] = {}
+    for f in files:
+        folder, _, name = f.rpartition("/")
+        folders.setdefault(folder, []).append(name)
+    pipeline = "model_index.json" in folders.get("", [])
+    weights = []
+    for folder, names in folders.items():
+        if pipeline and folder == "":  # a pipeline repo's top level holds single-file releases, not components
+            continue
+        prefix = f"{folder}/" if folder else ""
+        for name in choose_weights(names, variant)[0]:
+            weights.append(prefix + name)
+            if name.endswith(".index.json"):
+                stem, ext = name[: -len(".index.json")].rsplit(".", 1)
+                weights.append(f"{prefix}{stem}-*-of-*.{ext}")
+    return PLAIN_PATTERNS + weights
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -117,36 +181,43 @@ def resolve(src, variant: str | None = None) -> Path:
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def _weight_files(folder: Path, variant: str | None) -> list[Path]:
-    """The weight files of one component, preferring safetensors, then `.bin`; variant files first when asked."""
-    def candidates(var):
+def choose_weights(names, variant: str | None) -> tuple[list[str], bool]:
+    """Which of a component folder's file names hold its weights, preferring the variant, then safetensors, then
+    `.bin`: ([a shard index] or [a single file] or [], whether the variant was missing and the default taken)."""
+    names = set(names)
+
+    def pick(var):
         suffix = f".{var}" if var else ""
         for stem in WEIGHT_STEMS:
             for ext in ("safetensors", "bin"):
-                index = folder / f"{stem}{suffix}.{ext}.index.json"
-                if index.exists():
-                    idx = read_json(index)
-                    wm = idx.get("weight_map")
-                    if not isinstance(wm, dict) or not wm:
-                        raise ConversionError(f"{index}: no 'weight_map' in shard index")
-                    shards = sorted(set(wm.values()))
-                    missing = [s for s in shards if not (folder / s).exists()]
-                    if missing:
-                        raise ConversionError(f"{index}: shard file(s) {missing} listed in the index are missing")
-                    return [folder / s for s in shards]
-                single = folder / f"{stem}{suffix}.{ext}"
-                if single.exists():
-                    return [single]
+                for name in (f"{stem}{suffix}.{ext}.index.json", f"{stem}{suffix}.{ext}"):
+                    if name in names:
+                        return [name]
         return []
 
-    files = candidates(variant) if variant else []
-    if variant and not files:
-        files = candidates(None)
-        if files:
-            warnings.warn(f"{folder}: no '{variant}' variant weights; loading {files[0].name} instead", stacklevel=3)
-    if not variant:
-        files = candidates(None)
-    return files
+    chosen = pick(variant) if variant else []
+    if chosen or not variant:
+        return chosen or pick(None), False
+    chosen = pick(None)
+    return chosen, bool(chosen)
+
+
+def _weight_files(folder: Path, variant: str | None) -> list[Path]:
+    """The weight files of one component (see `choose_weights`); a shard index is resolved to its shards."""
+    chosen, fell_back = choose_weights(os.listdir(folder), variant)
+    if fell_back:
+        warnings.warn(f"{folder}: no '{variant}' variant weights; loading {chosen[0]} instead", stacklevel=3)
+    if not chosen or not chosen[0].endswith(".index.json"):
+        return [folder / n for n in chosen]
+    index = folder / chosen[0]
+    wm = read_json(index).get("weight_map")
+    if not isinstance(wm, dict) or not wm:
+        raise ConversionError(f"{index}: no 'weight_map' in shard index")
+    shards = sorted(set(wm.values()))
+    missing = [s for s in shards if not (folder / s).exists()]
+    if missing:
+        raise ConversionError(f"{index}: shard file(s) {missing} listed in the index are missing")
+    return [folder / s for s in shards]
 
 
 def _bin_tensors(path: Path) -> dict[str, TensorRef]:

@@ -271,3 +271,48 @@ def test_hub_id_from_local_cache_offline(svd_src, tmp_path, monkeypatch):
 
     vae = AutoencoderKLTemporalDecoder.from_pretrained("someone/svd-tiny", subfolder="vae")
     assert vae.config.latent_channels == 4
+
+
+SVD_XT_REPO = ["model_index.json", "svd_xt.safetensors", "svd_xt_image_decoder.safetensors", "README.md",
+               "unet/config.json", "unet/diffusion_pytorch_model.safetensors", "unet/diffusion_pytorch_model.fp16.safetensors",
+               "vae/config.json", "vae/diffusion_pytorch_model.safetensors", "vae/diffusion_pytorch_model.fp16.safetensors",
+               "image_encoder/config.json", "image_encoder/model.safetensors", "image_encoder/model.fp16.safetensors",
+               "scheduler/scheduler_config.json", "feature_extractor/preprocessor_config.json",
+               "text_encoder/config.json", "text_encoder/pytorch_model.bin",
+               "big/config.json", "big/diffusion_pytorch_model.safetensors.index.json",
+               "big/diffusion_pytorch_model-00001-of-00002.safetensors", "big/diffusion_pytorch_model-00002-of-00002.safetensors",
+               "big/diffusion_pytorch_model.fp16-00001-of-00002.safetensors"]
+
+
+@pytest.mark.parametrize("variant, want", [
+    ("fp16", ["unet/diffusion_pytorch_model.fp16.safetensors", "vae/diffusion_pytorch_model.fp16.safetensors",
+              "image_encoder/model.fp16.safetensors", "text_encoder/pytorch_model.bin",
+              "big/diffusion_pytorch_model.safetensors.index.json", "big/diffusion_pytorch_model-00001-of-00002.safetensors",
+              "big/diffusion_pytorch_model-00002-of-00002.safetensors"]),
+    (None, ["unet/diffusion_pytorch_model.safetensors", "vae/diffusion_pytorch_model.safetensors",
+            "image_encoder/model.safetensors", "text_encoder/pytorch_model.bin",
+            "big/diffusion_pytorch_model.safetensors.index.json", "big/diffusion_pytorch_model-00001-of-00002.safetensors",
+            "big/diffusion_pytorch_model-00002-of-00002.safetensors"]),
+])
+def test_hub_fetches_only_the_files_the_variant_needs(monkeypatch, tmp_path, variant, want):
+    """snapshot_download is asked for the configs and, per component, only the weights that will be read: not the
+    other variant, not the top-level single-file releases (svd_xt.safetensors: 9 GB more)."""
+    import fnmatch
+
+    import huggingface_hub
+
+    seen = {}
+    monkeypatch.setattr(huggingface_hub, "list_repo_files", lambda repo: list(SVD_XT_REPO))
+
+    def fake_snapshot(repo, allow_patterns):
+        seen["patterns"] = allow_patterns
+        return str(tmp_path)
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_snapshot)
+    from converters.sources import resolve
+
+    assert resolve("stabilityai/svd-like", variant) == tmp_path
+    fetched = sorted(f for f in SVD_XT_REPO if any(fnmatch.fnmatch(f, p) for p in seen["patterns"]))
+    weights = [f for f in fetched if not f.endswith((".json", ".md"))]
+    assert sorted(weights) == sorted(w for w in want if not w.endswith(".json")), fetched
+    assert "unet/config.json" in fetched and "scheduler/scheduler_config.json" in fetched
