@@ -8,13 +8,14 @@ import json
 import os
 import re
 import shutil
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
 from . import converter_for
-from .base import Audit, Mapped, map_tensors, materialise
+from .base import IDENTITY, Audit, Mapped, map_tensors, materialise
 from .errors import ConversionError
 from .safetensors_io import RawSpan, write_safetensors
 from .single_file import PLAIN_FILES
@@ -110,14 +111,14 @@ def _producer(mp: Mapped, shape, tag: str, progress):
     return lambda: _tick(progress, materialise(mp, shape, np_dtype))
 
 
-def _write_component(name: str, src: ComponentSource, out: Path, spec_fn: SpecFn, dtype: str | None, progress,
-                     keep_fp32: str = DEFAULT_KEEP_FP32, plan=None) -> dict:
-    config, mapped, audit, spec = plan or plan_component(name, src, spec_fn)
+def _write_weights(name: str, out: Path, mapped: list[Mapped], shapes: dict, dtype: str | None, keep_fp32: str,
+                   progress) -> dict:
+    """Write one component's `mindspore_model.safetensors`, tensors in source order (raw runs coalesce into one
+    kernel copy); returns the manifest's per-tensor records."""
     out.mkdir(parents=True, exist_ok=True)
-    (out / "config.json").write_text(json.dumps({"_class_name": src.class_name, **config}, indent=2, sort_keys=True))
     entries, tensors = [], {}
-    for mp in sorted(mapped, key=lambda m: (m.ref.file, m.ref.offset, m.target)):  # source order: raw runs coalesce
-        shape = tuple(spec[mp.target][0])
+    for mp in sorted(mapped, key=lambda m: (m.ref.file, m.ref.offset, m.target)):
+        shape = tuple(shapes[mp.target])
         tag, why = dtype_decision(mp.target, shape, mp.ref.dtype, dtype, keep_fp32)
         entries.append((mp.target, shape, tag, _producer(mp, shape, tag, progress)))
         tensors[mp.target] = {"source": mp.source, "rule": mp.rule, "transform": mp.transform,
@@ -126,19 +127,57 @@ def _write_component(name: str, src: ComponentSource, out: Path, spec_fn: SpecFn
     kept = sum(1 for t in tensors.values() if t["dtype_reason"].startswith("kept"))
     meta = {"format": "mindport", "component": name, **({"kept_fp32": keep_fp32} if kept else {})}
     write_safetensors(out / CONVERTED_WEIGHTS, entries, meta, before_copy=wait_hashed)
+    return tensors
+
+
+def _component_record(name: str, src: ComponentSource, out: Path, plan, tensors: dict, dtype, keep_fp32) -> dict:
+    config, _, audit, _ = plan
+    (out / "config.json").write_text(json.dumps({"_class_name": src.class_name, **config}, indent=2, sort_keys=True))
     return {
         "class_name": src.class_name,
         "source_files": file_records(src.files, src.folder.parent if name != "." else src.folder),
         "dtype_policy": {"dtype": dtype or "keep source dtype", "keep_fp32": keep_fp32 if dtype else None,
-                         "kept_fp32_tensors": kept},
+                         "kept_fp32_tensors": sum(1 for t in tensors.values() if t["dtype_reason"].startswith("kept"))},
         "audit": audit.as_dict(),
         "tensors": tensors,
     }
 
 
-def _tick(progress, arr):
+def _write_component(name: str, src: ComponentSource, out: Path, spec_fn: SpecFn, dtype: str | None, progress,
+                     keep_fp32: str = DEFAULT_KEEP_FP32) -> dict:
+    plan = plan_component(name, src, spec_fn)
+    _, mapped, _, spec = plan
+    tensors = _write_weights(name, out, mapped, {k: v[0] for k, v in spec.items()}, dtype, keep_fp32, progress)
+    return _component_record(name, src, out, plan, tensors, dtype, keep_fp32)
+
+
+SPECULATE_BYTES = 256 << 20
+_POOL = ThreadPoolExecutor(max_workers=1, thread_name_prefix="copy")
+
+
+def _identity_copy(src: ComponentSource, dtype, keep_fp32) -> list[Mapped] | None:
+    """The mapping of a large component whose every tensor keeps its name, shape and bytes (no rule row matches,
+    no dtype change): it can be written before the model is built, from the source's own header. The audit against
+    the model still decides, before anything is published. None when that does not hold."""
+    conv = src.converter or converter_for(src.class_name, str(src.folder))
+    refs = src.tensors
+    if src.converted or sum(r.nbytes for r in refs.values()) < SPECULATE_BYTES:
+        return None
+    keys = list(refs)
+    try:
+        if conv.normalise_keys(keys, set()) != {k: k for k in keys}:
+            return None
+    except ConversionError:
+        return None
+    if any(r.loader is not None or any(rule.match(k) for rule in conv.rules) or
+           dtype_decision(k, r.shape, r.dtype, dtype, keep_fp32)[0] != r.dtype for k, r in refs.items()):
+        return None
+    return [Mapped(k, k, IDENTITY, IDENTITY, r) for k, r in refs.items()]
+
+
+def _tick(progress, arr, n: int = 1):
     if progress is not None:
-        progress.update(1)
+        progress.update(n)
     return arr
 
 
@@ -248,14 +287,31 @@ def convert(src, dst, spec_fn: SpecFn, variant: str | None = None, dtype: str | 
         for s in sources.values():  # hash the sources in the background while the tensors stream
             for f in s.files:
                 sha256_async(f)
-        plans = {name: plan_component(name, s, spec_fn) for name, s in sources.items()}  # every audit before any write
-        progress = progress_factory(sum(len(s.tensors) for s in sources.values())) if progress_factory else None
+        # large identity components start copying in a thread while their model is built for the audit
+        early = {name: m for name, s in sources.items() if (m := _identity_copy(s, dtype, keep_fp32))}
+        outs = {name: tmp if name == "." else tmp / name for name in sources}
+        copying = {name: _POOL.submit(_write_weights, name, outs[name], m, {x.target: x.ref.shape for x in m}, dtype,
+                                      keep_fp32, None) for name, m in early.items()}
+        progress = None
         try:
+            plans = {name: plan_component(name, s, spec_fn) for name, s in sources.items()}  # every audit
+            if progress_factory:  # shown once the audits passed: a refused input prints one line, nothing else
+                progress = progress_factory(sum(len(s.tensors) for s in sources.values()))
             for name, s in sources.items():
-                out = tmp if name == "." else tmp / name
-                manifest["components"][name] = _write_component(name, s, out, spec_fn, dtype, progress, keep_fp32,
-                                                                plans[name])
+                if name in copying and sorted((m.target, m.transform, m.part) for m in plans[name][1]) == sorted(
+                        (m.target, m.transform, m.part) for m in early[name]):
+                    tensors = copying.pop(name).result()
+                    _tick(progress, None, len(tensors))
+                else:
+                    if name in copying:  # the model's mapping differs from the guess: wait, then write it properly
+                        copying.pop(name).exception()
+                    tensors = _write_weights(name, outs[name], plans[name][1],
+                                             {k: v[0] for k, v in plans[name][3].items()}, dtype, keep_fp32, progress)
+                manifest["components"][name] = _component_record(name, s, outs[name], plans[name], tensors, dtype,
+                                                                 keep_fp32)
         finally:
+            for f in copying.values():  # an audit failed: let the copy end before the temporary folder goes
+                f.cancel() or f.exception()
             if progress is not None:
                 progress.close()
         return manifest

@@ -316,3 +316,23 @@ def test_hub_fetches_only_the_files_the_variant_needs(monkeypatch, tmp_path, var
     weights = [f for f in fetched if not f.endswith((".json", ".md"))]
     assert sorted(weights) == sorted(w for w in want if not w.endswith(".json")), fetched
     assert "unet/config.json" in fetched and "scheduler/scheduler_config.json" in fetched
+
+
+def test_large_identity_components_copy_while_the_model_builds(svd_src, converted, tmp_path, monkeypatch, capsys):
+    """Components above SPECULATE_BYTES start their kernel copy before the model is built; the audit still decides:
+    the result is byte-identical to the ordinary path, and a failing audit leaves nothing at DST."""
+    import converters.convert as conv
+
+    monkeypatch.setattr(conv, "SPECULATE_BYTES", 0)
+    calls = []
+    real = conv._identity_copy
+    monkeypatch.setattr(conv, "_identity_copy", lambda *a: calls.append(r := real(*a)) or r)
+    convert_checkpoint(svd_src, tmp_path / "fast", progress=False)
+    assert sum(c is not None for c in calls) == 3  # unet, vae, image_encoder: all identity
+    for comp in COMPONENTS:
+        a = (tmp_path / "fast" / comp / "mindspore_model.safetensors").read_bytes()
+        assert a == (converted / comp / "mindspore_model.safetensors").read_bytes(), comp
+    src = _tamper(svd_src, tmp_path, "shape")
+    assert main(["convert", str(src), str(tmp_path / "dst")]) == 2
+    assert "conv_in.bias" in capsys.readouterr().err
+    assert not (tmp_path / "dst").exists() and not list(tmp_path.glob(".dst*"))
