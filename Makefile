@@ -30,3 +30,7 @@ reports: $(STAMP)
 
 clean:
 	rm -rf build out .pytest_cache
+
+.PHONY: bench-convert
+bench-convert: $(STAMP)  # full-size SVD-xt UNet: convert vs plain copy, peak memory -> reports/bench_convert.md
+	$(BIN)/python bench/convert_svd_xt.py

@@ -8,6 +8,13 @@ Facts behind the choices (measured, see shared/design.md):
 - MindSpore 2.8 CPU convolution is fast; 2.9+ made it 100-400x slower, so on CPU with >= 2.9 convolutions run as
   matmuls (im2col for 2D, a sum of shifted 2D convs-as-matmuls for temporal 3D kernels).
 - fp16 norms/softmax lose precision; they are computed in fp32 and cast back.
+- MindSpore 2.8 CPU elementwise ops that broadcast are 10-30x slower than same-shape ones (a (B, C, H, W) + (C,)
+  add: 7 ms against BiasAdd's 0.8 ms; Linear's (M, N) + (N,) bias 100+ ms at M=8192, N=1024), and a Python-float
+  division broadcasts too: biases go through BiasAdd, per-(batch, channel) adds through `add_leading`, divisions by
+  constants become multiplications.
+- `ops.gelu` / `ops.erf` run single-threaded and slowly (110 ms for 4 M values, 60x PyTorch): exact GELU is
+  computed from fast elementwise ops with an erf approximation accurate to 1.5e-7.
+- `ops.matmul(q, k.swapaxes(-1, -2))` copies k; `BatchMatMul(transpose_b=True)` reads it in place (2x faster).
 """
 
 from __future__ import annotations
@@ -79,6 +86,29 @@ def native_conv_is_fast() -> bool:
 
 
 # ----------------------------------------------------------------------------------------------------------------
+# Linear and broadcasting adds
+# ----------------------------------------------------------------------------------------------------------------
+
+_MATMUL_NT = ops.MatMul(transpose_b=True)
+
+
+def linear(x: Tensor, w: Tensor, b: Tensor | None) -> Tensor:
+    """x @ w.T + b over the last axis, as one 2D MatMul(transpose_b) and a BiasAdd (`ops.dense` broadcasts its
+    bias: 3-4x slower on CPU)."""
+    lead = x.shape[:-1]
+    y = _MATMUL_NT(x.reshape(-1, x.shape[-1]), w)
+    if b is not None:
+        y = ops.bias_add(y, b)
+    return y.reshape(*lead, w.shape[0])
+
+
+def add_leading(x: Tensor, v: Tensor) -> Tensor:
+    """x + v broadcast over x's trailing axes, where v.shape == x.shape[:v.ndim] (a per-(batch, channel) time
+    embedding added to feature maps): one BiasAdd over (1, v.size, rest)."""
+    return ops.bias_add(x.reshape(1, v.size, -1), v.reshape(-1)).reshape(x.shape)
+
+
+# ----------------------------------------------------------------------------------------------------------------
 # Convolution
 # ----------------------------------------------------------------------------------------------------------------
 
@@ -110,9 +140,7 @@ def conv2d(x: Tensor, w: Tensor, b: Tensor | None, stride=(1, 1), padding=(0, 0)
         y = ops.conv2d(x, w, None, stride=stride, pad_mode="pad", padding=padding, groups=groups)
     else:
         y = _conv2d_matmul(x, w, stride, padding, groups)
-    if b is not None:
-        y = y + b.reshape(1, -1, 1, 1)
-    return y
+    return y if b is None else ops.bias_add(y, b)
 
 
 def conv3d(x: Tensor, w: Tensor, b: Tensor | None, padding=(0, 0, 0)) -> Tensor:
@@ -120,9 +148,7 @@ def conv3d(x: Tensor, w: Tensor, b: Tensor | None, padding=(0, 0, 0)) -> Tensor:
     over frame-shifted inputs summed: frames fold into the batch, so it reuses conv2d's fast path."""
     if native_conv_is_fast():
         y = ops.conv3d(x, w, None, pad_mode="pad", padding=tuple(padding))
-        if b is not None:
-            y = y + b.reshape(1, -1, 1, 1, 1)
-        return y
+        return y if b is None else ops.bias_add(y, b)
     bsz, c, f, h, wd = x.shape
     o, _, kt, kh, kw = w.shape
     pt = padding[0]
@@ -135,9 +161,7 @@ def conv3d(x: Tensor, w: Tensor, b: Tensor | None, padding=(0, 0, 0)) -> Tensor:
         term = conv2d(xs, w[:, :, k], None, padding=(padding[1], padding[2]))
         out = term if out is None else out + term
     out = out.reshape(bsz, fo, o, out.shape[-2], out.shape[-1]).transpose(0, 2, 1, 3, 4)
-    if b is not None:
-        out = out + b.reshape(1, -1, 1, 1, 1)
-    return out
+    return out if b is None else ops.bias_add(out, b)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -176,8 +200,29 @@ def layer_norm(x: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float
     return _layer_norm_primitive(float(eps))(x, w, bb)[0].astype(dt)
 
 
+# Abramowitz & Stegun 7.1.26: erf(z) = 1 - t (a1 + t (a2 + ... a5)) exp(-z^2), t = 1 / (1 + p z), z >= 0;
+# absolute error <= 1.5e-7
+_ERF_P = 0.3275911
+GELU_COMPOSITE_MIN_SIZE = 1 << 17  # below this the composite's ~20 op launches cost more than the slow kernel
+_ERF_A = (1.061405429, -1.453152027, 1.421413741, -0.284496736, 0.254829592)
+
+
+def _gelu_exact_composite(x: Tensor) -> Tensor:
+    """0.5 x (1 + erf(x / sqrt 2)) = relu(x) - |x| / 2 * (1 - erf(|x| / sqrt 2)), from fast same-shape and scalar ops
+    only (select, sign, neg and Python-scalar divisions are slow kernels too)."""
+    z = ops.abs(x) * 0.7071067811865476
+    t = ops.reciprocal(z * _ERF_P + 1.0)
+    poly = t * _ERF_A[0] + _ERF_A[1]
+    for a in _ERF_A[2:]:
+        poly = poly * t + a
+    tail = poly * t * ops.exp((z * z) * -1.0)  # 1 - erf(|x| / sqrt 2)
+    return ops.relu(x) - (z * 0.7071067811865476) * tail
+
+
 def gelu(x: Tensor, approximate: str = "none") -> Tensor:
-    # mint.gelu has no CPU kernel; ops.gelu(approximate="none") matches torch's exact GELU to 8e-7.
+    # mint.gelu has no CPU kernel; ops.gelu matches torch's exact GELU to 8e-7 but is slow on CPU
+    if approximate == "none" and device_target() == "CPU" and x.size >= GELU_COMPOSITE_MIN_SIZE:
+        return _gelu_exact_composite(x)
     return ops.gelu(x, approximate=approximate)
 
 
@@ -199,6 +244,7 @@ def softmax(x: Tensor, axis: int = -1) -> Tensor:
 # ----------------------------------------------------------------------------------------------------------------
 
 ATTENTION_CHUNK = int(os.environ.get("MINDPORT_ATTENTION_CHUNK", "4096"))
+_BATCH_MATMUL_NT = ops.BatchMatMul(transpose_b=True)
 
 
 def attention(q: Tensor, k: Tensor, v: Tensor, scale: float, mask: Tensor | None = None) -> Tensor:
@@ -211,7 +257,7 @@ def attention(q: Tensor, k: Tensor, v: Tensor, scale: float, mask: Tensor | None
             for s in range(0, lq, ATTENTION_CHUNK)
         ]
         return ops.cat(parts, axis=2)
-    scores = ops.matmul(q, k.swapaxes(-1, -2))
+    scores = _BATCH_MATMUL_NT(q, k)
     scores, dt = _upcast(scores)
     scores = scores * scale
     if mask is not None:

@@ -28,7 +28,7 @@ class Linear(nn.Cell):
         self.bias = _param((out_features,), "zeros") if bias else None
 
     def construct(self, x: Tensor) -> Tensor:
-        return ops.dense(x, self.weight, self.bias)
+        return backend.linear(x, self.weight, self.bias)
 
 
 class Conv2d(nn.Cell):

@@ -71,3 +71,74 @@ def test_attention_chunking_is_exact(rng, monkeypatch):
 def test_resolve_dtype_names_choices():
     with pytest.raises(ValueError, match="fp16"):
         backend.resolve_dtype("int8")
+
+
+@pytest.mark.parametrize("shape, out_features, bias", [((2, 5, 8), 6, True), ((7, 3), 4, False), ((2, 3, 4, 8), 16, True)])
+def test_linear_matches_torch_and_dense(shape, out_features, bias, rng):
+    from mindspore import ops
+
+    x = rng.standard_normal(shape).astype(np.float32)
+    w = rng.standard_normal((out_features, shape[-1])).astype(np.float32)
+    b = rng.standard_normal(out_features).astype(np.float32) if bias else None
+    t = torch.from_numpy
+    ref = torch.nn.functional.linear(t(x), t(w), None if b is None else t(b))
+    got = backend.linear(Tensor(x), Tensor(w), None if b is None else Tensor(b))
+    assert_close(got, ref, rel_l2=1e-6, where=f"linear {shape}->{out_features}")
+    native = ops.dense(Tensor(x), Tensor(w), None if b is None else Tensor(b))
+    assert_close(got, native, rel_l2=1e-6, where="linear vs ops.dense")
+
+
+@pytest.mark.parametrize("x_shape, v_shape", [((2, 8, 5, 3), (2, 8)), ((2, 4, 3, 2, 2), (2, 4, 3)), ((3, 6), (3,))])
+def test_add_leading_is_broadcast_add(x_shape, v_shape, rng):
+    x = rng.standard_normal(x_shape).astype(np.float32)
+    v = rng.standard_normal(v_shape).astype(np.float32)
+    expected = x + v.reshape(v_shape + (1,) * (len(x_shape) - len(v_shape)))
+    got = backend.add_leading(Tensor(x), Tensor(v)).asnumpy()
+    np.testing.assert_array_equal(got, expected)
+
+
+@pytest.mark.parametrize("size", [1000, backend.GELU_COMPOSITE_MIN_SIZE + 1])
+def test_gelu_fast_path_matches_torch_and_native(size, rng):
+    from mindspore import ops
+
+    # wide range, both tails and exact zero
+    x = np.concatenate([rng.standard_normal(size - 3) * 4, [0.0, -9.0, 9.0]]).astype(np.float32)
+    got = backend.gelu(Tensor(x))
+    assert_close(got, torch.nn.functional.gelu(torch.from_numpy(x).double()), rel_l2=2e-7, where=f"gelu n={size}")
+    assert_close(got, ops.gelu(Tensor(x)), rel_l2=2e-7, where="gelu vs ops.gelu")
+    assert np.abs(backend._gelu_exact_composite(Tensor(x)).asnumpy() - torch.nn.functional.gelu(
+        torch.from_numpy(x).double()).numpy()).max() < 2e-6
+    tanh = backend.gelu(Tensor(x), approximate="tanh")
+    assert_close(tanh, torch.nn.functional.gelu(torch.from_numpy(x), approximate="tanh"), rel_l2=1e-6, where="tanh")
+
+
+def test_group_norm_4d_and_fp16_match_torch(rng):
+    import mindspore as ms
+
+    x = rng.standard_normal((2, 12, 6, 5)).astype(np.float32) * 2 - 1
+    w, b = rng.standard_normal(12).astype(np.float32), rng.standard_normal(12).astype(np.float32)
+    t = torch.from_numpy
+    ref = torch.nn.functional.group_norm(t(x), 3, t(w), t(b), 1e-5)
+    assert_close(backend.group_norm(Tensor(x), 3, Tensor(w), Tensor(b), 1e-5), ref, where="group_norm 4D")
+    half = backend.group_norm(Tensor(x).astype(ms.float16), 3, Tensor(w).astype(ms.float16),
+                              Tensor(b).astype(ms.float16), 1e-5)
+    assert half.dtype == ms.float16
+    assert_close(half, ref, rel_l2=2e-3, where="group_norm fp16")
+
+
+@pytest.mark.parametrize("shape, kwargs", [((2, 3, 5, 4), dict(scale_factor=2)), ((1, 2, 3, 5), dict(size=(7, 9)))])
+def test_interpolate_nearest_matches_torch(shape, kwargs, rng):
+    x = rng.standard_normal(shape).astype(np.float32)
+    ref = torch.nn.functional.interpolate(torch.from_numpy(x), mode="nearest", **kwargs)
+    np.testing.assert_array_equal(backend.interpolate_nearest(Tensor(x), **kwargs).asnumpy(), ref.numpy())
+
+
+@pytest.mark.parametrize("shape, size", [((2, 3, 8, 6), (4, 3)), ((1, 2, 5, 7), (3, 4)), ((1, 2, 3, 3), (6, 5))])
+def test_pooling_matches_torch(shape, size, rng):
+    x = rng.standard_normal(shape).astype(np.float32)
+    t = torch.from_numpy(x)
+    assert_close(backend.adaptive_avg_pool2d(Tensor(x), size), torch.nn.functional.adaptive_avg_pool2d(t, size),
+                 rel_l2=1e-6, where=f"adaptive_avg_pool2d {shape}->{size}")
+    if shape[2] % 2 == 0 and shape[3] % 2 == 0:
+        assert_close(backend.avg_pool2d(Tensor(x), 2, 2), torch.nn.functional.avg_pool2d(t, 2, 2), rel_l2=1e-6,
+                     where="avg_pool2d")

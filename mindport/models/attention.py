@@ -107,7 +107,7 @@ class Attention(nn.Cell):
         if self.residual_connection:
             hidden_states = hidden_states + residual
         if self.rescale_output_factor != 1.0:
-            hidden_states = hidden_states / self.rescale_output_factor
+            hidden_states = hidden_states * (1.0 / self.rescale_output_factor)
         return hidden_states
 
 

@@ -179,15 +179,15 @@ class ResnetBlock2D(nn.Cell):
         if self.time_emb_proj is not None and temb is not None:
             if not self.skip_time_act:
                 temb = self.nonlinearity(temb)
-            temb = self.time_emb_proj(temb)[:, :, None, None]
+            temb = self.time_emb_proj(temb)
         if self.time_embedding_norm == "default":
-            if temb is not None:
-                hidden_states = hidden_states + temb
+            if temb is not None:  # (B, Cout) over (B, Cout, H, W)
+                hidden_states = backend.add_leading(hidden_states, temb)
             hidden_states = self.norm2(hidden_states)
         else:
             if temb is None:
                 raise ValueError("ResnetBlock2D: temb is required with time_embedding_norm='scale_shift'")
-            time_scale, time_shift = ops.chunk(temb, 2, axis=1)
+            time_scale, time_shift = ops.chunk(temb[:, :, None, None], 2, axis=1)
             hidden_states = self.norm2(hidden_states) * (1 + time_scale) + time_shift
         # 5. act + conv2
         hidden_states = self.conv2(self.dropout(self.nonlinearity(hidden_states)))
@@ -196,7 +196,7 @@ class ResnetBlock2D(nn.Cell):
             input_tensor = self.conv_shortcut(input_tensor)
         output = input_tensor + hidden_states
         if self.output_scale_factor != 1.0:
-            output = output / self.output_scale_factor
+            output = output * (1.0 / self.output_scale_factor)
         return output
 
 
@@ -224,7 +224,7 @@ class TemporalResnetBlock(nn.Cell):
         # 2. per-frame time embedding: (B, F, T) -> (B, F, Cout) -> (B, Cout, F, 1, 1)
         if self.time_emb_proj is not None and temb is not None:
             temb = self.time_emb_proj(self.nonlinearity(temb))
-            hidden_states = hidden_states + temb.transpose(0, 2, 1)[:, :, :, None, None]
+            hidden_states = backend.add_leading(hidden_states, temb.transpose(0, 2, 1))
         # 3. norm + act + temporal conv
         hidden_states = self.conv2(self.dropout(self.nonlinearity(self.norm2(hidden_states))))
         # 4. shortcut and residual

@@ -1,0 +1,487 @@
+"""`make bench`: PyTorch CPU against mindport CPU, in one run, on the same weights and inputs.
+
+Components at a mid-size config (the three UNets, both VAE decoders, the CLIP encoders) and the three pipelines end
+to end at their tiny parity configs (load included). Each framework runs in its own worker process (MindSpore's
+runtime threads slow PyTorch 5-8x inside one process); every case: warm-up, then `--repeats` rounds interleaving
+PyTorch fp32, mindport fp32 and mindport fp16 so machine noise hits all of them; medians reported. PyTorch fp16 on
+CPU is ~140x slower than fp32, so the fp16 columns' reference is PyTorch fp32.
+
+With `--ms210 PYTHON` (a venv holding mindspore 2.10, made by `make bench`) one more worker times mindport fp32
+there, interleaved with the others (components only).
+
+Writes reports/bench.md and the README table between its bench markers, and prints the table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+BUILD = ROOT / "build" / "bench"
+THREADS = 2
+FRAMES, BATCH, LATENT = 4, 2, 32
+
+
+@dataclass
+class Case:
+    name: str
+    config: str
+    ms_class: str
+    make_torch: Callable[[], object]          # a randomised diffusers/transformers module (eval mode)
+    inputs: Callable[[np.random.Generator], dict]
+    run_torch: Callable[[object, dict], object]
+    run_ms: Callable[[object, dict], object]
+
+
+def _randn(rng, *shape):
+    return rng.standard_normal(shape).astype(np.float32)
+
+
+def _t(x):
+    import torch
+
+    return torch.from_numpy(x) if isinstance(x, np.ndarray) else x
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# mid-size components: block_out_channels (128, 256), 4 frames, 32x32 latents, batch 2
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _svd_unet():
+    from diffusers import UNetSpatioTemporalConditionModel
+
+    return UNetSpatioTemporalConditionModel(
+        sample_size=LATENT, in_channels=8, out_channels=4, block_out_channels=(128, 256), layers_per_block=2,
+        down_block_types=("CrossAttnDownBlockSpatioTemporal", "DownBlockSpatioTemporal"),
+        up_block_types=("UpBlockSpatioTemporal", "CrossAttnUpBlockSpatioTemporal"), num_attention_heads=(2, 4),
+        cross_attention_dim=256, addition_time_embed_dim=32, projection_class_embeddings_input_dim=96,
+        num_frames=FRAMES)
+
+
+def _i2vgen_unet():
+    from diffusers import I2VGenXLUNet
+
+    return I2VGenXLUNet(sample_size=LATENT, in_channels=4, out_channels=4, block_out_channels=(128, 256),
+                        layers_per_block=2, down_block_types=("CrossAttnDownBlock3D", "DownBlock3D"),
+                        up_block_types=("UpBlock3D", "CrossAttnUpBlock3D"), attention_head_dim=64,
+                        cross_attention_dim=256, norm_num_groups=32)
+
+
+def _motion_unet():
+    from diffusers import MotionAdapter, UNet2DConditionModel, UNetMotionModel
+
+    unet = UNet2DConditionModel(sample_size=LATENT, in_channels=4, out_channels=4, block_out_channels=(128, 256),
+                                layers_per_block=2, down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+                                up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), attention_head_dim=(2, 4),
+                                cross_attention_dim=256, norm_num_groups=32)
+    adapter = MotionAdapter(block_out_channels=(128, 256), motion_layers_per_block=2, motion_num_attention_heads=8,
+                            motion_norm_num_groups=32, motion_max_seq_length=32)
+    return UNetMotionModel.from_unet2d(unet, adapter)
+
+
+def _temporal_vae():
+    from diffusers import AutoencoderKLTemporalDecoder
+
+    return AutoencoderKLTemporalDecoder(in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(128, 256),
+                                        layers_per_block=2, down_block_types=("DownEncoderBlock2D",) * 2)
+
+
+def _vae_kl():
+    from diffusers import AutoencoderKL
+
+    return AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(128, 256),
+                         layers_per_block=2, down_block_types=("DownEncoderBlock2D",) * 2,
+                         up_block_types=("UpDecoderBlock2D",) * 2, norm_num_groups=32)
+
+
+CLIP_MID = dict(hidden_size=512, intermediate_size=2048, num_hidden_layers=6, num_attention_heads=8)
+
+
+def _clip_vision():
+    from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
+
+    return CLIPVisionModelWithProjection(CLIPVisionConfig(image_size=224, patch_size=14, projection_dim=256,
+                                                          hidden_act="gelu", **CLIP_MID))
+
+
+def _clip_text():
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    return CLIPTextModel(CLIPTextConfig(vocab_size=1000, max_position_embeddings=77, hidden_act="quick_gelu",
+                                        **CLIP_MID))
+
+
+def _latents5d(rng, channels=4):
+    return _randn(rng, BATCH, channels, FRAMES, LATENT, LATENT)
+
+
+CASES = [
+    Case("SVD UNet", "UNetSpatioTemporalConditionModel (128, 256), 2 layers, 4 frames, 32x32, batch 2",
+         "UNetSpatioTemporalConditionModel", _svd_unet,
+         lambda rng: dict(sample=_randn(rng, BATCH, FRAMES, 8, LATENT, LATENT), t=12.5,
+                          ehs=_randn(rng, BATCH, 1, 256), ids=np.array([[6, 127, 0.02]] * BATCH, np.float32)),
+         lambda m, x: m(_t(x["sample"]), _t(x["t"]), _t(x["ehs"]), _t(x["ids"])).sample,
+         lambda m, x: m(x["sample"], x["t"], x["ehs"], x["ids"]).sample),
+    Case("I2VGen-XL UNet", "I2VGenXLUNet (128, 256), 2 layers, 4 frames, 32x32, batch 2, 16 text tokens",
+         "I2VGenXLUNet", _i2vgen_unet,
+         lambda rng: dict(sample=_latents5d(rng), t=500, fps=np.array([16] * BATCH, np.int64),
+                          img=_latents5d(rng), emb=_randn(rng, BATCH, 1, 256), ehs=_randn(rng, BATCH, 16, 256)),
+         lambda m, x: m(_t(x["sample"]), _t(x["t"]), _t(x["fps"]), _t(x["img"]), image_embeddings=_t(x["emb"]),
+                        encoder_hidden_states=_t(x["ehs"])).sample,
+         lambda m, x: m(x["sample"], x["t"], x["fps"], x["img"], image_embeddings=x["emb"],
+                        encoder_hidden_states=x["ehs"]).sample),
+    Case("AnimateDiff UNet", "UNetMotionModel (128, 256), 2 layers, 4 frames, 32x32, batch 2, 16 text tokens",
+         "UNetMotionModel", _motion_unet,
+         lambda rng: dict(sample=_latents5d(rng), t=500, ehs=_randn(rng, BATCH * FRAMES, 16, 256)),
+         lambda m, x: m(_t(x["sample"]), _t(x["t"]), _t(x["ehs"])).sample,
+         lambda m, x: m(x["sample"], x["t"], x["ehs"]).sample),
+    Case("SVD VAE decode", "AutoencoderKLTemporalDecoder (128, 256), 2 layers, 8 latents 32x32 (2 videos x 4)",
+         "AutoencoderKLTemporalDecoder", _temporal_vae,
+         lambda rng: dict(z=_randn(rng, BATCH * FRAMES, 4, LATENT, LATENT)),
+         lambda m, x: m.decode(_t(x["z"]), num_frames=FRAMES).sample,
+         lambda m, x: m.decode(x["z"], num_frames=FRAMES).sample),
+    Case("VAE decode (KL)", "AutoencoderKL (128, 256), 2 layers, 8 latents 32x32",
+         "AutoencoderKL", _vae_kl,
+         lambda rng: dict(z=_randn(rng, BATCH * FRAMES, 4, LATENT, LATENT)),
+         lambda m, x: m.decode(_t(x["z"])).sample,
+         lambda m, x: m.decode(x["z"]).sample),
+    Case("CLIP vision", "CLIPVisionModelWithProjection 512 wide, 6 layers, 224px / patch 14, batch 2",
+         "CLIPVisionModelWithProjection", _clip_vision,
+         lambda rng: dict(px=_randn(rng, BATCH, 3, 224, 224)),
+         lambda m, x: m(_t(x["px"])).image_embeds,
+         lambda m, x: m(x["px"]).image_embeds),
+    Case("CLIP text", "CLIPTextModel 512 wide, 6 layers, 77 tokens, batch 2",
+         "CLIPTextModel", _clip_text,
+         lambda rng: dict(ids=rng.integers(0, 1000, (BATCH, 77)).astype(np.int64)),
+         lambda m, x: m(_t(x["ids"])).last_hidden_state,
+         lambda m, x: m(x["ids"])[0]),
+]
+CASE_KEYS = {c.name: c.name.lower().replace(" ", "-").replace("(", "").replace(")", "") for c in CASES}
+
+
+def saved_model(case: Case) -> Path:
+    """Build the randomised PyTorch model once and save it in diffusers layout (build/bench/<case>)."""
+    import torch
+
+    from parity.fixtures import randomise
+
+    folder = BUILD / CASE_KEYS[case.name]
+    if not (folder / "config.json").exists():
+        torch.manual_seed(0)
+        randomise(case.make_torch(), 0).save_pretrained(folder, safe_serialization=True)
+    return folder
+
+
+def load_torch(case: Case, folder: Path):
+    import diffusers
+    import transformers
+
+    cls = getattr(diffusers, case.ms_class, None) or getattr(transformers, case.ms_class)
+    return cls.from_pretrained(folder).eval()
+
+
+def load_ms(case: Case, folder: Path, dtype: str):
+    from mindport.models import model_class
+
+    return model_class(case.ms_class).from_pretrained(folder, mindspore_dtype=dtype)
+
+
+def timed(fn) -> tuple[float, object]:
+    t0 = time.perf_counter()
+    out = fn()
+    if hasattr(out, "asnumpy"):
+        out = out.asnumpy()  # MindSpore may still be computing: wait for the value
+    return time.perf_counter() - t0, out
+
+
+def rel_l2(a, b) -> float:
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    return float(np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-30))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# workers: one process per framework. MindSpore's CPU runtime threads slow PyTorch down 5-8x when both run in one
+# process (measured here), so each side gets its own interpreter; the parent interleaves their runs.
+# ---------------------------------------------------------------------------------------------------------------
+
+PIPELINES = ["svd-tiny", "i2vgen-xl-tiny", "animatediff-tiny"]
+PIPELINE_STEPS = 3
+
+
+def _pipeline_runner(preset: str, side: str):
+    """A function that loads the tiny pipeline (mindport converts on load) and runs it end to end."""
+    from parity.fixtures import build, fixture_run_settings
+    from parity.harness import adapter_for, quiet_reference_libraries
+
+    quiet_reference_libraries()
+    root = build(preset)
+    adapter = adapter_for(json.loads((root / "model_index.json").read_text())["_class_name"])
+    unet_cfg = json.loads((root / "unet" / "config.json").read_text())
+    settings = {**adapter.default_settings(unet_cfg), **fixture_run_settings(root), "seed": 0, "steps": PIPELINE_STEPS}
+    settings.setdefault("frames", settings.get("num_frames"))
+    kwargs = adapter.call_kwargs(settings)
+    if side == "torch":
+        return lambda: adapter.run_reference(adapter.load_reference(root), dict(kwargs))
+    return lambda: adapter.run_ours(adapter.load_ours(root, side), dict(kwargs))
+
+
+def _component_runner(key: str, side: str):
+    case = next(c for c in CASES if CASE_KEYS[c.name] == key)
+    folder = saved_model(case)
+    x = case.inputs(np.random.Generator(np.random.PCG64(0)))
+    if side == "torch":
+        import torch
+
+        ref = load_torch(case, folder)
+
+        def run():
+            with torch.no_grad():
+                return case.run_torch(ref, x).numpy()
+
+        return run
+    model = load_ms(case, folder, side)
+    return lambda: case.run_ms(model, x)
+
+
+def serve(side: str, name: str) -> None:
+    """Worker loop: read `key` lines, answer one JSON line {seconds} (the first call per key warms up and saves the
+    output to build/bench/out/<name>-<key>.npy)."""
+    if side == "torch":
+        import torch
+
+        torch.set_num_threads(THREADS)
+    else:
+        import mindport  # noqa: F401  (context set-up)
+    runners = {}
+    (BUILD / "out").mkdir(parents=True, exist_ok=True)
+    print(json.dumps({"ready": side, "versions": machine()}), flush=True)
+    for line in sys.stdin:
+        key = line.strip()
+        try:
+            if key not in runners:
+                runners[key] = (_pipeline_runner if key in PIPELINES else _component_runner)(key, side)
+                _, out = timed(runners[key])
+                np.save(BUILD / "out" / f"{name}-{key}.npy", np.asarray(out, np.float32))
+            seconds, _ = timed(runners[key])
+            print(json.dumps({"seconds": seconds}), flush=True)
+        except Exception as e:  # reported in the table, the run goes on
+            print(json.dumps({"error": f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"}), flush=True)
+
+
+class Worker:
+    def __init__(self, python: str, side: str, name: str):
+        self.side, self.name = side, name
+        self.proc = subprocess.Popen([python, __file__, "--serve", side, "--name", name], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, text=True, cwd=ROOT)
+        hello = self._read()
+        self.versions = hello.get("versions", {})
+
+    def _read(self) -> dict:
+        while True:
+            line = self.proc.stdout.readline()
+            if not line:
+                return {"error": f"{self.name} worker exited ({self.proc.wait()})"}
+            if line.startswith("{"):
+                return json.loads(line)
+
+    def time(self, key: str) -> dict:
+        if self.proc.poll() is not None:
+            return {"error": f"{self.name} worker exited ({self.proc.returncode})"}
+        self.proc.stdin.write(key + "\n")
+        self.proc.stdin.flush()
+        return self._read()
+
+    def close(self):
+        if self.proc.poll() is None:
+            self.proc.stdin.close()
+            self.proc.wait()
+
+
+def measure(workers: list[Worker], key: str, repeats: int) -> dict:
+    """`repeats` rounds over the workers in turn (each worker warms up on its first call): median seconds per
+    worker name, errors, and each MindSpore output's relative L2 against PyTorch's."""
+    times = {w.name: [] for w in workers}
+    errors = {}
+    for _ in range(repeats):
+        for w in workers:
+            if w.name not in errors:
+                r = w.time(key)
+                if "error" in r:
+                    errors[w.name] = r["error"]
+                else:
+                    times[w.name].append(r["seconds"])
+    res = {"seconds": {n: statistics.median(v) for n, v in times.items() if v and n not in errors}, "errors": errors,
+           "rel_l2": {}}
+    ref_path = BUILD / "out" / f"torch-{key}.npy"
+    for w in workers:
+        path = BUILD / "out" / f"{w.name}-{key}.npy"
+        if w.side != "torch" and ref_path.exists() and path.exists() and w.name not in errors:
+            res["rel_l2"][w.name] = rel_l2(np.load(path), np.load(ref_path))
+    return res
+
+
+def machine() -> dict:
+
+    cpu = platform.processor()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    import importlib.metadata as md
+
+    def ver(pkg):
+        try:
+            return md.version(pkg)
+        except md.PackageNotFoundError:
+            return "-"
+
+    return {"cpu": cpu, "cores": os.cpu_count(), "threads": THREADS, "load": os.getloadavg(),
+            "python": platform.python_version(), "mindspore": ver("mindspore"), "torch": ver("torch")}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# report
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _ratio(r: dict, name: str) -> str:
+    sec = r["seconds"]
+    return f"{sec[name] / sec['torch']:.2f}x" if name in sec and "torch" in sec else "-"
+
+
+def _table(title: str, keys: list[str], labels: dict, results: dict, names: list[str], with_l2: bool) -> list[str]:
+    head = f"| {title} | PyTorch fp32 s |" + "".join(f" {labels[n]} s | ratio |" for n in names)
+    sep = "|---|---:|" + "---:|---:|" * len(names)
+    if with_l2:
+        head += " rel L2 fp32 | rel L2 fp16 |"
+        sep += "---:|---:|"
+    lines = [head, sep]
+    for key in keys:
+        r = results[key]
+        sec = r["seconds"]
+        row = f"| {labels[key]} | {sec['torch']:.3f} |" if "torch" in sec else f"| {labels[key]} | error |"
+        for n in names:
+            row += f" {sec[n]:.3f} | {_ratio(r, n)} |" if n in sec else " error | - |"
+        if with_l2:
+            row += "".join(f" {r['rel_l2'][n]:.1e} |" if n in r["rel_l2"] else " - |" for n in ("fp32", "fp16"))
+        lines.append(row)
+    for key in keys:
+        for n, err in results[key]["errors"].items():
+            lines.append(f"\n{labels[key]}, {labels.get(n, n)}: {err}")
+    return lines
+
+
+def render(info: dict, results: dict, names: list[str], labels: dict, repeats: int, wall: float,
+           side_version: str | None) -> str:
+    comps = [CASE_KEYS[c.name] for c in CASES if CASE_KEYS[c.name] in results]
+    pipes = [p for p in PIPELINES if p in results]
+    lines = [
+        f"Machine: {info['cpu']}, {info['cores']} cores, {info['threads']} threads per framework; load average at "
+        f"start {info['load'][0]:.2f} / {info['load'][1]:.2f} / {info['load'][2]:.2f}; Python {info['python']}, "
+        f"MindSpore {info['mindspore']}{f' (and {side_version} in .venv-ms210)' if side_version else ''}, "
+        f"PyTorch {info['torch']}.",
+        "",
+        f"Median of {repeats} runs after a warm-up, each framework in its own process, runs interleaved "
+        f"(PyTorch, mindport fp32, fp16, ...) so machine noise hits all; the whole run took {wall:.0f} s. "
+        "Ratio = mindport time / PyTorch fp32 time (lower is better). PyTorch fp16 on CPU is ~140x slower than fp32, "
+        "so the fp16 columns' reference is PyTorch fp32. rel L2: mindport output against PyTorch fp32 on the same "
+        "weights and inputs.",
+        "",
+    ]
+    if comps:
+        lines += _table("component (mid size)", comps, labels, results, names, True)
+    if pipes:
+        pipe_names = [n for n in names if "@" not in n]
+        lines += [""] + _table(f"pipeline, tiny, {PIPELINE_STEPS} steps, load included", pipes, labels, results,
+                               pipe_names, False)
+    lines += ["", "Configs:"] + [f"- {c.name}: {c.config}" for c in CASES if CASE_KEYS[c.name] in comps]
+    return "\n".join(lines) + "\n"
+
+
+def write_reports(table: str) -> None:
+    (ROOT / "reports").mkdir(exist_ok=True)
+    (ROOT / "reports" / "bench.md").write_text("# mindport benchmark (`make bench`)\n\n" + table)
+    readme = ROOT / "README.md"
+    start, end = "<!-- bench-table:start -->", "<!-- bench-table:end -->"
+    text = readme.read_text()
+    if start in text and end in text:
+        before, rest = text.split(start, 1)
+        after = rest.split(end, 1)[1]
+        readme.write_text(f"{before}{start}\n{table}{end}{after}")
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--only", default="", help="comma-separated cases: " + ", ".join([*CASE_KEYS.values(), *PIPELINES]))
+    p.add_argument("--ms210", default="", help="python of a venv with mindspore 2.10: adds its fp32 column")
+    p.add_argument("--no-fp16", action="store_true", help="skip the mindport fp16 column")
+    p.add_argument("--no-write", action="store_true", help="print only; leave reports/ and README alone")
+    p.add_argument("--serve", help=argparse.SUPPRESS)
+    p.add_argument("--name", help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.serve:
+        serve(args.serve, args.name or args.serve)
+        return 0
+    only = [s for s in args.only.split(",") if s]
+    known = [*CASE_KEYS.values(), *PIPELINES]
+    bad = [s for s in only if s not in known]
+    if bad:
+        print(f"bench: unknown case {bad[0]!r}; expected one of {', '.join(known)}", file=sys.stderr)
+        return 2
+    if args.ms210 and not Path(args.ms210).exists():
+        print(f"bench: --ms210 {args.ms210!r} does not exist; expected the python of a mindspore 2.10 venv",
+              file=sys.stderr)
+        return 2
+    info = machine()
+    t_start = time.perf_counter()
+    workers = [Worker(sys.executable, "torch", "torch"), Worker(sys.executable, "fp32", "fp32")]
+    labels = {"torch": "PyTorch fp32", "fp32": "mindport fp32", "fp16": "mindport fp16"}
+    if not args.no_fp16:
+        workers.append(Worker(sys.executable, "fp16", "fp16"))
+    side_version = None
+    if args.ms210:
+        side = Worker(args.ms210, "fp32", "fp32@ms210")
+        side_version = side.versions.get("mindspore", "?")
+        labels["fp32@ms210"] = f"MS {side_version} fp32"
+        workers.append(side)
+    labels.update({CASE_KEYS[c.name]: c.name for c in CASES})
+    labels.update({p: p for p in PIPELINES})
+    from tqdm import tqdm
+
+    results = {}
+    todo = [k for k in known if not only or k in only]
+    try:
+        for key in tqdm(todo, desc="bench", unit="case"):
+            ws = [w for w in workers if key not in PIPELINES or "@" not in w.name]
+            results[key] = measure(ws, key, args.repeats)
+    finally:
+        for w in workers:
+            w.close()
+    table = render(info, results, [w.name for w in workers if w.side != "torch"], labels, args.repeats,
+                   time.perf_counter() - t_start, side_version)
+    print(table)
+    if not args.no_write and not only:
+        write_reports(table)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
