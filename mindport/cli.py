@@ -46,17 +46,47 @@ def cmd_convert(a) -> int:
 def cmd_parity(a) -> int:
     from parity.harness import run_parity
 
-    report = run_parity(a.src, a.out, converted=a.converted, steps=a.steps, frames=a.frames, dtype=a.dtype,
-                        seed=a.seed, height=a.height, width=a.width,
-                        decode_chunk_size=a.decode_chunk_size, log=lambda m: print(m, file=sys.stderr))
+    if (a.src is None) == (a.config_only is None):
+        raise ValueError("give either SRC (a PyTorch diffusers folder or Hub id) or --config-only NAME, not both")
+    src, run = a.src, {}
+    if a.config_only is not None:
+        from parity.full import NAMES, prepare
+
+        if a.config_only not in NAMES:
+            raise ValueError(f"--config-only {a.config_only!r} is not a released config; expected one of {', '.join(NAMES)}")
+        src, run = prepare(a.config_only, a.seed)
+    flags = {k: getattr(a, k) for k in ("frames", "height", "width", "decode_chunk_size") if getattr(a, k) is not None}
+    report = run_parity(src, a.out, converted=a.converted, dtype=a.dtype, seed=a.seed,
+                        **{"steps": a.steps if a.steps is not None else run.get("steps", 3),
+                           **{k: v for k, v in run.items() if k not in ("steps", "seed")}, **flags},
+                        baseline=a.baseline, floor=not a.no_floor, isolate=not a.no_isolation,
+                        weight_samples=a.weight_samples, weight_tensors=a.weight_tensor or (),
+                        log=lambda m: print(m, file=sys.stderr))
     f = report["frames"]
     fd = report["first_divergence"]
-    where = "none" if fd is None else f"{fd['component']}.{fd['module']} (rel L2 {fd['rel_l2']:.3e})"
+    if fd is None:
+        where = "none"
+    elif fd.get("kind") == "gate":
+        where = f"gate {fd['gate']}: {fd['detail']}"
+    else:
+        where = f"{fd['component']}.{fd['module']} (rel L2 {fd['rel_l2']:.3e}, bound {fd['bound']:.1e})"
     print(f"parity {'PASSED' if report['passed'] else 'FAILED'}: frames rel L2 {f['rel_l2']:.3e}, PSNR {f['psnr']:.1f} dB; "
           f"{report['coverage']['compared_modules']} modules compared; first divergence: {where}")
+    iso = report.get("isolation") or {}
+    if iso.get("first"):
+        b = iso["first"]
+        print(f"isolation: {b['component']}.{b['module']} introduces rel L2 {b['introduced_rel_l2']:.3e} "
+              f"(bound {b['bound']:.1e}) on the reference's own inputs")
+    for m in (report.get("weight_check") or {}).get("mismatches", []):
+        print(f"weight mapping: {m['component']}.{m['tensor']} acts first in {m['expected_module']} in PyTorch, "
+              f"in {m['first_moved']} in MindSpore (parameter {m['mindspore_parameter']})")
+    if report.get("baseline"):
+        for r in report["baseline"]["regressions"][:10]:
+            print(f"regression: {r['component']}.{r['module']} rel L2 {r['rel_l2']} > allowed {r['allowed']:.2e} "
+                  f"(baseline {r['baseline_rel_l2']:.2e})")
     for p in report["problems"]:
         print(f"problem: {p}")
-    print(f"report: {Path(a.out) / 'report.md'}")
+    print(f"report: {Path(a.out) / 'report.md'} and {Path(a.out) / 'report.html'}")
     return EXIT_OK if report["passed"] else EXIT_PARITY_FAILED
 
 
@@ -114,9 +144,11 @@ def build_parser() -> argparse.ArgumentParser:
     c.set_defaults(fn=cmd_convert)
 
     r = sub.add_parser("parity", help="compare MindSpore against PyTorch diffusers, module by module")
-    r.add_argument("src", help="PyTorch diffusers pipeline folder or Hub id")
+    r.add_argument("src", nargs="?", help="PyTorch diffusers pipeline folder or Hub id")
+    r.add_argument("--config-only", metavar="NAME",
+                   help="a released architecture with random weights instead of SRC (svd-xt, i2vgen-xl, animatediff-v1-5-2)")
     r.add_argument("--converted", help="a folder written by `mindport convert` (default: convert SRC into a temp folder)")
-    r.add_argument("--steps", type=int, default=3)
+    r.add_argument("--steps", type=int, help="denoising steps (default 3; 2 for --config-only)")
     r.add_argument("--frames", type=int)
     r.add_argument("--height", type=int)
     r.add_argument("--width", type=int)
@@ -124,6 +156,12 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--dtype", choices=["fp32", "fp16"], default="fp32", help="MindSpore dtype (reference: PyTorch fp32)")
     r.add_argument("--seed", type=int, default=0)
     r.add_argument("--out", required=True, help="report folder")
+    r.add_argument("--baseline", help="a committed report.json: fail when a module's error grows beyond its recorded spread")
+    r.add_argument("--weight-samples", type=int, default=12, help="source tensors perturbed by the weight-mapping check")
+    r.add_argument("--weight-tensor", action="append", metavar="COMPONENT.PARAMETER",
+                   help="also check this source tensor (repeatable), e.g. unet.conv_in.weight")
+    r.add_argument("--no-floor", action="store_true", help="skip the PyTorch float64 noise floor (fixed bars instead)")
+    r.add_argument("--no-isolation", action="store_true", help="skip teacher forcing of every module")
     r.set_defaults(fn=cmd_parity)
 
     g = sub.add_parser("generate", help="generate a video with the MindSpore pipeline")

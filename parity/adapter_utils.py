@@ -39,13 +39,14 @@ def patch_randn(noise, reference_modules, our_modules):
 
 
 def run_reference_with_callback(pipe, kwargs, callback=None):
-    """Run a diffusers pipeline (`return_dict=True`); `callback(step, latents)` sees the latents after every step as
-    numpy, through diffusers' `callback_on_step_end`."""
+    """Run a diffusers pipeline (`return_dict=True`); `callback(step, latents) -> numpy array or None` sees the
+    latents after every step as numpy (through diffusers' `callback_on_step_end`) and may replace them."""
     import torch
 
     def on_step(_pipe, i, _t, tensors):
-        callback(i, tensors["latents"].detach().float().numpy())
-        return {}
+        lat = tensors["latents"]
+        new = callback(i, lat.detach().float().numpy())
+        return {} if new is None else {"latents": torch.from_numpy(np.asarray(new)).to(lat.dtype)}
 
     with torch.no_grad():
         return pipe(**kwargs, callback_on_step_end=on_step if callback else None, return_dict=True)

@@ -15,34 +15,49 @@ BARS = {
 }
 
 
-def compare_modules(ref: Capture, ours: Capture, module_bar: float) -> tuple[list[dict], list[dict], dict]:
-    """Returns (per-call rows in PyTorch execution order, per-module summary rows, coverage)."""
+# Noise floor: PyTorch float64 against PyTorch float32 gives each module call's rounding floor; a fp32 module call
+# fails when its MindSpore error exceeds FLOOR_FACTOR times that floor and the absolute FLOOR_MIN (for modules that
+# round nothing, whose floor is ~0). fp16 is judged against its dtype bar: its rounding is not fp32's.
+FLOOR_FACTOR = 10.0
+FLOOR_MIN = 1e-6
+
+
+def bound_for(dtype: str, floor: float | None) -> float:
+    if dtype != "fp32" or floor is None:
+        return BARS[dtype]["module"]
+    return max(FLOOR_FACTOR * floor, FLOOR_MIN)
+
+
+def compare_modules(ref: Capture, ours: Capture, dtype: str, floor: Capture | None = None
+                    ) -> tuple[list[dict], list[dict], dict]:
+    """Per-call rows in PyTorch execution order, per-module summary rows (worst call = largest rel_l2 / bound), and
+    coverage. `ours` (and `floor`) compared on the fly against `ref`."""
     calls = []
-    for key, a_ref in ref.records.items():
+    for key, ref_row in ref.records.items():
         comp, mod, n = key
-        row = {"component": comp, "module": mod or "(root)", "call": n, "shape": list(a_ref.shape)}
-        a_ours = ours.records.get(key)
-        if a_ours is None:
+        row = ours.records.get(key)
+        if row is None or "rel_l2" not in row:
             continue
-        if a_ours.shape != a_ref.shape:
-            row.update({"passed": False, "error": f"shape {list(a_ours.shape)} != reference {list(a_ref.shape)}",
-                        "rel_l2": float("inf"), "max_abs": float("inf"), "cosine": 0.0})
-        else:
-            m = compare(a_ours, a_ref)
-            row.update(m)
-            row["passed"] = bool(m["finite"] and m["rel_l2"] <= module_bar)
-        calls.append(row)
+        fl = floor.records.get(key, {}).get("rel_l2") if floor is not None else None
+        bound = bound_for(dtype, fl)
+        calls.append({"component": comp, "module": mod or "(root)", "call": n, "step": ref_row["step"],
+                      "shape": ref_row["shape"], "rel_l2": row["rel_l2"], "max_abs": row["max_abs"],
+                      "cosine": row["cosine"], "floor": fl, "bound": bound,
+                      "passed": bool(row.get("finite", False) and row["rel_l2"] <= bound),
+                      **({"error": row["error"]} if "error" in row else {})})
     summary: dict[tuple[str, str], dict] = {}
     for row in calls:
         k = (row["component"], row["module"])
         s = summary.get(k)
         if s is None:
-            summary[k] = s = {"component": row["component"], "module": row["module"], "shape": row["shape"],
-                              "calls": 0, "max_abs": 0.0, "rel_l2": 0.0, "cosine": 1.0, "passed": True,
-                              "worst_call": row["call"], "order": len(summary)}
+            depth = 0 if row["module"] == "(root)" else row["module"].count(".") + 1
+            summary[k] = s = {"component": row["component"], "module": row["module"], "order": len(summary),
+                              "depth": depth, "calls": 0, "max_abs": 0.0, "cosine": 1.0, "passed": True, "ratio": -1.0}
         s["calls"] += 1
-        if row["rel_l2"] >= s["rel_l2"]:
-            s["rel_l2"], s["worst_call"], s["shape"] = row["rel_l2"], row["call"], row["shape"]
+        ratio = row["rel_l2"] / row["bound"]
+        if ratio > s["ratio"]:
+            s.update({"ratio": ratio, "rel_l2": row["rel_l2"], "floor": row["floor"], "bound": row["bound"],
+                      "shape": row["shape"], "worst_call": row["call"], "worst_step": row["step"]})
         s["max_abs"] = max(s["max_abs"], row["max_abs"])
         s["cosine"] = min(s["cosine"], row["cosine"])
         s["passed"] = s["passed"] and row["passed"]
@@ -59,11 +74,34 @@ def compare_modules(ref: Capture, ours: Capture, module_bar: float) -> tuple[lis
 
 
 def first_divergence(calls: list[dict]) -> dict | None:
-    """The first module call, in PyTorch execution order (children before parents), beyond its bar."""
+    """The first module call, in PyTorch execution order (children before parents), beyond its bound."""
     for row in calls:
         if not row["passed"]:
-            return {k: row[k] for k in ("component", "module", "call", "shape", "rel_l2", "max_abs", "cosine") if k in row}
+            keys = ("component", "module", "call", "step", "shape", "rel_l2", "max_abs", "cosine", "floor", "bound")
+            return {"kind": "module", **{k: row[k] for k in keys if k in row}}
     return None
+
+
+def step_matrix(calls: list[dict], component: str, steps: int) -> dict:
+    """The error of each top-level block of `component` (the denoiser) at each denoising step: the worst call of
+    that block in that step, measured with latents re-synchronised to the reference before every step."""
+    called = [r["module"] for r in calls if r["component"] == component and r["module"] != "(root)"]
+    names = set(called)
+
+    def is_block(m):  # a called module none of whose ancestors (below the root) was called: down_blocks.0, mid_block
+        parts = m.split(".")
+        return not any(".".join(parts[:i]) in names for i in range(1, len(parts)))
+
+    blocks = [m for m in dict.fromkeys(called) if is_block(m)]
+    index = {b: i for i, b in enumerate(blocks)}
+    matrix = [[None] * len(blocks) for _ in range(steps)]
+    for r in calls:
+        i = index.get(r["module"]) if r["component"] == component else None
+        if i is not None and 0 <= r["step"] < steps:
+            cur = matrix[r["step"]][i]
+            matrix[r["step"]][i] = r["rel_l2"] if cur is None else max(cur, r["rel_l2"])
+    return {"component": component, "blocks": [f"{component}.{b}" for b in blocks], "steps": list(range(steps)),
+            "rel_l2": matrix}
 
 
 def frame_metrics(ours: np.ndarray, ref: np.ndarray) -> dict:

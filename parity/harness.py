@@ -3,8 +3,8 @@ frames, and write report.json / report.md."""
 
 from __future__ import annotations
 
+import gc
 import platform
-import resource
 import tempfile
 import time
 from importlib import import_module
@@ -15,11 +15,23 @@ import numpy as np
 from converters import ConversionError
 from converters.sources import read_json, resolve
 
+from . import baseline as baseline_mod
+from . import gates, isolation, weightcheck
 from .capture import Capture
-from .compare import BARS, compare_modules, first_divergence, frame_metrics
+from .compare import (
+    BARS,
+    FLOOR_FACTOR,
+    FLOOR_MIN,
+    compare_modules,
+    first_divergence,
+    frame_metrics,
+    step_matrix,
+)
 from .fixtures import fixture_run_settings
+from .memory import PeakMemory
 from .noise import SharedNoise
 from .report import write_reports
+from .store import ActivationStore
 
 # pipeline class -> adapter module (how to build, call and seed both sides)
 ADAPTER_MODULES = {
@@ -58,21 +70,33 @@ def quiet_reference_libraries() -> None:
     transformers.utils.logging.disable_progress_bar()
 
 
-def _peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
 def run_parity(src, out, converted=None, steps: int = 3, frames: int | None = None, dtype: str = "fp32",
                seed: int = 0, height: int | None = None, width: int | None = None,
-               decode_chunk_size: int | None = None, log=print) -> dict:
-    """Returns the report dict (also written to OUT/report.json and OUT/report.md)."""
+               decode_chunk_size: int | None = None, baseline=None, floor: bool = True, isolate: bool = True,
+               weight_samples: int = 12, weight_tensors=(), weight_budget_s: float = 60.0,
+               isolate_depth: int | None = None,
+               log=print) -> dict:
+    """Returns the report dict (also written to OUT/report.json, report.md, report.html and the frame images).
+
+    Phases (one framework's model resident at a time):
+    1. PyTorch fp32: a plain run (timing), a captured run (every module's output to disk, latents after each step,
+       first-call inputs of every module), the weight-mapping check's PyTorch side; then the same pipeline in
+       float64, re-synchronised to the fp32 latents after each step (each module's noise floor) and every module in
+       float64 on its recorded inputs (isolation floor). The PyTorch pipeline is then dropped.
+    2. MindSpore: a free-running run (the frames, and the plain timing); a captured run re-synchronised to the
+       reference latents after each step, every module compared on the fly; teacher forcing of every module; the
+       weight-mapping check's MindSpore side.
+    3. Gates, module bounds (noise floor), first divergence, step x block matrix, baseline, reports."""
     from mindport.loading import convert_checkpoint
 
     if dtype not in BARS:
         raise ConversionError(f"--dtype {dtype!r} is not supported for parity; expected one of {', '.join(BARS)}")
     if steps < 1:
         raise ConversionError(f"--steps must be at least 1, got {steps}")
+    base_report = baseline_mod.load(baseline) if baseline is not None else None
     quiet_reference_libraries()
+    memory = PeakMemory()
+    t_start = time.perf_counter()
     root = resolve(src)
     index = read_json(root / "model_index.json")
     pipeline = index.get("_class_name")
@@ -88,91 +112,181 @@ def run_parity(src, out, converted=None, steps: int = 3, frames: int | None = No
         "frames": frames or defaults["frames"],
         "height": height or defaults["height"], "width": width or defaults["width"],
         "decode_chunk_size": decode_chunk_size,
-        "bars": BARS[dtype], "reference": "PyTorch fp32 (diffusers)",
+        "bars": {**BARS[dtype], "module_rule": f"max({FLOOR_FACTOR:g} x noise floor, {FLOOR_MIN:g})" if dtype == "fp32"
+                 else f"{BARS[dtype]['module']:g} (fp16 against PyTorch fp32)"},
+        "reference": "PyTorch fp32 (diffusers)", "floor": "PyTorch float64 vs float32, same inputs" if floor else None,
+        "module_comparison": "latents re-synchronised to the reference after every step",
     }
+    if base_report is not None:
+        baseline_mod.check_settings(settings, base_report, baseline)
+    components = adapter.COMPONENTS
+    denoiser = getattr(adapter, "DENOISER", "unet")
+    timings: dict[str, float] = {}
 
-    # 2. convert (unless a converted folder is given) and load both pipelines
-    timings = {}
-    t0 = time.perf_counter()
+    def timed(name, fn, *args):
+        t0 = time.perf_counter()
+        result = fn(*args)
+        timings[name] = timings.get(name, 0.0) + time.perf_counter() - t0
+        return result
+
+    # 2. convert (unless a converted folder is given)
     tmpdir = None
     if converted is None:
         tmpdir = tempfile.TemporaryDirectory(prefix="mindport-parity-")
         converted = Path(tmpdir.name) / "converted"
         log(f"converting {root} -> {converted}")
-        convert_checkpoint(root, converted, progress=False)
+        timed("convert_s", lambda: convert_checkpoint(root, converted, progress=False))
     settings["converted"] = str(converted)
-    timings["convert_s"] = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    ref_pipe = adapter.load_reference(root)
-    our_pipe = adapter.load_ours(converted, dtype)
-    timings["load_s"] = time.perf_counter() - t0
 
-    # 3. three runs on one shared noise source:
-    #    a. PyTorch reference, every module captured, latents recorded after each denoising step;
-    #    b. MindSpore free-running (no hooks): the end-to-end frames, and its real speed;
-    #    c. MindSpore with every module captured, latents re-synchronised to the reference after each step, so each
-    #       module is compared on the inputs the reference saw at that step, not on drift accumulated by the loop.
     noise = SharedNoise(seed)
     undo = adapter.patch_noise(noise)
-    ref_cap, our_cap = Capture("torch"), Capture("mindspore")
     kwargs = adapter.call_kwargs(settings)
+    ref_store, our_store = ActivationStore(), ActivationStore()
+    ref_cap = Capture("torch", ref_store, inputs_depth=(10**6 if isolate_depth is None else isolate_depth) if isolate else 1)
+    floor_cap = Capture("torch", reference=ref_cap) if floor else None
+    our_cap = Capture("mindspore", our_store, reference=ref_cap, inputs_depth=1)
     ref_latents: list[np.ndarray] = []
+    step_errors: list[float] = []
+    iso_floor, introduced, weight_rows, weight = {}, {}, [], None
     try:
-        for name in adapter.COMPONENTS:
-            ref_cap.attach_torch(name, getattr(ref_pipe, name))
+        # 3. PyTorch phase
+        ref_pipe = timed("load_s", adapter.load_reference, root)
+        ref_schedule = gates.schedule(ref_pipe.scheduler, steps)
         log(f"running PyTorch reference ({pipeline}, {settings['steps']} steps, {settings['frames']} frames)")
+        noise.start("torch", "plain")
+        timed("torch_s", adapter.run_reference, ref_pipe, kwargs)
+
+        def record(i, lat):
+            ref_latents.append(lat)
+            ref_cap.step = i + 1
+
+        for name in components:
+            ref_cap.attach_torch(name, getattr(ref_pipe, name))
         noise.start("torch", "reference")
-        t0 = time.perf_counter()
-        ref_frames = adapter.run_reference(ref_pipe, kwargs, lambda i, lat: ref_latents.append(lat))
-        timings["torch_s"] = time.perf_counter() - t0
+        ref_frames = timed("torch_captured_s", adapter.run_reference, ref_pipe, kwargs, record)
         ref_cap.detach()
+        if weight_samples or weight_tensors:
+            picks = weightcheck.sample(ref_pipe, components, weight_samples, seed, weight_tensors)
+            log(f"weight-mapping check, PyTorch side ({len(picks)} tensors)")
+            weight_rows = timed("weight_check_s", weightcheck.torch_side, ref_pipe, ref_cap, picks, seed, weight_budget_s)
+        if floor:
+            import torch
+
+            log("noise floor: PyTorch float64, re-synchronised to the fp32 latents after each step")
+            ref_pipe.to(torch.float64)
+
+            def resync64(i, _lat):
+                floor_cap.step = i + 1
+                return ref_latents[i]
+
+            for name in components:
+                floor_cap.attach_torch(name, getattr(ref_pipe, name))
+            noise.start("torch", "float64")
+            timed("floor_s", adapter.run_reference, ref_pipe, kwargs, resync64)
+            floor_cap.detach()
+            if isolate:
+                iso_floor = timed("floor_s", isolation.torch_floor, ref_pipe, ref_cap, components)
+        del ref_pipe
+        gc.collect()
+
+        # 4. MindSpore phase
+        our_pipe = timed("load_s", adapter.load_ours, converted, dtype)
+        our_schedule = gates.schedule(our_pipe.scheduler, steps)
         log(f"running MindSpore ({dtype}), free-running")
         noise.start("mindspore", "free-running")
-        t0 = time.perf_counter()
-        our_frames = adapter.run_ours(our_pipe, kwargs)
-        timings["mindspore_s"] = time.perf_counter() - t0
+        our_frames = timed("mindspore_s", adapter.run_ours, our_pipe, kwargs)
         log("running MindSpore with module capture, re-synchronised to the reference after each step")
-        for name in adapter.COMPONENTS:
+
+        def resync(i, lat):
+            lat = lat.asnumpy() if hasattr(lat, "asnumpy") else np.asarray(lat)
+            step_errors.append(float(np.linalg.norm(lat.astype(np.float64) - ref_latents[i])
+                                     / max(np.linalg.norm(ref_latents[i]), 1e-30)))
+            our_cap.step = i + 1
+            return ref_latents[i]
+
+        for name in components:
             our_cap.attach_mindspore(name, getattr(our_pipe, name))
         noise.start("mindspore", "captured")
-        t0 = time.perf_counter()
-        adapter.run_ours(our_pipe, kwargs, lambda i, _lat: ref_latents[i])
-        timings["mindspore_captured_s"] = time.perf_counter() - t0
+        timed("mindspore_captured_s", adapter.run_ours, our_pipe, kwargs, resync)
+        our_cap.detach()
+        if isolate:
+            log(f"isolation: every module on the reference's recorded inputs ({len(ref_cap.inputs)} modules)")
+            introduced = timed("isolation_s", isolation.mindspore_run, our_pipe, ref_cap, components, dtype)
+        if weight_rows:
+            log("weight-mapping check, MindSpore side")
+            weight = timed("weight_check_s", weightcheck.mindspore_side, our_pipe, ref_cap, weight_rows, dtype)
+        del our_pipe
+        gc.collect()
     finally:
         undo()
         ref_cap.detach()
         our_cap.detach()
+        if floor_cap is not None:
+            floor_cap.detach()
         if tmpdir is not None:
             tmpdir.cleanup()
-    settings["module_comparison"] = "latents re-synchronised to the reference after every step"
 
-    # 4. compare
-    bars = BARS[dtype]
-    calls, layers, coverage = compare_modules(ref_cap, our_cap, bars["module"])
-    first = first_divergence(calls)
-    worst = max(layers, key=lambda r: r["rel_l2"], default=None)
-    fm = frame_metrics(our_frames, ref_frames) if our_frames.shape == ref_frames.shape else {
-        "rel_l2": float("inf"), "max_abs": float("inf"), "psnr": 0.0, "error":
-        f"frames shape {list(our_frames.shape)} != reference {list(ref_frames.shape)}"}
-    fm["passed"] = bool(fm["rel_l2"] <= bars["frames"])
+    # 5. compare: gates first, then modules against their bounds
+    calls, layers, coverage = compare_modules(ref_cap, our_cap, dtype, floor_cap)
+    denoiser_ok = [all(c["passed"] for c in calls if c["component"] == denoiser and c["module"] == "(root)"
+                       and c["step"] == i) for i in range(len(step_errors))]
     noise_info = noise.as_dict()
+    gate_rows = [g for g in (
+        gates.scheduler_gate(ref_schedule, our_schedule),
+        gates.tokenizer_gate(ref_cap, our_cap),
+        gates.preprocessing_gate(ref_cap, our_cap, dtype),
+        gates.guidance_gate(ref_cap, our_cap, denoiser, dtype),
+        gates.sampler_gate(step_errors, denoiser_ok, dtype),
+        gates.noise_gate(noise_info["mismatches"]),
+    ) if g is not None]
+    failed_gate = next((g for g in gate_rows if not g["passed"]), None)
+    first = ({"kind": "gate", "gate": failed_gate["name"], "detail": failed_gate["detail"]} if failed_gate
+             else first_divergence(calls))
+    worst = max(layers, key=lambda r: r["ratio"], default=None)
+    fm = frame_metrics(our_frames, ref_frames) if our_frames.shape == ref_frames.shape else {
+        "rel_l2": float("inf"), "max_abs": float("inf"), "psnr": 0.0, "ssim": 0.0, "error":
+        f"frames shape {list(our_frames.shape)} != reference {list(ref_frames.shape)}"}
+    fm["passed"] = bool(fm["rel_l2"] <= BARS[dtype]["frames"])
     problems = [f"noise: {m}" for m in noise_info["mismatches"]]
     if not layers:
         problems.append("no module outputs were captured on both sides")
-    passed = bool(fm["passed"] and all(r["passed"] for r in layers) and not problems)
+    inherited = {(c, m): r.get("rel_l2") for (c, m, n), r in our_cap.records.items() if n == 0}
+    iso = isolation.rank(introduced, iso_floor, inherited, dtype) if isolate else None
+    if weight is not None:
+        weight.update({"total": sum(1 for _ in weight_rows), "seconds": round(timings.get("weight_check_s", 0), 2)})
+        for r in weight["rows"]:
+            r.pop("values", None)
+    passed = bool(fm["passed"] and all(r["passed"] for r in layers) and not problems and failed_gate is None
+                  and (iso is None or iso["passed"]) and (weight is None or weight["passed"]))
+    timings["total_s"] = time.perf_counter() - t_start
+    plain = timings.get("torch_s", 0) + timings.get("mindspore_s", 0)
+    captured = timings.get("torch_captured_s", 0) + timings.get("mindspore_captured_s", 0)
     report = {
-        "schema_version": 1,
+        "schema_version": 2,
         "passed": passed,
         "first_divergence": first,
-        "worst_module": None if worst is None else {k: worst[k] for k in ("component", "module", "rel_l2", "max_abs", "shape")},
+        "worst_module": None if worst is None else {k: worst.get(k) for k in ("component", "module", "rel_l2", "max_abs",
+                                                                               "shape", "bound", "floor")},
         "frames": fm,
+        "gates": gate_rows,
         "layers": layers,
+        "isolation": iso,
+        "steps": step_matrix(calls, denoiser, steps),
+        "weight_check": weight,
         "coverage": coverage,
         "problems": problems,
         "noise": noise_info,
+        "baseline": None,
         "settings": settings,
         "versions": versions(),
-        "timings": {**{k: round(v, 3) for k, v in timings.items()}, "peak_rss_mb": round(_peak_rss_mb(), 1)},
+        "timings": {**{k: round(v, 3) for k, v in timings.items()},
+                    "overhead": round(captured / plain, 2) if plain else None,
+                    "activations_mb": round((ref_store.nbytes + our_store.nbytes) / 2**20, 1), **memory.stop()},
     }
+    ref_store.close()
+    our_store.close()
+    if base_report is not None:
+        report["baseline"] = baseline_mod.check(report, base_report, baseline)
+        report["passed"] = bool(report["passed"] and report["baseline"]["passed"])
     write_reports(report, out, ref_frames, our_frames)
     return report

@@ -185,7 +185,8 @@ def call_kwargs(settings: dict) -> dict:
 
 
 def run_reference(pipe, kwargs, callback=None) -> np.ndarray:
-    """`callback(step, latents) -> None` sees the latents (B, C, F, h, w) after every step (numpy)."""
+    """`callback(step, latents) -> numpy array or None` sees the latents (B, C, F, h, w) after every step (numpy) and
+    may replace them."""
     import torch
 
     frames = kwargs["num_frames"]
@@ -199,9 +200,15 @@ def run_reference(pipe, kwargs, callback=None) -> np.ndarray:
             prev = out.prev_sample if hasattr(out, "prev_sample") else out[0]
             bf, c, h, w = prev.shape
             lat = prev.detach().float().numpy().reshape(bf // frames, frames, c, h, w).transpose(0, 2, 1, 3, 4)
-            callback(count[0], np.ascontiguousarray(lat))
+            new = callback(count[0], np.ascontiguousarray(lat))
             count[0] += 1
-            return out
+            if new is None:
+                return out
+            new = torch.from_numpy(np.ascontiguousarray(np.asarray(new).transpose(0, 2, 1, 3, 4).reshape(bf, c, h, w)))
+            if hasattr(out, "prev_sample"):
+                out.prev_sample = new.to(prev.dtype)
+                return out
+            return (new.to(prev.dtype), *out[1:])
 
         pipe.scheduler.step = recording_step
     try:

@@ -28,23 +28,21 @@ class SharedNoise:
         return rng.standard_normal(shape).astype(np.float32)
 
     def mismatches(self) -> list[str]:
-        """Draws made by one side only, or with different shapes, in any MindSpore run against the reference."""
-        ref = next((r for r in self.runs if r["side"] == "torch"), None)
-        if ref is None:
+        """Draws made by one side only, or with different shapes, in any run against the first (the reference)."""
+        if not self.runs:
             return []
-        out = []
-        for run in self.runs:
-            if run["side"] == "torch":
-                continue
+        ref, out = self.runs[0], []
+        for run in self.runs[1:]:
             t, m = ref["draws"], run["draws"]
             for i in range(max(len(t), len(m))):
                 a = t[i] if i < len(t) else None
                 b = m[i] if i < len(m) else None
                 if a is None or b is None:
-                    d, side = (a, "torch") if a else (b, "mindspore")
+                    d, side = (a, ref["side"]) if a else (b, run["side"])
                     out.append(f"{run['label']}: draw {i} ({d['who']}, shape {d['shape']}) made by {side} only")
                 elif a["shape"] != b["shape"]:
-                    out.append(f"{run['label']}: draw {i}: torch {a['who']} {a['shape']} vs mindspore {b['who']} {b['shape']}")
+                    out.append(f"{run['label']}: draw {i}: {ref['side']} {a['who']} {a['shape']} vs "
+                               f"{run['side']} {b['who']} {b['shape']}")
         return out
 
     def as_dict(self) -> dict:

@@ -29,16 +29,22 @@ CASES = [
 
 def summary_table(reports: dict[str, dict], prefix: str = "reports/") -> str:
     lines = [
-        "| report | pipeline | dtype | steps | frames | modules | worst module (rel L2) | frames rel L2 | PSNR dB | passed |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| report | pipeline | dtype | steps | frames | modules | worst module: rel L2 / bound | isolation: worst introduced / bound "
+        "| gates | frames rel L2 | PSNR dB | SSIM | passed |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, r in reports.items():
         s, f, w = r["settings"], r["frames"], r["worst_module"]
+        iso = (r.get("isolation") or {}).get("blocks") or [{}]
+        top = iso[0]
+        gates = r.get("gates") or []
         lines.append(
-            f"| [{name}]({prefix}{name}/report.md) | {s['pipeline']} | {s['dtype']} | {s['steps']} | "
+            f"| [{name}]({prefix}{name}/report.html) | {s['pipeline']} | {s['dtype']} | {s['steps']} | "
             f"{s['frames']}@{s['height']}x{s['width']} | {r['coverage']['compared_modules']} | "
-            f"{w['component']}.`{w['module']}` ({w['rel_l2']:.1e}) | {f['rel_l2']:.2e} | {f['psnr']:.1f} | "
-            f"{'yes' if r['passed'] else 'NO'} |"
+            f"{w['component']}.`{w['module']}`: {w['rel_l2']:.1e} / {w.get('bound') or s['bars']['module']:.0e} | "
+            + (f"{top['component']}.`{top['module']}`: {top['introduced_rel_l2']:.1e} / {top['bound']:.0e} | " if top else "- | ")
+            + f"{sum(g['passed'] for g in gates)}/{len(gates)} | {f['rel_l2']:.2e} | {f['psnr']:.1f} | "
+            f"{f.get('ssim', float('nan')):.6f} | {'yes' if r['passed'] else 'NO'} |"
         )
     return "\n".join(lines)
 

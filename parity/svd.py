@@ -136,7 +136,8 @@ def call_kwargs(settings: dict) -> dict:
 
 
 def run_reference(pipe, kwargs, callback=None) -> np.ndarray:
-    """`callback(step, latents) -> None` sees the latents after every step (numpy)."""
+    """`callback(step, latents) -> numpy array or None` sees the latents after every step (numpy) and may replace
+    them."""
     return np.asarray(run_reference_with_callback(pipe, kwargs, callback).frames, dtype=np.float32)
 
 
