@@ -5,7 +5,7 @@ BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 TORCH   := torch==2.13.0
 
-.PHONY: demo test test-slow reports clean
+.PHONY: demo test test-slow reports parity-full clean
 
 $(STAMP): pyproject.toml requirements.lock
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -27,6 +27,17 @@ test-slow: $(STAMP)
 
 reports: $(STAMP)
 	$(BIN)/python -m parity.reports
+
+# Released architectures (random weights, reduced size; not CI: about an hour on 2 cores): build, compare each
+# component at full size (fp32, fp16), then the pipelines through the harness, then the README summary.
+FULL := svd-xt i2vgen-xl animatediff-v1-5-2
+parity-full: $(STAMP)
+	status=0; \
+	$(BIN)/python -m parity.full components $(FULL) || status=1; \
+	for n in $(FULL); do for d in fp32 fp16; do \
+		$(BIN)/mindport parity --config-only $$n --dtype $$d --out reports/full/$$n/$$d || status=1; \
+	done; done; \
+	$(BIN)/python -m parity.full summary; exit $$status
 
 clean:
 	rm -rf build out .pytest_cache

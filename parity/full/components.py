@@ -1,0 +1,336 @@
+"""Full-size forward comparison, one component at a time, so a failure points at one component.
+
+For each component of a released config (UNet, VAE encode, VAE decode, image encoder, text encoder): the PyTorch
+model (diffusers / transformers, fp32) runs on seeded numpy inputs at the reduced size with every module's output
+captured; the PyTorch model is then deleted before the MindSpore model is loaded through mindport's
+`from_pretrained` (our converter, on the built PyTorch folder) in the requested dtype and run on the same inputs,
+captured the same way; `parity.compare.compare_modules` judges every module.
+
+Each component runs in its own child process (`python -m parity.full _component ...`): its peak memory is its own
+(VmHWM, and peak RssAnon sampled every 50 ms) and nothing it allocated outlives it."""
+
+from __future__ import annotations
+
+import gc
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from ..capture import Capture
+from ..compare import BARS, compare_modules, first_divergence
+from ..memory import PeakMemory
+from ..metrics import compare
+from ..store import ActivationStore
+from .build import SETTINGS, build, check_name, read_config
+
+FP16_MAX = 65504.0
+PROMPTS = ["the cat walking at night", "a dog, static"]  # (prompt, negative prompt): a guidance batch of 2
+
+
+# -- inputs: seeded numpy, a guidance batch of 2 (two different samples, so a batch/frame mix-up shows) ----------
+def _normal(rng, *shape, scale=1.0):
+    return (scale * rng.standard_normal(shape)).astype(np.float32)
+
+
+def _token_ids(root: Path) -> np.ndarray:
+    from transformers import CLIPTokenizer
+
+    tok = CLIPTokenizer.from_pretrained(str(root / "tokenizer"))
+    return np.asarray(tok(PROMPTS, padding="max_length", max_length=tok.model_max_length, truncation=True).input_ids,
+                      dtype=np.int64)
+
+
+def _pixels(rng, s, root, cfg):
+    return {"pixel_values": _normal(rng, 2, 3, cfg["image_size"], cfg["image_size"])}
+
+
+def _text(rng, s, root, cfg):
+    return {"input_ids": _token_ids(root)}
+
+
+def _images(rng, s, root, cfg):
+    return {"x": rng.uniform(-1, 1, (2, 3, s["height"], s["width"])).astype(np.float32)}
+
+
+def _latents_2d(rng, s, root, cfg):
+    return {"z": _normal(rng, 2 * s["frames"], cfg["latent_channels"], s["height"] // 8, s["width"] // 8)}
+
+
+def _latents_temporal(rng, s, root, cfg):
+    return {**_latents_2d(rng, s, root, cfg), "num_frames": s["frames"]}
+
+
+def _unet_svd(rng, s, root, cfg):
+    f, h, w = s["frames"], s["height"] // 8, s["width"] // 8
+    return {"sample": _normal(rng, 2, f, cfg["in_channels"], h, w),
+            "timestep": np.array([0.25 * np.log(7.0)], np.float32),  # SVD's continuous timestep for sigma 7
+            "encoder_hidden_states": _normal(rng, 2, 1, cfg["cross_attention_dim"]),
+            "added_time_ids": np.array([[6.0, 127.0, 0.02]] * 2, np.float32)}
+
+
+def _unet_i2vgen(rng, s, root, cfg):
+    f, h, w = s["frames"], s["height"] // 8, s["width"] // 8
+    c = cfg["in_channels"]
+    return {"sample": _normal(rng, 2, c, f, h, w), "timestep": np.array([501], np.int64),
+            "fps": np.array([16, 16], np.int64), "image_latents": _normal(rng, 2, c, f, h, w),
+            "image_embeddings": _normal(rng, 2, cfg["cross_attention_dim"]),
+            "encoder_hidden_states": _normal(rng, 2, 77, cfg["cross_attention_dim"])}
+
+
+def _unet_motion(rng, s, root, cfg):
+    f, h, w = s["frames"], s["height"] // 8, s["width"] // 8
+    # AnimateDiffPipeline hands the UNet the prompt embeddings repeated per frame: (B*F, L, D)
+    context = np.repeat(_normal(rng, 2, 77, cfg["cross_attention_dim"]), f, axis=0)
+    return {"sample": _normal(rng, 2, cfg["in_channels"], f, h, w), "timestep": np.array([501], np.int64),
+            "encoder_hidden_states": context}
+
+
+# component -> (folder, class name, method called, output field path, inputs)
+COMPONENTS: dict[str, dict[str, tuple]] = {
+    "svd-xt": {
+        "image_encoder": ("image_encoder", "CLIPVisionModelWithProjection", "__call__", "image_embeds", _pixels),
+        "vae.encode": ("vae", "AutoencoderKLTemporalDecoder", "encode", "latent_dist.mean", _images),
+        "vae.decode": ("vae", "AutoencoderKLTemporalDecoder", "decode", "sample", _latents_temporal),
+        "unet": ("unet", "UNetSpatioTemporalConditionModel", "__call__", "sample", _unet_svd),
+    },
+    "i2vgen-xl": {
+        "text_encoder": ("text_encoder", "CLIPTextModel", "__call__", "last_hidden_state", _text),
+        "image_encoder": ("image_encoder", "CLIPVisionModelWithProjection", "__call__", "image_embeds", _pixels),
+        "vae.encode": ("vae", "AutoencoderKL", "encode", "latent_dist.mean", _images),
+        "vae.decode": ("vae", "AutoencoderKL", "decode", "sample", _latents_2d),
+        "unet": ("unet", "I2VGenXLUNet", "__call__", "sample", _unet_i2vgen),
+    },
+    "animatediff-v1-5-2": {
+        "text_encoder": ("text_encoder", "CLIPTextModel", "__call__", "last_hidden_state", _text),
+        "vae.encode": ("vae", "AutoencoderKL", "encode", "latent_dist.mean", _images),
+        "vae.decode": ("vae", "AutoencoderKL", "decode", "sample", _latents_2d),
+        "unet": ("unet", "UNetMotionModel", "__call__", "sample", _unet_motion),
+    },
+}
+
+
+def component_names(name: str) -> list[str]:
+    return list(COMPONENTS[check_name(name)])
+
+
+# -- one component -----------------------------------------------------------------------------------------------
+def _field(out, path: str):
+    for part in path.split("."):
+        out = getattr(out, part)
+    return out
+
+
+def _torch_model(root: Path, folder: str, class_name: str):
+    import diffusers
+    import torch
+    import transformers
+
+    lib = diffusers if hasattr(diffusers, class_name) and not class_name.startswith("CLIP") else transformers
+    return getattr(lib, class_name).from_pretrained(str(root / folder), torch_dtype=torch.float32).eval()
+
+
+def run_component(name: str, component: str, dtype: str = "fp32", seed: int = 0, settings: dict | None = None
+                  ) -> dict:
+    """Compare one component at full size; returns its result row (see `components_markdown`). For fp32 the PyTorch
+    model is then cast to float64 in place and run again: each module's float64-vs-float32 difference is its
+    rounding floor, against which fp32 modules are judged (parity.compare.bound_for; fp16 has its fixed bar)."""
+    import torch
+
+    from mindport.models import model_class
+
+    from ..harness import quiet_reference_libraries
+
+    if dtype not in BARS:
+        raise ValueError(f"dtype {dtype!r} is not supported; expected one of {', '.join(BARS)}")
+    if component not in COMPONENTS[check_name(name)]:
+        raise ValueError(f"{name} has no component {component!r}; expected one of {', '.join(component_names(name))}")
+    quiet_reference_libraries()
+    folder, class_name, method, field, make_inputs = COMPONENTS[name][component]
+    s = {**SETTINGS[name], **(settings or {})}
+    root = build(name, seed)
+    cfg = read_config(name, folder)
+    inputs = make_inputs(np.random.Generator(np.random.PCG64(seed)), s, root, cfg)
+    mem = PeakMemory()
+    timings = {}
+    store = ActivationStore()
+
+    def run_torch(model, capture, precision):
+        capture.attach_torch(component, model)
+        with torch.no_grad():
+            args = {k: torch.from_numpy(v.astype(np.float64) if precision == torch.float64 and v.dtype == np.float32
+                                        else v) if isinstance(v, np.ndarray) else v for k, v in inputs.items()}
+            out = _field((model if method == "__call__" else getattr(model, method))(**args), field)
+        capture.detach()
+        return out.float().numpy()
+
+    # 1. PyTorch fp32, every module's output to the store; 2. (floor) the same model cast to float64 in place
+    t0 = time.perf_counter()
+    model = _torch_model(root, folder, class_name)
+    n_params = sum(p.numel() for p in model.parameters())
+    timings["torch_load_s"] = time.perf_counter() - t0
+    ref = Capture("torch", store=store)
+    t0 = time.perf_counter()
+    ref_out = run_torch(model, ref, torch.float32)
+    timings["torch_forward_s"] = time.perf_counter() - t0
+    floor_cap = None
+    if dtype == "fp32":
+        t0 = time.perf_counter()
+        floor_cap = Capture("torch", reference=ref)
+        run_torch(model.double(), floor_cap, torch.float64)
+        timings["torch_float64_floor_s"] = time.perf_counter() - t0
+    # the reference's largest activation: what fp16 has to hold
+    ref_peak = max(((float(np.abs(store.get(k)).max()), f"{k[0]}.{k[1]}" if k[1] else k[0]) for k in ref.records
+                    if np.prod(ref.records[k]["shape"]) > 0), default=(0.0, ""))
+    del model
+    gc.collect()
+
+    # 3. MindSpore in `dtype`, loaded through our converter from the PyTorch folder, compared on the fly
+    t0 = time.perf_counter()
+    ours_model = model_class(class_name).from_pretrained(str(root), subfolder=folder, mindspore_dtype=dtype)
+    timings["mindspore_load_s"] = time.perf_counter() - t0
+    ours = Capture("mindspore", reference=ref)
+    ours.attach_mindspore(component, ours_model)
+    t0 = time.perf_counter()
+    fn = ours_model if method == "__call__" else getattr(ours_model, method)
+    our_out = _field(fn(**inputs), field).astype("float32").asnumpy()
+    timings["mindspore_forward_s"] = time.perf_counter() - t0
+    ours.detach()
+    del ours_model, fn
+    gc.collect()
+    memory = mem.stop()
+    memory["activation_store_mb"] = round(store.nbytes / 2**20, 1)
+    store.close()
+
+    # 4. judge every module and the output
+    bars = BARS[dtype]
+    calls, layers, coverage = compare_modules(ref, ours, dtype, floor_cap)
+    out = compare(our_out, ref_out) if our_out.shape == ref_out.shape else {
+        "rel_l2": float("inf"), "max_abs": float("inf"), "cosine": 0.0, "finite": False}
+    out["shape"] = list(ref_out.shape)
+    nonfinite = [f"{c}.{m}" if m else c for (c, m, _), row in ours.records.items() if not row.get("finite", True)]
+    keys = ("module", "rel_l2", "max_abs", "shape", "floor", "bound")
+    worst = max(layers, key=lambda r: r["rel_l2"], default=None)
+    return {
+        "component": component, "class": class_name, "parameters": n_params, "dtype": dtype,
+        "inputs": {k: list(v.shape) if isinstance(v, np.ndarray) else v for k, v in inputs.items()},
+        "modules_compared": coverage["compared_modules"], "calls_compared": coverage["compared_calls"],
+        "modules_failed": sum(not r["passed"] for r in layers),
+        "failed_modules": [{k: r.get(k) for k in keys} for r in layers if not r["passed"]][:20],
+        "coverage": coverage,
+        "worst_module": None if worst is None else {k: worst.get(k) for k in keys},
+        "worst_vs_bound": max(({k: r.get(k) for k in (*keys, "ratio")} for r in layers), key=lambda r: r["ratio"],
+                              default=None),
+        "first_divergence": first_divergence(calls),
+        "output": out,
+        "nonfinite_modules": nonfinite[:20], "nonfinite_count": len(nonfinite),
+        "reference_absmax": {"value": ref_peak[0], "module": ref_peak[1], "exceeds_fp16": ref_peak[0] > FP16_MAX},
+        "passed": bool(all(r["passed"] for r in layers) and out["finite"] and out["rel_l2"] <= bars["frames"]
+                       and not coverage["reference_only"]),
+        "worst_modules": sorted(({k: r.get(k) for k in keys} for r in layers), key=lambda r: -r["rel_l2"])[:15],
+        "timings": {k: round(v, 2) for k, v in timings.items()},
+        "memory": memory,
+        "settings": s,
+    }
+
+
+# -- all components of a config, each in its own process ----------------------------------------------------------
+def run_components(name: str, out, dtype: str = "fp32", seed: int = 0, only: list[str] | None = None,
+                   log=print) -> dict:
+    """Build (cached), then compare each component in a child process; writes OUT/components.json and .md (with
+    `only`, the other components' rows of an existing OUT/components.json are kept)."""
+    from ..harness import versions
+
+    check_name(name)
+    if dtype not in BARS:
+        raise ValueError(f"--dtype {dtype!r} is not supported; expected one of {', '.join(BARS)}")
+    names = only or component_names(name)
+    for c in names:
+        if c not in COMPONENTS[name]:
+            raise ValueError(f"{name} has no component {c!r}; expected one of {', '.join(component_names(name))}")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    log(f"building {name} (cached after the first time)")
+    build(name, seed, log=log)
+    rows = []
+    for c in names:
+        log(f"comparing {name} {c} ({dtype}) in a child process")
+        t0 = time.perf_counter()
+        result = out / f".{c}.json"
+        proc = subprocess.run([sys.executable, "-m", "parity.full", "_component", name, c, "--dtype", dtype,
+                               "--seed", str(seed), "--json", str(result)], capture_output=True, text=True)
+        if proc.returncode != 0 or not result.exists():
+            tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
+            rows.append({"component": c, "passed": False, "error": f"exit {proc.returncode}: {tail[0]}"})
+        else:
+            rows.append(json.loads(result.read_text()))
+            result.unlink()
+        rows[-1]["wall_s"] = round(time.perf_counter() - t0, 1)
+        log(f"  {_summary_line(rows[-1])}")
+    previous = out / "components.json"
+    if only and previous.exists():  # a partial re-run replaces its components' rows in the existing report
+        kept = {r["component"]: r for r in json.loads(previous.read_text())["components"]}
+        kept.update({r["component"]: r for r in rows})
+        rows = [kept[c] for c in component_names(name) if c in kept]
+    report = {"name": name, "dtype": dtype, "seed": seed, "bars": BARS[dtype], "settings": SETTINGS[name],
+              "reference": "PyTorch fp32 (diffusers / transformers)", "passed": all(r["passed"] for r in rows),
+              "components": rows, "versions": versions(), "git": _git_state()}
+    (out / "components.json").write_text(json.dumps(report, indent=1, default=float))
+    (out / "components.md").write_text(components_markdown(report))
+    return report
+
+
+def _git_state() -> str:
+    """HEAD and whether the working tree differed (other work lands concurrently; the report names what it ran)."""
+    def git(*args):
+        return subprocess.run(["git", *args], capture_output=True, text=True).stdout.strip()
+
+    head = git("rev-parse", "--short", "HEAD")
+    return f"{head}{' + uncommitted changes' if git('status', '--porcelain', '--untracked-files=no') else ''}" or "unknown"
+
+
+def _summary_line(r: dict) -> str:
+    if "error" in r:
+        return f"{r['component']}: ERROR {r['error']}"
+    w = r["worst_module"] or {}
+    return (f"{r['component']}: {r['modules_compared']} modules, worst {w.get('module')} {w.get('rel_l2', 0):.2e}, "
+            f"output rel L2 {r['output']['rel_l2']:.2e}, {r['wall_s']} s, "
+            f"peak RssAnon {r['memory']['peak_anon_mb'] / 1024:.1f} GB, {'ok' if r['passed'] else 'FAILED'}")
+
+
+def components_markdown(report: dict) -> str:
+    lines = [f"# Full-size component parity: {report['name']} ({report['dtype']})", "",
+             f"Released config `{report['name']}`, random weights (seed {report['seed']}), reference "
+             f"{report['reference']}. Bars (relative L2): modules <= {report['bars']['module']}, component output "
+             f"<= {report['bars']['frames']}. Settings: {report['settings']}. Code: {report.get('git', 'unknown')}.", "",
+             f"**{'PASSED' if report['passed'] else 'FAILED'}**", "",
+             "| component | class | parameters | modules | failed | worst module (rel L2) | output rel L2 | "
+             "max abs | non-finite | ref max abs | time s | peak RssAnon GB | VmHWM GB | passed |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in report["components"]:
+        if "error" in r:
+            lines.append(f"| {r['component']} | | | | | {r['error']} | | | | | {r.get('wall_s', '')} | | | no |")
+            continue
+        w, o, m = r["worst_module"] or {}, r["output"], r["memory"]
+        lines.append(
+            f"| {r['component']} | {r['class']} | {r['parameters'] / 1e6:.0f} M | {r['modules_compared']} | "
+            f"{r['modules_failed']} | `{w.get('module')}` ({w.get('rel_l2', 0):.1e}) | {o['rel_l2']:.2e} | "
+            f"{o['max_abs']:.1e} | {r['nonfinite_count']} | {r['reference_absmax']['value']:.1e} | {r['wall_s']} | "
+            f"{m['peak_anon_mb'] / 1024:.1f} | {m['peak_rss_mb'] / 1024:.1f} | {'yes' if r['passed'] else 'no'} |")
+    for r in report["components"]:
+        if "error" in r:
+            continue
+        lines += ["", f"## {r['component']}", "",
+                  f"Inputs: {r['inputs']}. Timings: {r['timings']}. First divergence: {r['first_divergence']}.", "",
+                  "| module | shape | rel L2 | max abs |", "|---|---|---|---|"]
+        lines += [f"| `{w['module']}` | {w['shape']} | {w['rel_l2']:.2e} | {w['max_abs']:.2e} |" for w in r["worst_modules"]]
+        if r.get("failed_modules"):
+            lines += ["", "Modules beyond their bound (fp32: max(10 x float64 noise floor, 1e-6); fp16: the bar):", ""]
+            lines += [f"- `{f['module']}`: rel L2 {f['rel_l2']:.2e}, floor {f['floor'] or 0:.1e}, bound {f['bound']:.1e}"
+                      for f in r["failed_modules"]]
+        if r["nonfinite_count"]:
+            lines += ["", f"Non-finite outputs in {r['nonfinite_count']} module calls, first: {r['nonfinite_modules'][:5]}"]
+    return "\n".join(lines) + "\n"

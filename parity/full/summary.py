@@ -1,0 +1,72 @@
+"""The README summary of the full-size comparisons: one row per released pipeline and dtype, from the committed
+reports (components: reports/full/NAME/components/DTYPE/components.json; pipeline, written by
+`mindport parity --config-only NAME`: reports/full/NAME/DTYPE/report.json)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from .build import NAMES
+
+REPORTS = Path("reports/full")
+START, END = "<!-- parity-full:start -->", "<!-- parity-full:end -->"
+
+
+def _load(path: Path) -> dict | None:
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def summary_rows(reports: Path = REPORTS) -> list[str]:
+    rows = []
+    for name in NAMES:
+        for dtype in ("fp32", "fp16"):
+            comp = _load(reports / name / "components" / dtype / "components.json")
+            pipe = _load(reports / name / dtype / "report.json")
+            if comp is None and pipe is None:
+                continue
+            cells = [name, dtype]
+            if comp is not None:
+                ok = [r for r in comp["components"] if "error" not in r]
+                worst = max(ok, key=lambda r: r["worst_module"]["rel_l2"] if r["worst_module"] else 0, default=None)
+                w = worst and worst["worst_module"]
+                peak = max(ok, key=lambda r: r["memory"]["peak_anon_mb"] + r["memory"]["baseline_anon_mb"], default=None)
+                link = f"[{sum(r['passed'] for r in comp['components'])}/{len(comp['components'])}]" \
+                       f"({reports / name / 'components' / dtype / 'components.md'})"
+                cells += [link, str(sum(r["modules_compared"] for r in ok)),
+                          f"{worst['component']}.`{w['module']}` ({w['rel_l2']:.1e})" if w else "",
+                          f"{sum(r.get('wall_s', 0) for r in comp['components']):.0f} s",
+                          f"{(peak['memory']['peak_anon_mb'] + peak['memory']['baseline_anon_mb']) / 1024:.1f} GB "
+                          f"({peak['component']})" if peak else ""]
+            else:
+                cells += ["not run"] + [""] * 4
+            if pipe is not None:
+                t = pipe.get("timings", {})
+                peak_mb = t.get("peak_anon_mb", t.get("peak_rss_mb"))
+                cells += [f"[{pipe['frames']['rel_l2']:.2e}]({reports / name / dtype / 'report.md'})",
+                          f"{pipe['coverage']['compared_modules']}",
+                          f"{t.get('total_s', sum(v for k, v in t.items() if k.endswith('_s'))):.0f} s",
+                          f"{peak_mb / 1024:.1f} GB" if peak_mb else ""]
+            else:
+                cells += ["not run", "", "", ""]
+            passed = all(x["passed"] for x in (comp, pipe) if x is not None)
+            rows.append("| " + " | ".join(cells + ["yes" if passed else "no"]) + " |")
+    return rows
+
+
+def summary_table(reports: Path = REPORTS) -> str:
+    head = ["| config | dtype | components passed | modules | worst module (rel L2) | time | peak RssAnon | "
+            "pipeline frames rel L2 | pipeline modules | pipeline time | pipeline peak | passed |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    return "\n".join(head + summary_rows(reports))
+
+
+def update_readme(readme: Path = Path("README.md"), reports: Path = REPORTS) -> None:
+    """Replace the text between the parity-full markers (appended at the end when the markers are missing)."""
+    text = readme.read_text()
+    block = f"{START}\n{summary_table(reports)}\n{END}"
+    if START in text and END in text:
+        text = text[: text.index(START)] + block + text[text.index(END) + len(END):]
+    else:
+        text = text.rstrip("\n") + "\n\n" + block + "\n"
+    readme.write_text(text)
