@@ -56,23 +56,36 @@ def class_name_of(config: dict, config_path) -> str:
 
 
 class _HashJob:
-    """A file being hashed in the background, and how far it has been read (copies wait behind it, so the source
-    is read from disk once, sequentially, and copied from the page cache)."""
+    """A source file read once from disk by a prefetch thread (sendfile to /dev/null: into the page cache, no copy
+    to user space), hashed by another thread, and copied by the writer, both from the cache behind the prefetch."""
 
-    def __init__(self):
-        self.read = 0
+    def __init__(self, path: Path):
+        self.path = path
+        self.cached = 0
         self.cond = threading.Condition()
         self.future: Future | None = None
 
-    def advance(self, n: int) -> None:
-        with self.cond:
-            self.read += n
-            self.cond.notify_all()
+    def prefetch(self, piece: int = 64 << 20) -> None:
+        try:
+            with open(self.path, "rb", buffering=0) as f, open(os.devnull, "wb", buffering=0) as null:
+                size = os.fstat(f.fileno()).st_size
+                while self.cached < size:
+                    n = os.sendfile(null.fileno(), f.fileno(), self.cached, min(piece, size - self.cached))
+                    if n <= 0:
+                        break
+                    with self.cond:
+                        self.cached += n
+                        self.cond.notify_all()
+        except OSError:
+            pass
+        finally:  # done, or failed: either way nobody waits any longer (readers then read for themselves)
+            with self.cond:
+                self.cached = 1 << 62
+                self.cond.notify_all()
 
-    def wait_read(self, end: int) -> None:
+    def wait_cached(self, end: int) -> None:
         with self.cond:
-            while self.read < end and not (self.future is not None and self.future.done()):
-                self.cond.wait(0.5)
+            self.cond.wait_for(lambda: self.cached >= end)
 
 
 def sha256(path: Path, chunk: int = 16 << 20, job: _HashJob | None = None) -> str:
@@ -80,14 +93,19 @@ def sha256(path: Path, chunk: int = 16 << 20, job: _HashJob | None = None) -> st
     with open(path, "rb", buffering=0) as f:
         buf = bytearray(chunk)
         view = memoryview(buf)
-        while n := f.readinto(buf):
-            h.update(view[:n])  # hashlib releases the GIL on large blocks: hashing overlaps the conversion
+        done = 0
+        while True:
             if job is not None:
-                job.advance(n)
+                job.wait_cached(done + chunk)
+            n = f.readinto(buf)
+            if not n:
+                break
+            h.update(view[:n])  # hashlib releases the GIL on large blocks: hashing overlaps the conversion
+            done += n
     return h.hexdigest()
 
 
-_HASHER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sha256")
+_HASHER = ThreadPoolExecutor(max_workers=2, thread_name_prefix="sha256")
 _JOBS: dict[tuple, _HashJob] = {}
 
 
@@ -97,19 +115,21 @@ def _job_key(path) -> tuple:
 
 
 def sha256_async(path) -> Future:
-    """sha256 of a file, computed once per (path, size, mtime) in a background thread."""
+    """sha256 of a file, computed once per (path, size, mtime) in a background thread, behind a prefetch."""
     key = _job_key(path)
     if key not in _JOBS:
-        job = _JOBS[key] = _HashJob()
+        job = _JOBS[key] = _HashJob(Path(path))
+        threading.Thread(target=job.prefetch, name="prefetch", daemon=True).start()
         job.future = _HASHER.submit(sha256, Path(path), job=job)
     return _JOBS[key].future
 
 
 def wait_hashed(path, end: int) -> None:
-    """Block until a background hash of `path` has read its first `end` bytes (no-op when none is running)."""
+    """Block until the prefetch of `path` (started with its hash) has its first `end` bytes in the page cache, so a
+    copy reads from memory, behind a single sequential disk read (no-op when none is running)."""
     job = _JOBS.get(_job_key(path))
     if job is not None:
-        job.wait_read(end)
+        job.wait_cached(end)
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -336,3 +336,40 @@ def test_large_identity_components_copy_while_the_model_builds(svd_src, converte
     assert main(["convert", str(src), str(tmp_path / "dst")]) == 2
     assert "conv_in.bias" in capsys.readouterr().err
     assert not (tmp_path / "dst").exists() and not list(tmp_path.glob(".dst*"))
+
+
+def test_unsupported_dtype_file_exits_2(svd_src, tmp_path, capsys):
+    """A tensor stored in a dtype we cannot read (float8 here): one line naming the tensor and the dtype."""
+    import struct
+
+    src = tmp_path / "src"
+    shutil.copytree(svd_src / "vae", src)
+    head = json.dumps({"encoder.conv_in.bias": {"dtype": "F8_E4M3", "shape": [2], "data_offsets": [0, 2]}}).encode()
+    (src / "diffusion_pytorch_model.safetensors").write_bytes(struct.pack("<Q", len(head)) + head + b"\0\0")
+    assert main(["convert", str(src), str(tmp_path / "dst")]) == 2
+    err = capsys.readouterr().err
+    assert "F8_E4M3" in err and "encoder.conv_in.bias" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "dst").exists()
+
+
+@pytest.mark.parametrize("speculate", [False, True])
+def test_interrupted_conversion_leaves_nothing(svd_src, tmp_path, monkeypatch, speculate):
+    """Ctrl-C (or any failure) half-way through writing: no DST, no temporary folder left behind."""
+    import converters.convert as conv
+
+    if speculate:
+        monkeypatch.setattr(conv, "SPECULATE_BYTES", 0)
+    real = conv.write_safetensors
+    calls = []
+
+    def interrupted(path, entries, *a, **k):
+        calls.append(path)
+        if len(calls) == 2:  # the second component, after the first one was written
+            entries = entries[: len(entries) // 2] + [("boom", (1,), "F32", lambda: (_ for _ in ()).throw(KeyboardInterrupt()))]
+        return real(path, entries, *a, **k)
+
+    monkeypatch.setattr(conv, "write_safetensors", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        convert_checkpoint(svd_src, tmp_path / "dst", progress=False)
+    assert len(calls) >= 2 and not (tmp_path / "dst").exists()
+    assert not [p.name for p in tmp_path.iterdir()], "temporary folder left behind"
