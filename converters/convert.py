@@ -239,7 +239,7 @@ def new_manifest(src, resolved, variant, dtype, **extra) -> dict:
     }
 
 
-def _write_single_file(path: Path, tmp: Path, manifest: dict, config_dir, write_all) -> dict:
+def _write_single_file(path: Path, tmp: Path, manifest: dict, config_dir, write_all, motion_adapter=None) -> dict:
     """A checkpoint file on its own: its keys tell what it holds. Whole-pipeline releases (SD 1.5, SVD) become a
     pipeline folder; a motion-module file becomes a MotionAdapter folder."""
     from .animatediff import is_original_format, open_motion_module_file
@@ -267,21 +267,46 @@ def _write_single_file(path: Path, tmp: Path, manifest: dict, config_dir, write_
         else:
             _copy_plain(plain, tmp / name)
         manifest["components"][name] = {"class_name": single.model_index[name][1], "copied": True}
-    (tmp / "model_index.json").write_text(json.dumps(single.model_index, indent=2))
-    return write_all(tmp, single.sources, manifest)
+    sources, index = dict(single.sources), dict(single.model_index)
+    if motion_adapter is not None:  # an SD 1.5 base plus a motion module: an AnimateDiff pipeline folder
+        if layout.name != "ldm-sd15":
+            raise ConversionError(f"--motion-adapter {motion_adapter}: only an SD 1.5 base takes a motion adapter; "
+                                  f"{path} is a {layout.name} checkpoint")
+        sources["motion_adapter"] = _motion_adapter_source(Path(motion_adapter), config_dir)
+        index.update({"_class_name": "AnimateDiffPipeline", "motion_adapter": ["diffusers", "MotionAdapter"]})
+    (tmp / "model_index.json").write_text(json.dumps(index, indent=2))
+    return write_all(tmp, sources, manifest)
+
+
+def _motion_adapter_source(path: Path, config_dir=None) -> ComponentSource:
+    """A MotionAdapter from a diffusers adapter folder or a single motion-module file (original or diffusers names;
+    its config from `config_dir/motion_adapter/config.json` if there is one, else inferred from the shapes)."""
+    from .animatediff import open_motion_module_file
+
+    cfg = Path(config_dir) / "motion_adapter" / "config.json" if config_dir else None
+    if path.is_dir():
+        src = open_component(path)
+    else:
+        src = open_motion_module_file(path, read_json(cfg) if cfg is not None and cfg.exists() else None)
+    if src.class_name != "MotionAdapter":
+        raise ConversionError(f"--motion-adapter {path}: holds a {src.class_name}, expected a MotionAdapter")
+    return src
 
 
 def convert(src, dst, spec_fn: SpecFn, variant: str | None = None, dtype: str | None = None,
-            overwrite: bool = False, progress_factory=None, config_dir=None, keep_fp32: str = DEFAULT_KEEP_FP32) -> dict:
+            overwrite: bool = False, progress_factory=None, config_dir=None, keep_fp32: str = DEFAULT_KEEP_FP32,
+            motion_adapter=None) -> dict:
     """Convert SRC (Hub id, pipeline folder, component folder, or a single file: SD 1.5 / SVD original release or
     motion module) into DST, audited and published atomically (see `publish`). `config_dir`: the diffusers folder
-    whose configs a single-file pipeline checkpoint uses (default: built-in). Returns the manifest."""
+    whose configs a single-file pipeline checkpoint uses (default: built-in); `motion_adapter`: an adapter folder or
+    motion-module file added to an SD 1.5 single file, making an AnimateDiff pipeline folder. Returns the manifest."""
     check_dtype(dtype, keep_fp32)
     if Path(dst).exists() and not overwrite:
         raise ConversionError(f"{dst}: already exists (pass --overwrite to replace it)")
     root = resolve(src, variant)
-    if config_dir is not None and not root.is_file():
-        raise ConversionError(f"--config {config_dir}: only a single-file checkpoint takes configs; {root} is a folder")
+    for flag, value in (("--config", config_dir), ("--motion-adapter", motion_adapter)):
+        if value is not None and not root.is_file():
+            raise ConversionError(f"{flag} {value}: only a single-file checkpoint takes it; {root} is a folder")
 
     def write_all(tmp: Path, sources: dict[str, ComponentSource], manifest: dict) -> dict:
         for s in sources.values():  # hash the sources in the background while the tensors stream
@@ -319,7 +344,7 @@ def convert(src, dst, spec_fn: SpecFn, variant: str | None = None, dtype: str | 
     def build(tmp: Path) -> dict:
         manifest = new_manifest(src, root, variant, dtype)
         if root.is_file():
-            return _write_single_file(root, tmp, manifest, config_dir, write_all)
+            return _write_single_file(root, tmp, manifest, config_dir, write_all, motion_adapter)
         if (root / "model_index.json").exists():
             sources = {}
             for name, (lib, cls) in pipeline_components(root).items():

@@ -31,11 +31,11 @@ def cmd_convert(a) -> int:
     from mindport.loading import convert_checkpoint
 
     manifest = convert_checkpoint(a.src, a.dst, variant=a.variant, dtype=a.dtype, overwrite=a.overwrite,
-                                  config_dir=a.config, keep_fp32=a.keep_fp32)
+                                  config_dir=a.config, keep_fp32=a.keep_fp32, motion_adapter=a.motion_adapter)
     n = sum(c.get("audit", {}).get("parameters", 0) for c in manifest["components"].values())
     comps = ", ".join(f"{k} ({v['class_name']})" for k, v in manifest["components"].items())
     dropped = sum(len(d["keys"]) for d in manifest.get("dropped", {}).values())
-    print(f"converted {a.src} -> {a.dst}: {comps}; {n} parameters, audit passed"
+    print(f"converted {a.src} -> {a.dst}: {comps}; {n} parameter tensors, audit passed"
           f"{f'; {dropped} unused key(s) dropped by explicit rows' if dropped else ''}; manifest: {Path(a.dst) / 'manifest.json'}")
     if a.dtype == "bf16":
         print("note: bf16 is stored for Ascend; MindSpore cannot run bf16 on CPU: load it there with "
@@ -140,6 +140,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "(auto: for bf16 only; norms: for fp16 and bf16; none: never)")
     c.add_argument("--config", help="single-file SD 1.5 / SVD checkpoint: take configs, scheduler and tokenizer from this "
                                     "diffusers pipeline folder (default: built-in SD 1.5 / SVD-xt configs)")
+    c.add_argument("--motion-adapter", help="SD 1.5 single file: add this MotionAdapter (folder or motion-module file), "
+                                            "making an AnimateDiff pipeline folder")
     c.add_argument("--overwrite", action="store_true", help="replace DST if it exists")
     c.set_defaults(fn=cmd_convert)
 

@@ -57,7 +57,7 @@ def load_component(cls, path, subfolder=None, dtype=None, variant=None, override
 
 
 def convert_checkpoint(src, dst, variant=None, dtype=None, overwrite=False, progress=True, config_dir=None,
-                       keep_fp32=DEFAULT_KEEP_FP32) -> dict:
+                       keep_fp32=DEFAULT_KEEP_FP32, motion_adapter=None) -> dict:
     """`mindport convert`: PyTorch diffusers checkpoint -> MindSpore folder (see converters.convert.convert)."""
     factory = None
     if progress:
@@ -65,4 +65,4 @@ def convert_checkpoint(src, dst, variant=None, dtype=None, overwrite=False, prog
 
         factory = lambda total: tqdm(total=total, desc="converting", unit="tensor", leave=False)  # noqa: E731
     return _convert(src, dst, _spec_builder(), variant=variant, dtype=dtype, overwrite=overwrite, progress_factory=factory,
-                    config_dir=config_dir, keep_fp32=keep_fp32)
+                    config_dir=config_dir, keep_fp32=keep_fp32, motion_adapter=motion_adapter)

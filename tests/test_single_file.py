@@ -451,3 +451,42 @@ def test_converted_header_is_mindport(sd_twin, tmp_path):
     convert_checkpoint(path, tmp_path / "d", config_dir=folder, progress=False)
     _, meta = read_header(tmp_path / "d" / "unet" / "mindspore_model.safetensors")
     assert meta["format"] == "mindport"
+
+
+def test_sd15_file_plus_motion_module_makes_an_animatediff_folder(sd_twin, tmp_path, capsys):
+    """`--motion-adapter`: an SD 1.5 single file and an original-release motion module become one AnimateDiff
+    pipeline folder that AnimateDiffPipeline loads (UNetMotionModel built from the base and the adapter)."""
+    from safetensors.torch import save_file
+
+    from mindport import AnimateDiffPipeline, MotionAdapter
+    from mindport.models.unet_motion_model import UNetMotionModel
+    from tests.test_animatediff_convert import to_original
+
+    folder, path, _ = sd_twin
+    ucfg = json.loads((folder / "unet" / "config.json").read_text())
+    if ucfg["layers_per_block"] != 1:
+        pytest.skip("one base is enough")
+    torch.manual_seed(0)
+    adapter = randomise(diffusers.MotionAdapter(block_out_channels=tuple(ucfg["block_out_channels"]),
+                                                motion_layers_per_block=1, motion_num_attention_heads=2,
+                                                motion_norm_num_groups=4, motion_max_seq_length=8), 5)
+    adapter.save_pretrained(tmp_path / "adapter")
+    mm = tmp_path / "mm_sd_v15.safetensors"
+    save_file({k: v.contiguous() for k, v in to_original(adapter.state_dict()).items()}, str(mm))
+    dst = tmp_path / "animatediff"
+    # a motion-module file does not show its heads and norm groups: --config DIR/motion_adapter/config.json tells them
+    cfg = tmp_path / "config"
+    shutil.copytree(folder, cfg, ignore=shutil.ignore_patterns("*.safetensors"))
+    (cfg / "motion_adapter").mkdir()
+    shutil.copy(tmp_path / "adapter" / "config.json", cfg / "motion_adapter" / "config.json")
+    assert main(["convert", str(path), str(dst), "--config", str(cfg), "--motion-adapter", str(mm)]) == 0
+    index = json.loads((dst / "model_index.json").read_text())
+    assert index["_class_name"] == "AnimateDiffPipeline" and index["motion_adapter"] == ["diffusers", "MotionAdapter"]
+    ours = load_safetensors(dst / "motion_adapter" / "mindspore_model.safetensors")
+    twin = {k: v.asnumpy() for k, v in MotionAdapter.from_pretrained(tmp_path / "adapter").parameters_and_names()}
+    assert set(ours) == set(twin) and all(ours[k].tobytes() == twin[k].tobytes() for k in twin)
+    pipe = AnimateDiffPipeline.from_pretrained(dst)
+    assert isinstance(pipe.unet, UNetMotionModel)
+    # a folder SRC takes no motion adapter
+    assert main(["convert", str(folder), str(tmp_path / "x"), "--motion-adapter", str(mm)]) == 2
+    assert "only a single-file checkpoint" in capsys.readouterr().err and not (tmp_path / "x").exists()
