@@ -106,6 +106,7 @@ def sha256(path: Path, chunk: int = 16 << 20, job: _HashJob | None = None) -> st
 
 
 _HASHER = ThreadPoolExecutor(max_workers=2, thread_name_prefix="sha256")
+_PREFETCH = ThreadPoolExecutor(max_workers=1, thread_name_prefix="prefetch")  # one file at a time: sequential disk reads
 _JOBS: dict[tuple, _HashJob] = {}
 
 
@@ -119,7 +120,7 @@ def sha256_async(path) -> Future:
     key = _job_key(path)
     if key not in _JOBS:
         job = _JOBS[key] = _HashJob(Path(path))
-        threading.Thread(target=job.prefetch, name="prefetch", daemon=True).start()
+        _PREFETCH.submit(job.prefetch)
         job.future = _HASHER.submit(sha256, Path(path), job=job)
     return _JOBS[key].future
 

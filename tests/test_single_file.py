@@ -408,6 +408,16 @@ def test_sd15_bad_keys(sd_twin, tmp_path, capsys, case):
     assert not dst.exists() and not list(tmp_path.glob(".dst*"))
 
 
+def test_truncated_single_file(sd_twin, tmp_path, capsys):
+    _, path, _ = sd_twin
+    bad = tmp_path / "sd15.safetensors"
+    data = path.read_bytes()
+    bad.write_bytes(data[: len(data) - 1000])
+    assert main(["convert", str(bad), str(tmp_path / "dst")]) == 2
+    err = capsys.readouterr().err
+    assert "truncated or corrupt" in err and str(bad) in err and not (tmp_path / "dst").exists()
+
+
 def test_svd_bad_keys_and_config(svd_twin, tmp_path, capsys):
     folder, path, _ = svd_twin
     bad = _edit(path, tmp_path / "bad.safetensors",
