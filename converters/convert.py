@@ -28,6 +28,7 @@ from .sources import (
     read_json,
     read_tensors,
     resolve,
+    cancel_hashes,
     sha256_async,
     wait_hashed,
 )
@@ -159,10 +160,10 @@ def _identity_copy(src: ComponentSource, dtype, keep_fp32) -> list[Mapped] | Non
     """The mapping of a large component whose every tensor keeps its name, shape and bytes (no rule row matches,
     no dtype change): it can be written before the model is built, from the source's own header. The audit against
     the model still decides, before anything is published. None when that does not hold."""
-    conv = src.converter or converter_for(src.class_name, str(src.folder))
     refs = src.tensors
     if src.converted or sum(r.nbytes for r in refs.values()) < SPECULATE_BYTES:
         return None
+    conv = src.converter or converter_for(src.class_name, f"{src.folder / 'config.json'}")
     keys = list(refs)
     try:
         if conv.normalise_keys(keys, set()) != {k: k for k in keys}:
@@ -362,4 +363,8 @@ def convert(src, dst, spec_fn: SpecFn, variant: str | None = None, dtype: str | 
             return write_all(tmp, {".": open_component(root, variant)}, manifest)
         raise ConversionError(f"{root}: neither a pipeline folder (model_index.json) nor a component folder (config.json)")
 
-    return publish(dst, overwrite, build)
+    try:
+        return publish(dst, overwrite, build)
+    except BaseException:
+        cancel_hashes()
+        raise

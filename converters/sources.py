@@ -62,6 +62,7 @@ class _HashJob:
     def __init__(self, path: Path):
         self.path = path
         self.cached = 0
+        self.cancelled = False  # the conversion failed: stop reading (the process is not kept alive for a hash)
         self.cond = threading.Condition()
         self.future: Future | None = None
 
@@ -69,7 +70,7 @@ class _HashJob:
         try:
             with open(self.path, "rb", buffering=0) as f, open(os.devnull, "wb", buffering=0) as null:
                 size = os.fstat(f.fileno()).st_size
-                while self.cached < size:
+                while self.cached < size and not self.cancelled:
                     n = os.sendfile(null.fileno(), f.fileno(), self.cached, min(piece, size - self.cached))
                     if n <= 0:
                         break
@@ -97,6 +98,8 @@ def sha256(path: Path, chunk: int = 16 << 20, job: _HashJob | None = None) -> st
         while True:
             if job is not None:
                 job.wait_cached(done + chunk)
+                if job.cancelled:
+                    raise ConversionError(f"{path}: hashing cancelled")
             n = f.readinto(buf)
             if not n:
                 break
@@ -123,6 +126,13 @@ def sha256_async(path) -> Future:
         _PREFETCH.submit(job.prefetch)
         job.future = _HASHER.submit(sha256, Path(path), job=job)
     return _JOBS[key].future
+
+
+def cancel_hashes() -> None:
+    """Stop every background prefetch and hash (after a failed conversion) and forget them."""
+    for job in _JOBS.values():
+        job.cancelled = True
+    _JOBS.clear()
 
 
 def wait_hashed(path, end: int) -> None:
