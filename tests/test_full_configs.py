@@ -104,8 +104,9 @@ def test_full_size_svd_vae_encoder_matches_pytorch(tmp_path):
 
 
 def _row(component, rel, passed=True, peak=1000.0):
-    return {"component": component, "passed": passed, "modules_compared": 10, "wall_s": 5.0,
-            "worst_module": {"module": "a.b", "rel_l2": rel}, "memory": {"peak_anon_mb": peak, "baseline_anon_mb": 24.0}}
+    return {"component": component, "passed": passed, "modules_compared": 10, "wall_s": 5.0, "nonfinite_count": 0,
+            "worst_module": {"module": "a.b", "rel_l2": rel}, "output": {"rel_l2": rel, "finite": True},
+            "memory": {"peak_anon_mb": peak, "baseline_anon_mb": 24.0}}
 
 
 def test_readme_summary_replaces_only_the_marked_block(tmp_path):
@@ -114,7 +115,7 @@ def test_readme_summary_replaces_only_the_marked_block(tmp_path):
     comp = tmp_path / "reports" / "svd-xt" / "components" / "fp32"
     comp.mkdir(parents=True)
     comp.joinpath("components.json").write_text(json.dumps(
-        {"passed": False, "components": [_row("vae.encode", 2e-6), _row("unet", 3e-6, passed=False, peak=11000.0)]}))
+        {"passed": False, "bars": {"module": 1e-5, "frames": 1e-4}, "components": [_row("vae.encode", 2e-6), _row("unet", 3e-6, passed=False, peak=11000.0)]}))
     readme = tmp_path / "README.md"
     readme.write_text(f"# x\n\nbefore\n{START}\nold table\n{END}\nafter\n")
     update_readme(readme, tmp_path / "reports")
@@ -125,7 +126,7 @@ def test_readme_summary_replaces_only_the_marked_block(tmp_path):
     cells = [c.strip() for c in row[0].strip("|").split("|")]
     assert cells[:3] == ["svd-xt", "fp32", f"[1/2]({tmp_path / 'reports'}/svd-xt/components/fp32/components.md)"]
     assert cells[3:7] == ["20", "unet.`a.b` (3.0e-06)", "10 s", "10.8 GB (unet)"]
-    assert cells[7] == "not run" and cells[-1] == "no"
+    assert cells[7] == "not run" and cells[-1] == "no / yes"  # beyond a floor bound, within the bars
     # no markers yet: the block is appended
     readme.write_text("# y\n")
     update_readme(readme, tmp_path / "reports")

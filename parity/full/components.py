@@ -278,9 +278,21 @@ def run_components(name: str, out, dtype: str = "fp32", seed: int = 0, only: lis
     report = {"name": name, "dtype": dtype, "seed": seed, "bars": BARS[dtype], "settings": SETTINGS[name],
               "reference": "PyTorch fp32 (diffusers / transformers)", "passed": all(r["passed"] for r in rows),
               "components": rows, "versions": versions(), "git": _git_state()}
+    report["passed_bars"] = bar_verdict_all(report)
     (out / "components.json").write_text(json.dumps(report, indent=1, default=float))
     (out / "components.md").write_text(components_markdown(report))
     return report
+
+
+def bar_verdict(row: dict, bars: dict) -> bool:
+    """The fixed design bars (docs: fp32 modules <= 1e-5, outputs <= 1e-4; fp16 5e-2 / 1e-2), beside the stricter
+    floor-based verdict: a module whose reference computes in float32 even in the float64 pass (diffusers' sinusoidal
+    `time_proj`) has floor 0, so a 1-ulp difference there fails max(10 x floor, 1e-6) but not the bar."""
+    if "error" in row:
+        return False
+    worst = row["worst_module"]["rel_l2"] if row["worst_module"] else 0.0
+    return bool(row["output"]["finite"] and not row["nonfinite_count"] and worst <= bars["module"]
+                and row["output"]["rel_l2"] <= bars["frames"])
 
 
 def _git_state() -> str:
@@ -298,7 +310,12 @@ def _summary_line(r: dict) -> str:
     w = r["worst_module"] or {}
     return (f"{r['component']}: {r['modules_compared']} modules, worst {w.get('module')} {w.get('rel_l2', 0):.2e}, "
             f"output rel L2 {r['output']['rel_l2']:.2e}, {r['wall_s']} s, "
-            f"peak RssAnon {r['memory']['peak_anon_mb'] / 1024:.1f} GB, {'ok' if r['passed'] else 'FAILED'}")
+            f"peak RssAnon {(r['memory']['peak_anon_mb'] + r['memory']['baseline_anon_mb']) / 1024:.1f} GB, "
+            f"{'ok' if r['passed'] else 'beyond a floor bound'}")
+
+
+def bar_verdict_all(report: dict) -> bool:
+    return all(bar_verdict(r, report["bars"]) for r in report["components"])
 
 
 def components_markdown(report: dict) -> str:
@@ -306,20 +323,22 @@ def components_markdown(report: dict) -> str:
              f"Released config `{report['name']}`, random weights (seed {report['seed']}), reference "
              f"{report['reference']}. Bars (relative L2): modules <= {report['bars']['module']}, component output "
              f"<= {report['bars']['frames']}. Settings: {report['settings']}. Code: {report.get('git', 'unknown')}.", "",
-             f"**{'PASSED' if report['passed'] else 'FAILED'}**", "",
-             "| component | class | parameters | modules | failed | worst module (rel L2) | output rel L2 | "
-             "max abs | non-finite | ref max abs | time s | peak RssAnon GB | VmHWM GB | passed |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             f"**{'PASSED' if report['passed'] else 'FAILED'}** against each module's noise-floor bound; "
+             f"**{'PASSED' if bar_verdict_all(report) else 'FAILED'}** against the fixed bars.", "",
+             "| component | class | parameters | modules | beyond floor bound | worst module (rel L2) | output rel L2 | "
+             "max abs | non-finite | ref max abs | time s | peak RssAnon GB | VmHWM GB | floor bound | bars |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in report["components"]:
         if "error" in r:
-            lines.append(f"| {r['component']} | | | | | {r['error']} | | | | | {r.get('wall_s', '')} | | | no |")
+            lines.append(f"| {r['component']} | | | | | {r['error']} | | | | | {r.get('wall_s', '')} | | | no | no |")
             continue
         w, o, m = r["worst_module"] or {}, r["output"], r["memory"]
         lines.append(
             f"| {r['component']} | {r['class']} | {r['parameters'] / 1e6:.0f} M | {r['modules_compared']} | "
             f"{r['modules_failed']} | `{w.get('module')}` ({w.get('rel_l2', 0):.1e}) | {o['rel_l2']:.2e} | "
             f"{o['max_abs']:.1e} | {r['nonfinite_count']} | {r['reference_absmax']['value']:.1e} | {r['wall_s']} | "
-            f"{m['peak_anon_mb'] / 1024:.1f} | {m['peak_rss_mb'] / 1024:.1f} | {'yes' if r['passed'] else 'no'} |")
+            f"{(m['peak_anon_mb'] + m['baseline_anon_mb']) / 1024:.1f} | {m['peak_rss_mb'] / 1024:.1f} | "
+            f"{'yes' if r['passed'] else 'no'} | {'yes' if bar_verdict(r, report['bars']) else 'no'} |")
     for r in report["components"]:
         if "error" in r:
             continue
