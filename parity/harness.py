@@ -129,6 +129,17 @@ def run_parity(src, out, converted=None, steps: int = 3, frames: int | None = No
         timings[name] = timings.get(name, 0.0) + time.perf_counter() - t0
         return result
 
+    def captured(cap, pipe, label, timing, run, callback):
+        """One pipeline run with `cap` hooked on every component, on a fresh stream of the shared noise."""
+        attach = cap.attach_torch if cap.side == "torch" else cap.attach_mindspore
+        for name in components:
+            attach(name, getattr(pipe, name))
+        noise.start(cap.side, label)
+        try:
+            return timed(timing, run, pipe, kwargs, callback)
+        finally:
+            cap.detach()
+
     # 2. convert (unless a converted folder is given)
     tmpdir = None
     if converted is None:
@@ -160,11 +171,7 @@ def run_parity(src, out, converted=None, steps: int = 3, frames: int | None = No
             ref_latents.append(lat)
             ref_cap.step = i + 1
 
-        for name in components:
-            ref_cap.attach_torch(name, getattr(ref_pipe, name))
-        noise.start("torch", "reference")
-        ref_frames = timed("torch_captured_s", adapter.run_reference, ref_pipe, kwargs, record)
-        ref_cap.detach()
+        ref_frames = captured(ref_cap, ref_pipe, "reference", "torch_captured_s", adapter.run_reference, record)
         if weight_samples or weight_tensors:
             picks = weightcheck.sample(ref_pipe, components, weight_samples, seed, weight_tensors)
             log(f"weight-mapping check, PyTorch side ({len(picks)} tensors)")
@@ -179,11 +186,7 @@ def run_parity(src, out, converted=None, steps: int = 3, frames: int | None = No
                 floor_cap.step = i + 1
                 return ref_latents[i]
 
-            for name in components:
-                floor_cap.attach_torch(name, getattr(ref_pipe, name))
-            noise.start("torch", "float64")
-            timed("floor_s", adapter.run_reference, ref_pipe, kwargs, resync64)
-            floor_cap.detach()
+            captured(floor_cap, ref_pipe, "float64", "floor_s", adapter.run_reference, resync64)
             if isolate:
                 iso_floor = timed("floor_s", isolation.torch_floor, ref_pipe, ref_cap, components)
         del ref_pipe
@@ -204,11 +207,7 @@ def run_parity(src, out, converted=None, steps: int = 3, frames: int | None = No
             our_cap.step = i + 1
             return ref_latents[i]
 
-        for name in components:
-            our_cap.attach_mindspore(name, getattr(our_pipe, name))
-        noise.start("mindspore", "captured")
-        timed("mindspore_captured_s", adapter.run_ours, our_pipe, kwargs, resync)
-        our_cap.detach()
+        captured(our_cap, our_pipe, "captured", "mindspore_captured_s", adapter.run_ours, resync)
         if isolate:
             log(f"isolation: every module on the reference's recorded inputs ({len(ref_cap.inputs)} modules)")
             introduced = timed("isolation_s", isolation.mindspore_run, our_pipe, ref_cap, components, dtype)
