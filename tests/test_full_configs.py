@@ -104,9 +104,13 @@ def test_full_size_svd_vae_encoder_matches_pytorch(tmp_path):
 
 
 def _row(component, rel, passed=True, peak=1000.0):
-    return {"component": component, "passed": passed, "modules_compared": 10, "wall_s": 5.0, "nonfinite_count": 0,
-            "worst_module": {"module": "a.b", "rel_l2": rel}, "output": {"rel_l2": rel, "finite": True},
-            "memory": {"peak_anon_mb": peak, "baseline_anon_mb": 24.0}}
+    worst = {"module": "a.b", "rel_l2": rel, "max_abs": rel, "shape": [2], "floor": 0.0, "bound": 1e-6}
+    return {"component": component, "class": "X", "parameters": 5e6, "passed": passed, "modules_compared": 10,
+            "modules_failed": 0 if passed else 1, "failed_modules": [] if passed else [worst], "wall_s": 5.0,
+            "nonfinite_count": 0, "nonfinite_modules": [], "worst_module": worst, "worst_modules": [worst],
+            "output": {"rel_l2": rel, "max_abs": rel, "finite": True}, "reference_absmax": {"value": 3.0},
+            "inputs": {"x": [2]}, "timings": {}, "first_divergence": None,
+            "memory": {"peak_anon_mb": peak, "baseline_anon_mb": 24.0, "peak_rss_mb": peak}}
 
 
 def test_readme_summary_replaces_only_the_marked_block(tmp_path):
@@ -115,7 +119,8 @@ def test_readme_summary_replaces_only_the_marked_block(tmp_path):
     comp = tmp_path / "reports" / "svd-xt" / "components" / "fp32"
     comp.mkdir(parents=True)
     comp.joinpath("components.json").write_text(json.dumps(
-        {"passed": False, "bars": {"module": 1e-5, "frames": 1e-4}, "components": [_row("vae.encode", 2e-6), _row("unet", 3e-6, passed=False, peak=11000.0)]}))
+        {"name": "svd-xt", "dtype": "fp32", "seed": 0, "settings": {}, "reference": "r", "passed": False,
+         "bars": {"module": 1e-5, "frames": 1e-4}, "components": [_row("vae.encode", 2e-6), _row("unet", 3e-6, passed=False, peak=11000.0)]}))
     readme = tmp_path / "README.md"
     readme.write_text(f"# x\n\nbefore\n{START}\nold table\n{END}\nafter\n")
     update_readme(readme, tmp_path / "reports")
@@ -127,6 +132,9 @@ def test_readme_summary_replaces_only_the_marked_block(tmp_path):
     assert cells[:3] == ["svd-xt", "fp32", f"[1/2]({tmp_path / 'reports'}/svd-xt/components/fp32/components.md)"]
     assert cells[3:7] == ["20", "unet.`a.b` (3.0e-06)", "10 s", "10.8 GB (unet)"]
     assert cells[7] == "not run" and cells[-1] == "no / yes"  # beyond a floor bound, within the bars
+    md = comp.joinpath("components.md").read_text()  # re-rendered from components.json
+    assert "**FAILED** against each module's noise-floor bound; **PASSED** against the fixed bars" in md
+    assert "- `a.b`: rel L2 3.00e-06, floor 0.0e+00, bound 1.0e-06" in md
     # no markers yet: the block is appended
     readme.write_text("# y\n")
     update_readme(readme, tmp_path / "reports")

@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 
 from .build import NAMES
-from .components import bar_verdict_all
+from .components import bar_verdict_all, components_markdown
 
 REPORTS = Path("reports/full")
 START, END = "<!-- parity-full:start -->", "<!-- parity-full:end -->"
@@ -78,7 +78,10 @@ def summary_table(reports: Path = REPORTS) -> str:
 
 
 def update_readme(readme: Path = Path("README.md"), reports: Path = REPORTS) -> None:
-    """Replace the text between the parity-full markers (appended at the end when the markers are missing)."""
+    """Re-render every components.md from its components.json, then replace the text between the parity-full
+    markers of the README (appended at the end when the markers are missing)."""
+    for path in sorted(reports.glob("*/components/*/components.json")):
+        path.with_suffix(".md").write_text(components_markdown(json.loads(path.read_text())))
     text = readme.read_text()
     block = f"{START}\n{summary_table(reports)}\n{END}"
     if START in text and END in text:
