@@ -47,3 +47,17 @@ clean:
 .PHONY: bench-convert
 bench-convert: $(STAMP)  # full-size SVD-xt UNet: convert vs plain copy, peak memory -> reports/bench_convert.md
 	$(BIN)/python bench/convert_svd_xt.py
+
+# `make bench`: PyTorch CPU against mindport CPU (bench/speed.py), plus a mindport fp32 column under MindSpore 2.10,
+# installed on the side into .venv-ms210 (same numpy<2 pin; no torch there: its PyTorch times come from .venv).
+MS210   := .venv-ms210
+.PHONY: bench
+
+$(MS210)/.installed: pyproject.toml requirements.lock
+	test -x $(MS210)/bin/python || $(PY) -m venv $(MS210)
+	$(MS210)/bin/pip install -q mindspore==2.10.0 $$(grep -E '^(numpy|safetensors|huggingface_hub|pillow|imageio|tqdm|transformers)==' requirements.lock)
+	$(MS210)/bin/pip install -q --no-deps -e .
+	touch $@
+
+bench: $(STAMP) $(MS210)/.installed
+	$(BIN)/python bench/speed.py --ms210 $(MS210)/bin/python

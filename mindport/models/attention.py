@@ -6,8 +6,12 @@ from __future__ import annotations
 from mindspore import Tensor, nn, ops
 
 from .. import backend
-from ..layers import Dropout, GroupNorm, LayerNorm, Linear
+from ..layers import Dropout, GroupNorm, LayerNorm, Linear, observed
 from .embeddings import SinusoidalPositionalEmbedding
+
+
+# per-head / per-half projections pay off above this many output values (below, the extra op launches cost more)
+SPLIT_MIN_SIZE = 1 << 16
 
 
 class Attention(nn.Cell):
@@ -82,24 +86,32 @@ class Attention(nn.Cell):
         # 2. optional group norm over channels: (B, L, C) -> (B, C, L) -> (B, L, C)
         if self.group_norm is not None:
             hidden_states = self.group_norm(hidden_states.swapaxes(1, 2)).swapaxes(1, 2)
-        # 3. projections: (B, L, C) -> (B, heads, L, d)
-        query = self.to_q(hidden_states)
         if encoder_hidden_states is None:
             encoder_hidden_states = hidden_states
         elif self.norm_cross is not None:
             encoder_hidden_states = self._norm_cross(encoder_hidden_states)
-        key = self.to_k(encoder_hidden_states)
-        value = self.to_v(encoder_hidden_states)
         d = self.inner_dim // self.heads
-        query = query.reshape(b, lq, self.heads, d).swapaxes(1, 2)
-        key = key.reshape(b, -1, self.heads, d).swapaxes(1, 2)
-        value = value.reshape(b, -1, self.heads, d).swapaxes(1, 2)
-        # 4. attention; a per-batch additive mask (B, Lk) / (B, Lq|1, Lk) broadcasts over heads
+        # a per-batch additive mask (B, Lk) / (B, Lq|1, Lk) broadcasts over heads
         if attention_mask is not None:
             attention_mask = attention_mask.reshape(b, 1, -1, attention_mask.shape[-1])
-        hidden_states = backend.attention(query, key, value, self.scale, attention_mask)
-        # 5. merge heads: (B, heads, L, d) -> (B, L, heads*d) -> out projection
-        hidden_states = hidden_states.swapaxes(1, 2).reshape(b, lq, self.heads * d)
+        if b * lq * self.inner_dim >= SPLIT_MIN_SIZE and not observed(self.to_q, self.to_k, self.to_v):
+            # 3-5 (fast). per head: q, k, v from the projections' weight rows (contiguous (B, L, d), no head
+            # transposes), attention, heads concatenated: (B, L, heads*d)
+            outs = []
+            for i in range(self.heads):
+                q, k, v = (proj.rows(x, i * d, (i + 1) * d)[:, None] for proj, x in (
+                    (self.to_q, hidden_states), (self.to_k, encoder_hidden_states), (self.to_v, encoder_hidden_states)))
+                outs.append(backend.attention(q, k, v, self.scale, attention_mask)[:, 0])
+            hidden_states = ops.cat(outs, axis=-1) if self.heads > 1 else outs[0]
+        else:
+            # 3. projections: (B, L, C) -> (B, heads, L, d)
+            query = self.to_q(hidden_states).reshape(b, lq, self.heads, d).swapaxes(1, 2)
+            key = self.to_k(encoder_hidden_states).reshape(b, -1, self.heads, d).swapaxes(1, 2)
+            value = self.to_v(encoder_hidden_states).reshape(b, -1, self.heads, d).swapaxes(1, 2)
+            # 4. attention
+            hidden_states = backend.attention(query, key, value, self.scale, attention_mask)
+            # 5. merge heads: (B, heads, L, d) -> (B, L, heads*d)
+            hidden_states = hidden_states.swapaxes(1, 2).reshape(b, lq, self.heads * d)
         hidden_states = self.to_out[1](self.to_out[0](hidden_states))
         # 6. tokens back to feature maps, residual, rescale
         if input_ndim == 4:
@@ -131,7 +143,11 @@ class GEGLU(nn.Cell):
         self.proj = Linear(dim_in, dim_out * 2, bias=bias)
 
     def construct(self, hidden_states: Tensor) -> Tensor:
-        hidden_states, gate = ops.chunk(self.proj(hidden_states), 2, axis=-1)
+        n = self.proj.out_features // 2
+        if hidden_states.size // hidden_states.shape[-1] * n < SPLIT_MIN_SIZE or observed(self.proj):
+            hidden_states, gate = ops.chunk(self.proj(hidden_states), 2, axis=-1)
+        else:  # both halves contiguous (chunks of one output are strided views: slow CPU ops)
+            hidden_states, gate = self.proj.rows(hidden_states, 0, n), self.proj.rows(hidden_states, n, 2 * n)
         return hidden_states * backend.gelu(gate)
 
 

@@ -272,7 +272,8 @@ class AlphaBlender(nn.Cell):
         alpha = self.get_alpha(image_only_indicator, x_spatial.ndim).astype(x_spatial.dtype)
         if self.switch_spatial_to_temporal_mix:
             alpha = 1.0 - alpha
-        return alpha * x_spatial + (1.0 - alpha) * x_temporal
+        # alpha * xs + (1 - alpha) * xt with one broadcasting multiply (broadcasting CPU kernels are the slow ones)
+        return x_temporal + alpha * (x_spatial - x_temporal)
 
 
 class SpatioTemporalResBlock(nn.Cell):
