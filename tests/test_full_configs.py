@@ -130,8 +130,8 @@ def test_readme_summary_replaces_only_the_marked_block(tmp_path):
     assert len(row) == 1
     cells = [c.strip() for c in row[0].strip("|").split("|")]
     assert cells[:3] == ["svd-xt", "fp32", f"[1/2]({tmp_path / 'reports'}/svd-xt/components/fp32/components.md)"]
-    assert cells[3:7] == ["20", "unet.`a.b` (3.0e-06)", "10 s", "10.8 GB (unet)"]
-    assert cells[7] == "not run" and cells[-1] == "no / yes"  # beyond a floor bound, within the bars
+    assert cells[3:8] == ["20", "unet.`a.b` (3.0e-06)", "unet.`a.b`", "10 s", "10.8 GB (unet)"]
+    assert cells[8] == "not run" and cells[-1] == "no / yes"  # beyond a floor bound, within the bars
     md = comp.joinpath("components.md").read_text()  # re-rendered from components.json
     assert "**FAILED** against each module's noise-floor bound; **PASSED** against the fixed bars" in md
     assert "- `a.b`: rel L2 3.00e-06, floor 0.0e+00, bound 1.0e-06" in md
