@@ -175,12 +175,12 @@ CASE_KEYS = {c.name: c.name.lower().replace(" ", "-").replace("(", "").replace("
 
 def saved_model(case: Case) -> Path:
     """Build the randomised PyTorch model once and save it in diffusers layout (build/bench/<case>)."""
-    import torch
-
-    from parity.fixtures import randomise
-
     folder = BUILD / CASE_KEYS[case.name]
     if not (folder / "config.json").exists():
+        import torch
+
+        from parity.fixtures import randomise
+
         torch.manual_seed(0)
         randomise(case.make_torch(), 0).save_pretrained(folder, safe_serialization=True)
     return folder
