@@ -19,8 +19,11 @@ from .store import ActivationStore
 
 
 def to_numpy(t) -> np.ndarray | None:
-    """A tensor of either framework as numpy (float64 stays float64, other floats become float32)."""
-    if hasattr(t, "asnumpy"):  # mindspore Tensor
+    """A tensor of either framework (or a numpy array a port takes, e.g. token ids) as numpy (float64 stays
+    float64, other floats become float32)."""
+    if isinstance(t, np.ndarray):
+        a = t
+    elif hasattr(t, "asnumpy"):  # mindspore Tensor
         a = t.asnumpy()
     elif hasattr(t, "detach"):  # torch Tensor
         t = t.detach().cpu()
@@ -123,7 +126,7 @@ class Capture:
             if self.reference is None:
                 self.store.put(key, arr)
             else:
-                row.update(self.reference.compare_with(key, arr))
+                row.update(self.reference.compare_with(key, arr), float64=arr.dtype == np.float64)
             self.records[key] = row
             return None
 

@@ -226,7 +226,9 @@ def run_parity(src, out, converted=None, steps: int = 3, frames: int | None = No
             tmpdir.cleanup()
 
     # 5. compare: gates first, then modules against their bounds
-    calls, layers, coverage = compare_modules(ref_cap, our_cap, dtype, floor_cap)
+    inherited = {(c, m): r.get("rel_l2") for (c, m, n), r in our_cap.records.items() if n == 0}
+    iso = isolation.rank(introduced, iso_floor, inherited, dtype) if isolate else None
+    calls, layers, coverage = compare_modules(ref_cap, our_cap, dtype, floor_cap, isolation.introduces(iso))
     denoiser_ok = [all(c["passed"] for c in calls if c["component"] == denoiser and c["module"] == "(root)"
                        and c["step"] == i) for i in range(len(step_errors))]
     noise_info = noise.as_dict()
@@ -249,8 +251,6 @@ def run_parity(src, out, converted=None, steps: int = 3, frames: int | None = No
     problems = [f"noise: {m}" for m in noise_info["mismatches"]]
     if not layers:
         problems.append("no module outputs were captured on both sides")
-    inherited = {(c, m): r.get("rel_l2") for (c, m, n), r in our_cap.records.items() if n == 0}
-    iso = isolation.rank(introduced, iso_floor, inherited, dtype) if isolate else None
     if weight is not None:
         weight.update({"total": sum(1 for _ in weight_rows), "seconds": round(timings.get("weight_check_s", 0), 2)})
         for r in weight["rows"]:

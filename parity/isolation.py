@@ -29,7 +29,7 @@ def _call_args(skel, get, make):
     return args, {k: v for k, v in kwargs.items() if v is not None}
 
 
-def _run_all(ref: Capture, modules: dict, call, budget_s: float | None, log=None) -> dict:
+def _run_all(ref: Capture, modules: dict, call, budget_s: float | None, log=None, float64: bool = False) -> dict:
     """{(component, module): rel L2 of `call(module, skeleton)`'s output against the reference's first output, or an
     error string}."""
     out, t0 = {}, time.perf_counter()
@@ -49,6 +49,9 @@ def _run_all(ref: Capture, modules: dict, call, budget_s: float | None, log=None
             out[(comp, name)] = f"{type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else ''}"
             continue
         ref_out = ref.store.get((comp, name, 0))
+        if float64 and result is not None and result.dtype != np.float64:
+            out[(comp, name)] = "computed in float32 in the float64 pass: no floor"
+            continue
         if result is None or result.shape != ref_out.shape:
             out[(comp, name)] = f"output shape {None if result is None else list(result.shape)} != {list(ref_out.shape)}"
             continue
@@ -69,7 +72,7 @@ def torch_floor(pipe, ref: Capture, components, budget_s: float | None = None, l
         with torch.no_grad():
             return mod(*args, **kwargs)
 
-    return _run_all(ref, _modules_torch(pipe, components), call, budget_s, log)
+    return _run_all(ref, _modules_torch(pipe, components), call, budget_s, log, float64=True)
 
 
 def mindspore_run(pipe, ref: Capture, components, dtype: str, budget_s: float | None = None, log=None) -> dict:
@@ -87,6 +90,24 @@ def mindspore_run(pipe, ref: Capture, components, dtype: str, budget_s: float | 
         return cell(*args, **kwargs)
 
     return _run_all(ref, _modules_mindspore(pipe, components), call, budget_s, log)
+
+
+def introduces(iso: dict | None):
+    """`(component, module) -> bool or None`: whether the module or anything inside it fails teacher forcing (None
+    when the module was not isolated)."""
+    if not iso:
+        return lambda c, m: None
+    rows = {(r["component"], r["module"]): r for r in iso["blocks"]}
+    failing = [(r["component"], r["module"]) for r in iso["blocks"] if not r["passed"]]
+
+    def check(component, module):
+        key = (component, module or "(root)")
+        if key not in rows:
+            return None
+        prefix = "" if key[1] == "(root)" else key[1] + "."
+        return any(c == component and (m == key[1] or m.startswith(prefix)) for c, m in failing)
+
+    return check
 
 
 def rank(introduced: dict, floors: dict, inherited: dict, dtype: str) -> dict:

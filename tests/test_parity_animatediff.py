@@ -31,7 +31,7 @@ CASES = [
 def test_parity_cli(preset, dtype, steps, draws, tmp_path, capsys):
     src = build(preset)
     out = tmp_path / "report"
-    code = main(["parity", str(src), "--steps", str(steps), "--dtype", dtype, "--out", str(out)])
+    code = main(["parity", str(src), "--steps", str(steps), "--dtype", dtype, "--weight-samples", "4", "--out", str(out)])
     report = json.loads((out / "report.json").read_text())
     assert code == 0, capsys.readouterr().out + json.dumps(report["first_divergence"]) + str(report["problems"])
     assert report["passed"] is True and report["first_divergence"] is None

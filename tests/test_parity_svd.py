@@ -17,8 +17,8 @@ from parity.fixtures import build
 CASES = [
     ("svd-tiny", "fp32", 3, []),
     ("svd-tiny", "fp16", 3, []),
-    ("svd-tiny-3level", "fp32", 3, ["--decode-chunk-size", "2"]),
-    ("svd-tiny-wide", "fp32", 3, []),
+    ("svd-tiny-3level", "fp32", 3, ["--decode-chunk-size", "2", "--weight-samples", "3"]),
+    ("svd-tiny-wide", "fp32", 3, ["--weight-samples", "3"]),
 ]
 
 
