@@ -34,7 +34,8 @@ def summary_rows(reports: Path = REPORTS) -> list[str]:
                 peak = max(ok, key=lambda r: r["memory"]["peak_anon_mb"] + r["memory"]["baseline_anon_mb"], default=None)
                 link = f"[{sum(r['passed'] for r in comp['components'])}/{len(comp['components'])}]" \
                        f"({reports / name / 'components' / dtype / 'components.md'})"
-                beyond = [f"{r['component']}.`{f['module']}`" for r in ok for f in r.get("failed_modules", [])]
+                beyond = [f"{r['component']}.`{f['module']}`" for r in ok for f in r.get("failed_modules", [])] or [
+                    f"{r['component']}: {r['modules_failed']} modules" for r in ok if r["modules_failed"]]  # older rows
                 cells += [link, str(sum(r["modules_compared"] for r in ok)),
                           f"{worst['component']}.`{w['module']}` ({w['rel_l2']:.1e})" if w else "",
                           ", ".join(beyond[:3]) + (f" (+{len(beyond) - 3})" if len(beyond) > 3 else "") or "none",
