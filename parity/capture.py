@@ -84,11 +84,12 @@ def unpack(skel, get, make):
 class Capture:
     """side: "torch" or "mindspore". With `reference=None` outputs go to `store`; else each output is compared on the
     fly with `reference`'s output of the same key. `inputs_depth`: record the first call's inputs of modules at most
-    this deep (module path dots + 1; the root is 0), None for none."""
+    this deep (module path dots + 1; the root is 0), None for none; `outputs=False` records inputs only."""
 
     def __init__(self, side: str, store: ActivationStore | None = None, reference: "Capture | None" = None,
-                 inputs_depth: int | None = None):
+                 inputs_depth: int | None = None, outputs: bool = True):
         self.side = side
+        self.outputs = outputs
         self.store = store
         self.reference = reference
         self.inputs_depth = inputs_depth
@@ -144,7 +145,8 @@ class Capture:
 
     def _attach(self, component: str, named) -> None:
         for name, sub in named:
-            self.handles.append(sub.register_forward_hook(self._hook(component, name)))
+            if self.outputs:
+                self.handles.append(sub.register_forward_hook(self._hook(component, name)))
             depth = 0 if not name else name.count(".") + 1
             if self.inputs_depth is not None and depth <= self.inputs_depth and self.store is not None:
                 self.handles.append(sub.register_forward_pre_hook(self._pre_hook(component, name), with_kwargs=True))

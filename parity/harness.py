@@ -79,8 +79,8 @@ def run_parity(src, out, converted=None, steps: int = 3, frames: int | None = No
     """Returns the report dict (also written to OUT/report.json, report.md, report.html and the frame images).
 
     Phases (one framework's model resident at a time):
-    1. PyTorch fp32: a plain run (timing), a captured run (every module's output to disk, latents after each step,
-       first-call inputs of every module), the weight-mapping check's PyTorch side; then the same pipeline in
+    1. PyTorch fp32: a plain run (timing), a captured run (every module's output to disk, latents after each step),
+       a run recording every module's first-call inputs, the weight-mapping check's PyTorch side; then the same pipeline in
        float64, re-synchronised to the fp32 latents after each step (each module's noise floor) and every module in
        float64 on its recorded inputs (isolation floor). The PyTorch pipeline is then dropped.
     2. MindSpore: a free-running run (the frames, and the plain timing); a captured run re-synchronised to the
@@ -153,7 +153,9 @@ def run_parity(src, out, converted=None, steps: int = 3, frames: int | None = No
     undo = adapter.patch_noise(noise)
     kwargs = adapter.call_kwargs(settings)
     ref_store, our_store = ActivationStore(), ActivationStore()
-    ref_cap = Capture("torch", ref_store, inputs_depth=(10**6 if isolate_depth is None else isolate_depth) if isolate else 1)
+    ref_cap = Capture("torch", ref_store)
+    inputs_cap = Capture("torch", ref_store, outputs=False,
+                         inputs_depth=(10**6 if isolate_depth is None else isolate_depth) if isolate else 1)
     floor_cap = Capture("torch", reference=ref_cap) if floor else None
     our_cap = Capture("mindspore", our_store, reference=ref_cap, inputs_depth=1)
     ref_latents: list[np.ndarray] = []
@@ -172,6 +174,10 @@ def run_parity(src, out, converted=None, steps: int = 3, frames: int | None = No
             ref_cap.step = i + 1
 
         ref_frames = captured(ref_cap, ref_pipe, "reference", "torch_captured_s", adapter.run_reference, record)
+        # first-call inputs of every module (teacher forcing, gates): one more run, identical to the reference run
+        # (same noise, deterministic), kept apart so the output capture's overhead is measured on its own
+        captured(inputs_cap, ref_pipe, "inputs", "isolation_s", adapter.run_reference, None)
+        ref_cap.inputs = inputs_cap.inputs
         if weight_samples or weight_tensors:
             picks = weightcheck.sample(ref_pipe, components, weight_samples, seed, weight_tensors)
             log(f"weight-mapping check, PyTorch side ({len(picks)} tensors)")
@@ -220,6 +226,7 @@ def run_parity(src, out, converted=None, steps: int = 3, frames: int | None = No
         undo()
         ref_cap.detach()
         our_cap.detach()
+        inputs_cap.detach()
         if floor_cap is not None:
             floor_cap.detach()
         if tmpdir is not None:

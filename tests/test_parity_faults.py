@@ -59,7 +59,7 @@ def test_clean_run_has_every_section(converted, tmp_path):
     assert "unet.down_blocks.0" in m["blocks"] and "unet.mid_block" in m["blocks"]
     assert len(m["rel_l2"]) == 2 and all(v is not None for v in m["rel_l2"][0])
     assert r["weight_check"]["checked"] == 4 and r["weight_check"]["passed"]
-    assert [run["label"] for run in r["noise"]["runs"]] == ["plain", "reference", "float64", "free-running", "captured"]
+    assert [run["label"] for run in r["noise"]["runs"]] == ["plain", "reference", "inputs", "float64", "free-running", "captured"]
     assert r["timings"]["peak_anon_mb"] > 0 and r["timings"]["overhead"] > 0
 
 

@@ -37,7 +37,7 @@ def test_parity_cli(preset, dtype, steps, draws, tmp_path, capsys):
     assert report["passed"] is True and report["first_divergence"] is None
     assert report["settings"]["steps"] == steps >= 3
     assert report["noise"]["mismatches"] == []
-    assert [len(r["draws"]) for r in report["noise"]["runs"]] == [draws] * 5
+    assert [len(r["draws"]) for r in report["noise"]["runs"]] == [draws] * 6
     if dtype == "fp32":
         assert report["frames"]["rel_l2"] <= 1e-4
         assert max(r["rel_l2"] for r in report["layers"]) <= 1e-5
