@@ -57,6 +57,6 @@ def run_demo(out: Path) -> bool:
             ok = ok and r["passed"]
             print(f"    parity {dtype}          : {'PASSED' if r['passed'] else 'FAILED'}  frames rel L2 "
                   f"{f['rel_l2']:.2e}, {r['coverage']['compared_modules']} modules; "
-                  f"report {folder / f'parity-{dtype}' / 'report.md'}")
+                  f"report {folder / f'parity-{dtype}' / 'report.html'} (and report.md)")
         print(f"    generated video      : {video}  (and generated.gif)")
     return ok
