@@ -5,8 +5,6 @@ whose failing child explains it ranks below that child, so a planted bug deep in
 
 from __future__ import annotations
 
-import time
-
 import numpy as np
 
 from .capture import Capture, first_tensor, unpack
@@ -29,16 +27,11 @@ def _call_args(skel, get, make):
     return args, {k: v for k, v in kwargs.items() if v is not None}
 
 
-def _run_all(ref: Capture, modules: dict, call, budget_s: float | None, log=None, float64: bool = False) -> dict:
+def _run_all(ref: Capture, modules: dict, call, float64: bool = False) -> dict:
     """{(component, module): rel L2 of `call(module, skeleton)`'s output against the reference's first output, or an
     error string}."""
-    out, t0 = {}, time.perf_counter()
-    keys = [k for k in ref.inputs if (k[0], k[1], 0) in ref.records and k[0] in modules]
-    for n, (comp, name) in enumerate(keys):
-        if budget_s is not None and time.perf_counter() - t0 > budget_s:
-            if log:
-                log(f"isolation: time budget {budget_s:.0f} s reached after {n} of {len(keys)} modules")
-            break
+    out = {}
+    for comp, name in [k for k in ref.inputs if (k[0], k[1], 0) in ref.records and k[0] in modules]:
         mod = modules[comp].get(name)
         if mod is None:
             out[(comp, name)] = "module missing"
@@ -59,7 +52,7 @@ def _run_all(ref: Capture, modules: dict, call, budget_s: float | None, log=None
     return out
 
 
-def torch_floor(pipe, ref: Capture, components, budget_s: float | None = None, log=None) -> dict:
+def torch_floor(pipe, ref: Capture, components) -> dict:
     """Each PyTorch module in float64 on its recorded first-call inputs (the pipeline must already be float64)."""
     import torch
 
@@ -72,10 +65,10 @@ def torch_floor(pipe, ref: Capture, components, budget_s: float | None = None, l
         with torch.no_grad():
             return mod(*args, **kwargs)
 
-    return _run_all(ref, _modules_torch(pipe, components), call, budget_s, log, float64=True)
+    return _run_all(ref, _modules_torch(pipe, components), call, float64=True)
 
 
-def mindspore_run(pipe, ref: Capture, components, dtype: str, budget_s: float | None = None, log=None) -> dict:
+def mindspore_run(pipe, ref: Capture, components, dtype: str) -> dict:
     """Each MindSpore module on the PyTorch module's recorded first-call inputs (floats in the model's dtype)."""
     import mindspore as ms
 
@@ -89,7 +82,13 @@ def mindspore_run(pipe, ref: Capture, components, dtype: str, budget_s: float | 
         args, kwargs = _call_args(skel, ref.store.get, make)
         return cell(*args, **kwargs)
 
-    return _run_all(ref, _modules_mindspore(pipe, components), call, budget_s, log)
+    return _run_all(ref, _modules_mindspore(pipe, components), call)
+
+
+def _fails_inside(failing, component: str, module: str, itself: bool) -> bool:
+    """Whether a (component, module) in `failing` lies inside `module` ("(root)": the whole component), or is it."""
+    prefix = "" if module == "(root)" else module + "."
+    return any(c == component and (m.startswith(prefix) and m != module or itself and m == module) for c, m in failing)
 
 
 def introduces(iso: dict | None):
@@ -102,10 +101,7 @@ def introduces(iso: dict | None):
 
     def check(component, module):
         key = (component, module or "(root)")
-        if key not in rows:
-            return None
-        prefix = "" if key[1] == "(root)" else key[1] + "."
-        return any(c == component and (m == key[1] or m.startswith(prefix)) for c, m in failing)
+        return _fails_inside(failing, *key, itself=True) if key in rows else None
 
     return check
 
@@ -124,11 +120,9 @@ def rank(introduced: dict, floors: dict, inherited: dict, dtype: str) -> dict:
         rows[key] = {"component": key[0], "module": key[1] or "(root)", "introduced_rel_l2": v,
                      "inherited_rel_l2": inherited.get(key), "floor": fl, "bound": bound, "ratio": v / bound,
                      "passed": bool(np.isfinite(v) and v <= bound)}
-    failing = {k for k, r in rows.items() if not r["passed"]}
-    for (c, m), r in rows.items():
-        prefix = f"{m}." if m else ""
-        r["explained_by_child"] = bool(not r["passed"] and any(
-            fc == c and fm != m and fm.startswith(prefix) for fc, fm in failing))
+    failing = [(r["component"], r["module"]) for r in rows.values() if not r["passed"]]
+    for r in rows.values():
+        r["explained_by_child"] = bool(not r["passed"] and _fails_inside(failing, r["component"], r["module"], False))
     ranking = sorted(rows.values(), key=lambda r: (r["passed"], r["explained_by_child"], -r["ratio"]))
     first = next((r for r in ranking if not r["passed"]), None)
     return {"unit": "every module, first call, on the PyTorch module's recorded inputs",

@@ -23,7 +23,7 @@ def sample(pipe, components, n: int, seed: int, include=()) -> list[tuple[str, s
     """`include` ("component.parameter" names, always checked), then up to `n` sampled (component, parameter) pairs:
     parameters that share their shape with another come first."""
     rng = np.random.Generator(np.random.PCG64(seed))
-    groups, singles = defaultdict(list), []
+    groups = defaultdict(list)
     picked = []
     for full in include:
         comp, _, name = full.partition(".")
