@@ -12,15 +12,28 @@ Facts behind the choices (measured, see shared/design.md):
   add: 7 ms against BiasAdd's 0.8 ms; Linear's (M, N) + (N,) bias 100+ ms at M=8192, N=1024), and a Python-float
   division broadcasts too: biases go through BiasAdd, per-(batch, channel) adds through `add_leading`, divisions by
   constants become multiplications.
-- `ops.gelu` / `ops.erf` run single-threaded and slowly (110 ms for 4 M values, 60x PyTorch): exact GELU is
-  computed from fast elementwise ops with an erf approximation accurate to 1.5e-7.
-- `ops.matmul(q, k.swapaxes(-1, -2))` copies k; `BatchMatMul(transpose_b=True)` reads it in place (2x faster).
+- `ops.gelu` / `ops.erf` run single-threaded and slowly (110 ms for 4 M values, 60x PyTorch).
+- `ops.matmul(q, k.swapaxes(-1, -2))` copies k; `BatchMatMul(transpose_b=True)` reads it in place (2x faster), and
+  `BatchMatMul()` runs probs @ v 1.6x faster than `ops.matmul` (29 against 47 ms at (16, 1024, 1024) x (16, 1024, 64)).
+- On the CPU backend `ops.group_norm` takes 7-13 ms on a (8, 128, 32, 32) input where PyTorch takes 0.24 ms, the
+  LayerNorm primitive 6 ms on (8192, 128) (PyTorch 0.5 ms), transposes 4x PyTorch's time, and any broadcasting
+  multiply (a (C, 1, 1) or a trailing (D,) operand) 7-8 ms per million values. Those run as fused C++ kernels
+  (csrc/cpu_kernels.cc: group norm, layer norm, GELU / GEGLU, scaled softmax, alpha blend, transpose), compiled
+  once with the machine's C++ compiler into a cache and called as MindSpore "aot" custom ops (launch cost as any
+  op's, ~50 us). Without a compiler (or with MINDPORT_KERNELS=0) the MindSpore ops above run instead: slower, same
+  numbers.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
+import shutil
+import subprocess
+import tempfile
+import warnings
 from functools import lru_cache
+from pathlib import Path
 
 import mindspore as ms
 import numpy as np
@@ -79,10 +92,124 @@ def device_target() -> str:
 @lru_cache(maxsize=None)
 def native_conv_is_fast() -> bool:
     """Native convolution is fast everywhere except the CPU backend of MindSpore >= 2.9 (100-400x regression)."""
-    override = os.environ.get("MINDPORT_CONV")
+    override = os.environ.get("MINDPORT_CONV")  # "kernel" (default where the kernels build), "native", "matmul"
     if override in ("native", "matmul"):
         return override == "native"
     return not (device_target() == "CPU" and MS_VERSION[:2] >= (2, 9))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Fused C++ kernels (CPU)
+# ----------------------------------------------------------------------------------------------------------------
+
+KERNEL_SOURCE = Path(__file__).resolve().parent / "csrc" / "cpu_kernels.cc"
+KERNEL_FLAGS = ("-O3", "-march=native", "-fopenmp-simd", "-pthread", "-shared", "-fPIC", "-std=c++17")
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return ""
+
+
+@lru_cache(maxsize=None)
+def numpy_blas() -> tuple[str, str, str, str] | None:
+    """The OpenBLAS bundled with NumPy's wheel, if any: (path, sgemm symbol, set-threads symbol, C integer type)."""
+    import ctypes
+
+    libs = Path(np.__file__).resolve().parent.parent / "numpy.libs"
+    for path in sorted(libs.glob("libopenblas*.so*")):
+        try:
+            lib = ctypes.CDLL(str(path))
+        except OSError:
+            continue
+        for suffix, int_type in (("64_", "int64_t"), ("", "int")):
+            if hasattr(lib, f"cblas_sgemm{suffix}"):
+                return str(path), f"cblas_sgemm{suffix}", f"openblas_set_num_threads{suffix}", int_type
+    return None
+
+
+def _blas_flags() -> list[str]:
+    blas = numpy_blas()
+    if blas is None:
+        return []
+    path, gemm, threads, int_type = blas
+    return [f'-DMP_BLAS_LIB="{path}"', f'-DMP_SGEMM="{gemm}"', f'-DMP_SET_THREADS="{threads}"',
+            f"-DMP_BLASINT={int_type}", "-ldl"]
+
+
+@lru_cache(maxsize=None)
+def kernel_library() -> str | None:
+    """Path of the compiled kernel library, built on first use into $MINDPORT_CACHE (default ~/.cache/mindport)/
+    kernels, keyed by the source, flags and CPU; None (MindSpore ops are used) off CPU, with MINDPORT_KERNELS=0, or
+    when no compiler can build it (warned once)."""
+    if os.environ.get("MINDPORT_KERNELS") == "0" or device_target() != "CPU":
+        return None
+    compiler = os.environ.get("CXX", "g++")
+    source = KERNEL_SOURCE.read_bytes()
+    flags = [*KERNEL_FLAGS, *_blas_flags()]
+    key = hashlib.sha256(source + " ".join((compiler, *flags, _cpu_model())).encode()).hexdigest()[:16]
+    cache = Path(os.environ.get("MINDPORT_CACHE", Path.home() / ".cache" / "mindport")) / "kernels"
+    lib = cache / f"cpu_kernels-{key}.so"
+    if lib.exists():
+        return str(lib)
+    if shutil.which(compiler) is None:
+        warnings.warn(f"mindport: no C++ compiler ({compiler!r}) to build the fused CPU kernels; running MindSpore's "
+                      "slower CPU ops instead (install g++ or set CXX)", stacklevel=2)
+        return None
+    try:
+        cache.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=cache) as tmp:
+            out = Path(tmp) / lib.name
+            subprocess.run([compiler, *flags, str(KERNEL_SOURCE), "-o", str(out)], check=True,
+                           capture_output=True, text=True)
+            os.replace(out, lib)  # atomic: concurrent first uses each build, one file wins
+    except (OSError, subprocess.CalledProcessError) as e:
+        detail = getattr(e, "stderr", "") or str(e)
+        warnings.warn(f"mindport: building the fused CPU kernels failed ({detail.strip().splitlines()[-1] if detail.strip() else e}); "
+                      "running MindSpore's slower CPU ops instead", stacklevel=2)
+        return None
+    return str(lib)
+
+
+def _same_shape(*shapes):
+    return shapes[0]
+
+
+@lru_cache(maxsize=None)
+def _kernel(name: str, out_shape=_same_shape, variant: str = "") -> ops.Custom:
+    """The custom op for one kernel. `variant` names settings that change the output shape (a stride, a
+    permutation): PyNative caches a custom op's inferred shape per input shapes and primitive attributes, so each
+    such setting needs its own attribute value."""
+    op = ops.Custom(f"{kernel_library()}:{name}", out_shape=out_shape, out_dtype=lambda *dtypes: dtypes[0],
+                    func_type="aot")
+    if variant:
+        op.add_prim_attr("mindport_variant", variant)
+    return op
+
+
+@lru_cache(maxsize=None)
+def _attrs(*values: float) -> Tensor:
+    """A kernel's scalar settings as a small float32 tensor (its last input), one per distinct setting."""
+    return Tensor(np.array(values or (0.0,), np.float32))
+
+
+def _kernels_for(*tensors: Tensor) -> bool:
+    return all(t.dtype == ms.float32 for t in tensors) and kernel_library() is not None
+
+
+def _gemm_for(*tensors: Tensor) -> bool:
+    """The matrix-product kernels also need NumPy's OpenBLAS."""
+    return _kernels_for(*tensors) and numpy_blas() is not None
+
+
+@lru_cache(maxsize=None)
+def _constant(value: float, n: int) -> Tensor:
+    return Tensor(np.full(n, value, np.float32))
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -96,10 +223,19 @@ def linear(x: Tensor, w: Tensor, b: Tensor | None) -> Tensor:
     """x @ w.T + b over the last axis, as one 2D MatMul(transpose_b) and a BiasAdd (`ops.dense` broadcasts its
     bias: 3-4x slower on CPU)."""
     lead = x.shape[:-1]
-    y = _MATMUL_NT(x.reshape(-1, x.shape[-1]), w)
-    if b is not None:
-        y = ops.bias_add(y, b)
+    x = x.reshape(-1, x.shape[-1])
+    if _gemm_for(x, w) and (b is None or b.dtype == ms.float32):
+        bias = b if b is not None else _constant(0.0, w.shape[0])
+        y = _kernel("mp_linear", _linear_shape)(x, w, bias, _attrs(float(b is not None)))
+    else:
+        y = _MATMUL_NT(x, w)
+        if b is not None:
+            y = ops.bias_add(y, b)
     return y.reshape(*lead, w.shape[0])
+
+
+def _linear_shape(x, w, *_):
+    return [x[0], w[0]]
 
 
 def add_leading(x: Tensor, v: Tensor) -> Tensor:
@@ -135,7 +271,32 @@ def _conv2d_matmul(x: Tensor, w: Tensor, stride: tuple[int, int], padding: tuple
     return out.reshape(b, o, ho, wo)
 
 
+@lru_cache(maxsize=None)
+def _conv_shape(stride, padding):
+    def shape(x, w, *_):
+        return [x[0], w[0], *((n + 2 * p - k) // s + 1 for n, k, s, p in zip(x[2:], w[2:], stride, padding))]
+
+    return shape
+
+
+def _conv_kernel(x: Tensor, w: Tensor, b: Tensor | None, stride, padding, groups: int) -> Tensor:
+    """mp_conv on (B, C, T, H, W) and (O, C/G, kt, kh, kw): im2col blocks + NumPy's OpenBLAS sgemm."""
+    stride, padding = tuple(int(v) for v in stride), tuple(int(v) for v in padding)
+    bias = b if b is not None else _constant(0.0, w.shape[0])
+    attrs = _attrs(*stride, *padding, groups, float(b is not None))
+    return _kernel("mp_conv", _conv_shape(stride, padding), f"{stride}{padding}")(x, w, bias, attrs)
+
+
+def _use_conv_kernel(x: Tensor, w: Tensor, b: Tensor | None) -> bool:
+    return os.environ.get("MINDPORT_CONV") in (None, "", "kernel") and _gemm_for(x, w) and (
+        b is None or b.dtype == ms.float32)
+
+
 def conv2d(x: Tensor, w: Tensor, b: Tensor | None, stride=(1, 1), padding=(0, 0), groups: int = 1) -> Tensor:
+    if _use_conv_kernel(x, w, b):
+        y = _conv_kernel(x.reshape(x.shape[0], x.shape[1], 1, *x.shape[2:]), w.reshape(*w.shape[:2], 1, *w.shape[2:]),
+                         b, (1, *stride), (0, *padding), groups)
+        return y.reshape(y.shape[0], y.shape[1], *y.shape[3:])
     if native_conv_is_fast():
         y = ops.conv2d(x, w, None, stride=stride, pad_mode="pad", padding=padding, groups=groups)
     else:
@@ -146,6 +307,8 @@ def conv2d(x: Tensor, w: Tensor, b: Tensor | None, stride=(1, 1), padding=(0, 0)
 def conv3d(x: Tensor, w: Tensor, b: Tensor | None, padding=(0, 0, 0)) -> Tensor:
     """3D convolution (stride 1). Off the fast native path, a temporal kernel (kt, kh, kw) runs as kt 2D convolutions
     over frame-shifted inputs summed: frames fold into the batch, so it reuses conv2d's fast path."""
+    if _use_conv_kernel(x, w, b):
+        return _conv_kernel(x, w, b, (1, 1, 1), padding, 1)
     if native_conv_is_fast():
         y = ops.conv3d(x, w, None, pad_mode="pad", padding=tuple(padding))
         return y if b is None else ops.bias_add(y, b)
@@ -181,8 +344,10 @@ def group_norm(x: Tensor, groups: int, weight: Tensor | None, bias: Tensor | Non
     """GroupNorm over (B, C, *) - 4D and 5D; `ops.group_norm` has CPU kernels, `mint.group_norm` does not."""
     x, dt = _upcast(x)
     c = x.shape[1]
-    w = weight.astype(ms.float32) if weight is not None else ops.ones(c, ms.float32)
-    bb = bias.astype(ms.float32) if bias is not None else ops.zeros(c, ms.float32)
+    w = weight.astype(ms.float32) if weight is not None else _constant(1.0, c)
+    bb = bias.astype(ms.float32) if bias is not None else _constant(0.0, c)
+    if _kernels_for(x):
+        return _kernel("mp_group_norm")(x, w, bb, _attrs(groups, eps)).astype(dt)
     return ops.group_norm(x, groups, w, bb, eps).astype(dt)
 
 
@@ -195,35 +360,73 @@ def _layer_norm_primitive(eps: float):
 def layer_norm(x: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float) -> Tensor:
     x, dt = _upcast(x)
     d = x.shape[-1]
-    w = weight.astype(ms.float32) if weight is not None else ops.ones(d, ms.float32)
-    bb = bias.astype(ms.float32) if bias is not None else ops.zeros(d, ms.float32)
+    w = weight.astype(ms.float32) if weight is not None else _constant(1.0, d)
+    bb = bias.astype(ms.float32) if bias is not None else _constant(0.0, d)
+    if _kernels_for(x):
+        return _kernel("mp_layer_norm")(x, w, bb, _attrs(eps)).astype(dt)
     return _layer_norm_primitive(float(eps))(x, w, bb)[0].astype(dt)
-
-
-# Abramowitz & Stegun 7.1.26: erf(z) = 1 - t (a1 + t (a2 + ... a5)) exp(-z^2), t = 1 / (1 + p z), z >= 0;
-# absolute error <= 1.5e-7
-_ERF_P = 0.3275911
-GELU_COMPOSITE_MIN_SIZE = 1 << 17  # below this the composite's ~20 op launches cost more than the slow kernel
-_ERF_A = (1.061405429, -1.453152027, 1.421413741, -0.284496736, 0.254829592)
-
-
-def _gelu_exact_composite(x: Tensor) -> Tensor:
-    """0.5 x (1 + erf(x / sqrt 2)) = relu(x) - |x| / 2 * (1 - erf(|x| / sqrt 2)), from fast same-shape and scalar ops
-    only (select, sign, neg and Python-scalar divisions are slow kernels too)."""
-    z = ops.abs(x) * 0.7071067811865476
-    t = ops.reciprocal(z * _ERF_P + 1.0)
-    poly = t * _ERF_A[0] + _ERF_A[1]
-    for a in _ERF_A[2:]:
-        poly = poly * t + a
-    tail = poly * t * ops.exp((z * z) * -1.0)  # 1 - erf(|x| / sqrt 2)
-    return ops.relu(x) - (z * 0.7071067811865476) * tail
 
 
 def gelu(x: Tensor, approximate: str = "none") -> Tensor:
     # mint.gelu has no CPU kernel; ops.gelu matches torch's exact GELU to 8e-7 but is slow on CPU
-    if approximate == "none" and device_target() == "CPU" and x.size >= GELU_COMPOSITE_MIN_SIZE:
-        return _gelu_exact_composite(x)
+    if approximate == "none" and _kernels_for(x):
+        return _kernel("mp_gelu")(x, _attrs())
     return ops.gelu(x, approximate=approximate)
+
+
+def _half_last(shape, *_):
+    return [*shape[:-1], shape[-1] // 2]
+
+
+def geglu(h: Tensor) -> Tensor:
+    """h[..., :n] * gelu(h[..., n:]) for a projection output h (..., 2n); one pass on CPU (slices of h are strided
+    views there, every op on them slow)."""
+    x, dt = _upcast(h)
+    if _kernels_for(x):
+        return _kernel("mp_geglu", _half_last)(x, _attrs()).astype(dt)
+    hidden, gate = ops.chunk(h, 2, axis=-1)
+    return hidden * gelu(gate)
+
+
+def blend(a: Tensor, b: Tensor, alpha: Tensor) -> Tensor:
+    """alpha * a + (1 - alpha) * b, alpha broadcast against a (numpy rules: trailing axes aligned)."""
+    alpha = alpha.astype(a.dtype)
+    if alpha.ndim < a.ndim:
+        alpha = alpha.reshape((1,) * (a.ndim - alpha.ndim) + tuple(alpha.shape))
+    if _kernels_for(a, b) and a.shape == b.shape and all(n in (1, m) for n, m in zip(alpha.shape, a.shape)):
+        return _kernel("mp_blend")(a, b, alpha, _attrs())
+    return b + alpha * (a - b)
+
+
+def _merge_axes(shape, perm):
+    """Merge input axes that stay adjacent and in order under `perm`: (merged input shape, merged perm)."""
+    groups = [[perm[0]]]
+    for p in perm[1:]:
+        if p == groups[-1][-1] + 1:
+            groups[-1].append(p)
+        else:
+            groups.append([p])
+    order = sorted(range(len(groups)), key=lambda i: groups[i][0])
+    merged_shape = [int(np.prod([shape[a] for a in groups[i]])) for i in order]
+    rank = {g: r for r, g in enumerate(order)}
+    return merged_shape, tuple(rank[i] for i in range(len(groups)))
+
+
+def permute(x: Tensor, perm) -> Tensor:
+    """x.transpose(perm) as a contiguous tensor (a tiled copy on CPU: MindSpore's transpose is 4x PyTorch's)."""
+    perm = tuple(int(p) for p in perm)
+    if not _kernels_for(x) or perm == tuple(range(len(perm))) or x.size < 2:
+        return x.transpose(perm)
+    shape, mperm = _merge_axes(x.shape, perm)
+    if not 1 < len(mperm) <= 8:  # the kernel handles up to 8 merged axes
+        return x.transpose(perm)
+    out = _kernel("mp_permute", _permuted_shape(mperm), str(mperm))(x.reshape(shape), _attrs(*mperm))
+    return out.reshape([x.shape[p] for p in perm])
+
+
+@lru_cache(maxsize=None)
+def _permuted_shape(perm):
+    return lambda shape, _attrs: [shape[p] for p in perm]
 
 
 def quick_gelu(x: Tensor) -> Tensor:
@@ -245,11 +448,16 @@ def softmax(x: Tensor, axis: int = -1) -> Tensor:
 
 ATTENTION_CHUNK = int(os.environ.get("MINDPORT_ATTENTION_CHUNK", "4096"))
 _BATCH_MATMUL_NT = ops.BatchMatMul(transpose_b=True)
+_BATCH_MATMUL = ops.BatchMatMul()
 
 
 def attention(q: Tensor, k: Tensor, v: Tensor, scale: float, mask: Tensor | None = None) -> Tensor:
     """softmax(q k^T * scale + mask) v over (B, heads, L, d). Queries are processed in chunks so the score matrix
     stays bounded for long sequences; scores and softmax run in fp32 for half-precision inputs."""
+    if mask is None:
+        fused = _fused_attention(q, k, v, scale, 1)
+        if fused is not None:
+            return fused
     lq = q.shape[2]
     if lq > ATTENTION_CHUNK:
         parts = [
@@ -259,11 +467,45 @@ def attention(q: Tensor, k: Tensor, v: Tensor, scale: float, mask: Tensor | None
         return ops.cat(parts, axis=2)
     scores = _BATCH_MATMUL_NT(q, k)
     scores, dt = _upcast(scores)
-    scores = scores * scale
-    if mask is not None:
-        scores = scores + mask.astype(scores.dtype)
-    probs = ops.softmax(scores, axis=-1).astype(dt)
-    return ops.matmul(probs, v)
+    if mask is None and scale > 0 and _kernels_for(scores):
+        probs = _kernel("mp_scaled_softmax")(scores, _attrs(scale))
+    else:
+        scores = scores * scale
+        if mask is not None:
+            scores = scores + mask.astype(scores.dtype)
+        probs = ops.softmax(scores, axis=-1)
+    return _BATCH_MATMUL(probs.astype(dt), v)
+
+
+def _attention_shape(q, k, v, *_):
+    return [*q[:-1], v[-1]]
+
+
+def _fused_attention(q: Tensor, k: Tensor, v: Tensor, scale: float, heads: int) -> Tensor | None:
+    """The mp_attention kernel (scores in fp32 for half-precision inputs), or None where it cannot run."""
+    if scale <= 0 or not q.dtype == k.dtype == v.dtype or kernel_library() is None:
+        return None
+    (q32, dt), (k32, _), (v32, _) = _upcast(q), _upcast(k), _upcast(v)
+    if not _gemm_for(q32, k32, v32):
+        return None
+    return _kernel("mp_attention", _attention_shape)(q32, k32, v32, _attrs(scale, heads)).astype(dt)
+
+
+def attention_heads(q: Tensor, k: Tensor, v: Tensor, heads: int, scale: float, mask: Tensor | None = None) -> Tensor:
+    """Multi-head attention on the projections' layout: q (B, Lq, heads*d), k (B, Lk, heads*d), v (B, Lk, heads*dv)
+    -> (B, Lq, heads*dv); `mask` additive, broadcastable to (B, heads, Lq, Lk). One fused kernel on CPU (no head
+    transposes); elsewhere heads are split, attended and merged."""
+    if mask is None:
+        fused = _fused_attention(q, k, v, scale, heads)
+        if fused is not None:
+            return fused
+    b, lq = q.shape[0], q.shape[1]
+
+    def split(x):  # (B, L, heads*d) -> (B, heads, L, d)
+        return permute(x.reshape(b, x.shape[1], heads, x.shape[2] // heads), (0, 2, 1, 3))
+
+    out = attention(split(q), split(k), split(v), scale, mask)
+    return permute(out, (0, 2, 1, 3)).reshape(b, lq, -1)
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -20,12 +20,6 @@ def _pair(v, n=2):
     return tuple(v) if isinstance(v, (tuple, list)) else (v,) * n
 
 
-def observed(*cells: nn.Cell) -> bool:
-    """True when a forward (pre-)hook watches one of `cells` (the parity harness's capture). Fast paths that compute a
-    sub-cell's work without calling it must then call it, so every hooked module still reports its output."""
-    return any(c._forward_hook or c._forward_pre_hook for c in cells)
-
-
 class Linear(nn.Cell):
     def __init__(self, in_features: int, out_features: int, bias: bool = True):
         super().__init__()
@@ -35,11 +29,6 @@ class Linear(nn.Cell):
 
     def construct(self, x: Tensor) -> Tensor:
         return backend.linear(x, self.weight, self.bias)
-
-    def rows(self, x: Tensor, start: int, stop: int) -> Tensor:
-        """Output features start:stop only, from those weight rows: a contiguous result, where slicing the full
-        output would give a strided view (every CPU op on a view is 10-30x slower in MindSpore 2.8)."""
-        return backend.linear(x, self.weight[start:stop], None if self.bias is None else self.bias[start:stop])
 
 
 class Conv2d(nn.Cell):

@@ -3,15 +3,12 @@
 
 from __future__ import annotations
 
-from mindspore import Tensor, nn, ops
+from mindspore import Tensor, nn
 
 from .. import backend
-from ..layers import Dropout, GroupNorm, LayerNorm, Linear, observed
+from ..layers import Dropout, GroupNorm, LayerNorm, Linear
 from .embeddings import SinusoidalPositionalEmbedding
 
-
-# per-head / per-half projections pay off above this many output values (below, the extra op launches cost more)
-SPLIT_MIN_SIZE = 1 << 16
 
 
 class Attention(nn.Cell):
@@ -72,7 +69,7 @@ class Attention(nn.Cell):
         if isinstance(self.norm_cross, LayerNorm):
             return self.norm_cross(context)
         # group norm over channels: (B, L, C) -> (B, C, L) -> (B, L, C)
-        return self.norm_cross(context.swapaxes(1, 2)).swapaxes(1, 2)
+        return backend.permute(self.norm_cross(backend.permute(context, (0, 2, 1))), (0, 2, 1))
 
     def construct(self, hidden_states: Tensor, encoder_hidden_states: Tensor | None = None,
                   attention_mask: Tensor | None = None) -> Tensor:
@@ -81,41 +78,26 @@ class Attention(nn.Cell):
         input_ndim = hidden_states.ndim
         if input_ndim == 4:
             b, c, h, w = hidden_states.shape
-            hidden_states = hidden_states.reshape(b, c, h * w).swapaxes(1, 2)
-        b, lq = hidden_states.shape[0], hidden_states.shape[1]
+            hidden_states = backend.permute(hidden_states.reshape(b, c, h * w), (0, 2, 1))
+        b = hidden_states.shape[0]
         # 2. optional group norm over channels: (B, L, C) -> (B, C, L) -> (B, L, C)
         if self.group_norm is not None:
-            hidden_states = self.group_norm(hidden_states.swapaxes(1, 2)).swapaxes(1, 2)
+            hidden_states = backend.permute(self.group_norm(backend.permute(hidden_states, (0, 2, 1))), (0, 2, 1))
         if encoder_hidden_states is None:
             encoder_hidden_states = hidden_states
         elif self.norm_cross is not None:
             encoder_hidden_states = self._norm_cross(encoder_hidden_states)
-        d = self.inner_dim // self.heads
         # a per-batch additive mask (B, Lk) / (B, Lq|1, Lk) broadcasts over heads
         if attention_mask is not None:
             attention_mask = attention_mask.reshape(b, 1, -1, attention_mask.shape[-1])
-        if b * lq * self.inner_dim >= SPLIT_MIN_SIZE and not observed(self.to_q, self.to_k, self.to_v):
-            # 3-5 (fast). per head: q, k, v from the projections' weight rows (contiguous (B, L, d), no head
-            # transposes), attention, heads concatenated: (B, L, heads*d)
-            outs = []
-            for i in range(self.heads):
-                q, k, v = (proj.rows(x, i * d, (i + 1) * d)[:, None] for proj, x in (
-                    (self.to_q, hidden_states), (self.to_k, encoder_hidden_states), (self.to_v, encoder_hidden_states)))
-                outs.append(backend.attention(q, k, v, self.scale, attention_mask)[:, 0])
-            hidden_states = ops.cat(outs, axis=-1) if self.heads > 1 else outs[0]
-        else:
-            # 3. projections: (B, L, C) -> (B, heads, L, d)
-            query = self.to_q(hidden_states).reshape(b, lq, self.heads, d).swapaxes(1, 2)
-            key = self.to_k(encoder_hidden_states).reshape(b, -1, self.heads, d).swapaxes(1, 2)
-            value = self.to_v(encoder_hidden_states).reshape(b, -1, self.heads, d).swapaxes(1, 2)
-            # 4. attention
-            hidden_states = backend.attention(query, key, value, self.scale, attention_mask)
-            # 5. merge heads: (B, heads, L, d) -> (B, L, heads*d)
-            hidden_states = hidden_states.swapaxes(1, 2).reshape(b, lq, self.heads * d)
+        # 3-5. projections, attention per head, heads merged: (B, L, heads*d) throughout
+        hidden_states = backend.attention_heads(self.to_q(hidden_states), self.to_k(encoder_hidden_states),
+                                                self.to_v(encoder_hidden_states), self.heads, self.scale,
+                                                attention_mask)
         hidden_states = self.to_out[1](self.to_out[0](hidden_states))
         # 6. tokens back to feature maps, residual, rescale
         if input_ndim == 4:
-            hidden_states = hidden_states.swapaxes(1, 2).reshape(b, c, h, w)
+            hidden_states = backend.permute(hidden_states, (0, 2, 1)).reshape(b, c, h, w)
         if self.residual_connection:
             hidden_states = hidden_states + residual
         if self.rescale_output_factor != 1.0:
@@ -143,12 +125,7 @@ class GEGLU(nn.Cell):
         self.proj = Linear(dim_in, dim_out * 2, bias=bias)
 
     def construct(self, hidden_states: Tensor) -> Tensor:
-        n = self.proj.out_features // 2
-        if hidden_states.size // hidden_states.shape[-1] * n < SPLIT_MIN_SIZE or observed(self.proj):
-            hidden_states, gate = ops.chunk(self.proj(hidden_states), 2, axis=-1)
-        else:  # both halves contiguous (chunks of one output are strided views: slow CPU ops)
-            hidden_states, gate = self.proj.rows(hidden_states, 0, n), self.proj.rows(hidden_states, n, 2 * n)
-        return hidden_states * backend.gelu(gate)
+        return backend.geglu(self.proj(hidden_states))
 
 
 class ApproximateGELU(nn.Cell):
@@ -281,7 +258,7 @@ class TemporalBasicTransformerBlock(nn.Cell):
         bf, seq, c = hidden_states.shape
         b = bf // num_frames
         # 1. frames become the sequence: (B*F, L, C) -> (B, F, L, C) -> (B*L, F, C)
-        hidden_states = hidden_states.reshape(b, num_frames, seq, c).swapaxes(1, 2).reshape(b * seq, num_frames, c)
+        hidden_states = backend.permute(hidden_states.reshape(b, num_frames, seq, c), (0, 2, 1, 3)).reshape(b * seq, num_frames, c)
         # 2. input feed-forward (residual when the width is kept)
         residual = hidden_states
         hidden_states = self.ff_in(self.norm_in(hidden_states))
@@ -297,4 +274,4 @@ class TemporalBasicTransformerBlock(nn.Cell):
         hidden_states = ff_output + hidden_states if self.is_res else ff_output
         # 6. back: (B*L, F, C') -> (B, L, F, C') -> (B*F, L, C')
         c_out = hidden_states.shape[-1]
-        return hidden_states.reshape(b, seq, num_frames, c_out).swapaxes(1, 2).reshape(bf, seq, c_out)
+        return backend.permute(hidden_states.reshape(b, seq, num_frames, c_out), (0, 2, 1, 3)).reshape(bf, seq, c_out)

@@ -60,14 +60,9 @@ class CLIPAttention(nn.Cell):
 
     def construct(self, hidden_states: Tensor, attention_mask: Tensor | None = None):
         b, length, _ = hidden_states.shape
-        # 1. project and split heads: (B, L, D) -> (B, heads, L, head_dim)
-        q = self.q_proj(hidden_states).reshape(b, length, self.num_heads, self.head_dim).transpose(0, 2, 1, 3)
-        k = self.k_proj(hidden_states).reshape(b, length, self.num_heads, self.head_dim).transpose(0, 2, 1, 3)
-        v = self.v_proj(hidden_states).reshape(b, length, self.num_heads, self.head_dim).transpose(0, 2, 1, 3)
-        # 2. softmax(q k^T * scale + mask) v, with an additive mask (B or 1, 1, L, L)
-        out = backend.attention(q, k, v, self.scale, attention_mask)
-        # 3. merge heads: (B, heads, L, head_dim) -> (B, L, D), then output projection
-        out = out.transpose(0, 2, 1, 3).reshape(b, length, self.embed_dim)
+        # softmax(q k^T * scale + mask) v per head, with an additive mask (B or 1, 1, L, L); (B, L, D) throughout
+        out = backend.attention_heads(self.q_proj(hidden_states), self.k_proj(hidden_states),
+                                      self.v_proj(hidden_states), self.num_heads, self.scale, attention_mask)
         return self.out_proj(out), None
 
 
@@ -158,8 +153,8 @@ class CLIPVisionEmbeddings(nn.Cell):
         mh = Tensor(bicubic_matrix(side, new_h, align_corners=False))  # (new_h, gh)
         mw = Tensor(bicubic_matrix(side, new_w, align_corners=False))  # (new_w, gw)
         grid = ops.matmul(mh, grid.reshape(side, side * self.embed_dim)).reshape(new_h, side, self.embed_dim)
-        grid = ops.matmul(mw, grid.transpose(1, 0, 2).reshape(side, new_h * self.embed_dim))
-        grid = grid.reshape(new_w, new_h, self.embed_dim).transpose(1, 0, 2).reshape(new_h * new_w, self.embed_dim)
+        grid = ops.matmul(mw, backend.permute(grid, (1, 0, 2)).reshape(side, new_h * self.embed_dim))
+        grid = backend.permute(grid.reshape(new_w, new_h, self.embed_dim), (1, 0, 2)).reshape(new_h * new_w, self.embed_dim)
         return ops.cat([table[:1].astype(ms.float32), grid], axis=0).astype(dt)[None]
 
     def construct(self, pixel_values: Tensor, interpolate_pos_encoding: bool = False) -> Tensor:
@@ -170,7 +165,7 @@ class CLIPVisionEmbeddings(nn.Cell):
             )
         # 1. patchify: (B, C, H, W) -> (B, D, H/p, W/p) -> (B, N, D)
         patches = self.patch_embedding(pixel_values.astype(self.patch_embedding.weight.dtype))
-        patches = patches.reshape(b, self.embed_dim, -1).transpose(0, 2, 1)
+        patches = backend.permute(patches.reshape(b, self.embed_dim, -1), (0, 2, 1))
         # 2. prepend [CLS]: (B, 1+N, D)
         cls = ops.broadcast_to(self.class_embedding.astype(patches.dtype).reshape(1, 1, -1), (b, 1, self.embed_dim))
         embeddings = ops.cat([cls, patches], axis=1)

@@ -59,7 +59,7 @@ class Downsample2D(nn.Cell):
     def construct(self, hidden_states: Tensor) -> Tensor:
         # 1. optional channel LayerNorm: (B, C, H, W) -> (B, H, W, C) -> (B, C, H, W)
         if self.norm is not None:
-            hidden_states = self.norm(hidden_states.transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2)
+            hidden_states = backend.permute(self.norm(backend.permute(hidden_states, (0, 2, 3, 1))), (0, 3, 1, 2))
         # 2. halve: (B, C, H, W) -> (B, C', H/2, W/2)
         if not self.use_conv:
             return backend.avg_pool2d(hidden_states, 2, 2)
@@ -99,7 +99,7 @@ class Upsample2D(nn.Cell):
     def construct(self, hidden_states: Tensor, output_size=None) -> Tensor:
         # 1. optional channel LayerNorm
         if self.norm is not None:
-            hidden_states = self.norm(hidden_states.transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2)
+            hidden_states = backend.permute(self.norm(backend.permute(hidden_states, (0, 2, 3, 1))), (0, 3, 1, 2))
         # 2. nearest x2 (or to output_size): (B, C, H, W) -> (B, C, 2H, 2W)
         if self.interpolate:
             if output_size is None:
@@ -224,7 +224,7 @@ class TemporalResnetBlock(nn.Cell):
         # 2. per-frame time embedding: (B, F, T) -> (B, F, Cout) -> (B, Cout, F, 1, 1)
         if self.time_emb_proj is not None and temb is not None:
             temb = self.time_emb_proj(self.nonlinearity(temb))
-            hidden_states = backend.add_leading(hidden_states, temb.transpose(0, 2, 1))
+            hidden_states = backend.add_leading(hidden_states, backend.permute(temb, (0, 2, 1)))
         # 3. norm + act + temporal conv
         hidden_states = self.conv2(self.dropout(self.nonlinearity(self.norm2(hidden_states))))
         # 4. shortcut and residual
@@ -272,8 +272,7 @@ class AlphaBlender(nn.Cell):
         alpha = self.get_alpha(image_only_indicator, x_spatial.ndim).astype(x_spatial.dtype)
         if self.switch_spatial_to_temporal_mix:
             alpha = 1.0 - alpha
-        # alpha * xs + (1 - alpha) * xt with one broadcasting multiply (broadcasting CPU kernels are the slow ones)
-        return x_temporal + alpha * (x_spatial - x_temporal)
+        return backend.blend(x_spatial, x_temporal, alpha)
 
 
 class SpatioTemporalResBlock(nn.Cell):
@@ -299,14 +298,14 @@ class SpatioTemporalResBlock(nn.Cell):
         bf, c, h, w = hidden_states.shape
         b = bf // num_frames
         # 2. unfold frames: (B*F, C, H, W) -> (B, C, F, H, W)
-        spatial = hidden_states.reshape(b, num_frames, c, h, w).transpose(0, 2, 1, 3, 4)
+        spatial = backend.permute(hidden_states.reshape(b, num_frames, c, h, w), (0, 2, 1, 3, 4))
         if temb is not None:
             temb = temb.reshape(b, num_frames, -1)
         # 3. temporal resnet and blend
         temporal = self.temporal_res_block(spatial, temb)
         hidden_states = self.time_mixer(spatial, temporal, image_only_indicator)
         # 4. fold frames back: (B, C, F, H, W) -> (B*F, C, H, W)
-        return hidden_states.transpose(0, 2, 1, 3, 4).reshape(bf, c, h, w)
+        return backend.permute(hidden_states, (0, 2, 1, 3, 4)).reshape(bf, c, h, w)
 
 
 class TemporalConvLayer(nn.Cell):
@@ -331,11 +330,11 @@ class TemporalConvLayer(nn.Cell):
     def construct(self, hidden_states: Tensor, num_frames: int = 1) -> Tensor:
         bf, c, h, w = hidden_states.shape
         # 1. unfold frames: (B*F, C, H, W) -> (B, F, C, H, W) -> (B, C, F, H, W)
-        hidden_states = hidden_states.reshape(bf // num_frames, num_frames, c, h, w).transpose(0, 2, 1, 3, 4)
+        hidden_states = backend.permute(hidden_states.reshape(bf // num_frames, num_frames, c, h, w), (0, 2, 1, 3, 4))
         # 2. four temporal conv stages + identity
         identity = hidden_states
         hidden_states = self.conv4(self.conv3(self.conv2(self.conv1(hidden_states))))
         hidden_states = identity + hidden_states
         # 3. fold frames back: (B, C, F, H, W) -> (B*F, C, H, W)
         c_out = hidden_states.shape[1]
-        return hidden_states.transpose(0, 2, 1, 3, 4).reshape(bf, c_out, h, w)
+        return backend.permute(hidden_states, (0, 2, 1, 3, 4)).reshape(bf, c_out, h, w)

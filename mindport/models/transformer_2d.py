@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from mindspore import Tensor, nn
 
+from .. import backend
 from ..layers import Conv2d, GroupNorm, Linear
 from ..modeling import ModelMixin, Output
 from .attention import BasicTransformerBlock
@@ -94,10 +95,10 @@ class Transformer2DModel(ModelMixin):
         if not self.use_linear_projection:
             hidden_states = self.proj_in(hidden_states)  # (B, inner, H, W)
             inner = hidden_states.shape[1]
-            hidden_states = hidden_states.transpose(0, 2, 3, 1).reshape(batch, height * width, inner)
+            hidden_states = backend.permute(hidden_states, (0, 2, 3, 1)).reshape(batch, height * width, inner)
         else:
             channels = hidden_states.shape[1]
-            hidden_states = hidden_states.transpose(0, 2, 3, 1).reshape(batch, height * width, channels)
+            hidden_states = backend.permute(hidden_states, (0, 2, 3, 1)).reshape(batch, height * width, channels)
             hidden_states = self.proj_in(hidden_states)  # (B, H*W, inner)
 
         # 2. transformer blocks on tokens: (B, H*W, inner)
@@ -109,11 +110,11 @@ class Transformer2DModel(ModelMixin):
         # 3. output: (B, H*W, inner) -> (B, C_out, H, W), + residual
         if not self.use_linear_projection:
             inner = hidden_states.shape[-1]
-            hidden_states = hidden_states.reshape(batch, height, width, inner).transpose(0, 3, 1, 2)
+            hidden_states = backend.permute(hidden_states.reshape(batch, height, width, inner), (0, 3, 1, 2))
             hidden_states = self.proj_out(hidden_states)
         else:
             hidden_states = self.proj_out(hidden_states)
-            hidden_states = hidden_states.reshape(batch, height, width, -1).transpose(0, 3, 1, 2)
+            hidden_states = backend.permute(hidden_states.reshape(batch, height, width, -1), (0, 3, 1, 2))
         output = hidden_states + residual
 
         if not return_dict:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 from mindspore import Tensor, nn
 
+from .. import backend
 from ..layers import GroupNorm, Linear
 from ..modeling import Output
 from .attention import BasicTransformerBlock, TemporalBasicTransformerBlock
@@ -61,7 +62,7 @@ class TransformerSpatioTemporalModel(nn.Cell):
         residual = hidden_states
         hidden_states = self.norm(hidden_states)
         channels = hidden_states.shape[1]
-        hidden_states = hidden_states.transpose(0, 2, 3, 1).reshape(bf, height * width, channels)
+        hidden_states = backend.permute(hidden_states, (0, 2, 3, 1)).reshape(bf, height * width, channels)
         hidden_states = self.proj_in(hidden_states)
 
         # 3. frame-index embedding: (B*F,) -> (B*F, C) -> (B*F, 1, C)
@@ -77,7 +78,7 @@ class TransformerSpatioTemporalModel(nn.Cell):
 
         # 5. back to maps + residual: (B*F, H*W, inner) -> (B*F, C, H, W)
         hidden_states = self.proj_out(hidden_states)
-        hidden_states = hidden_states.reshape(bf, height, width, channels).transpose(0, 3, 1, 2)
+        hidden_states = backend.permute(hidden_states.reshape(bf, height, width, channels), (0, 3, 1, 2))
         output = hidden_states + residual
         if not return_dict:
             return (output,)
@@ -125,10 +126,10 @@ class TransformerTemporalModel(nn.Cell):
         residual = hidden_states
 
         # 1. frames to the channel-first video: (B*F, C, H, W) -> (B, C, F, H, W), GroupNorm over C groups x F x H x W
-        hidden_states = hidden_states.reshape(b, num_frames, channel, height, width).transpose(0, 2, 1, 3, 4)
+        hidden_states = backend.permute(hidden_states.reshape(b, num_frames, channel, height, width), (0, 2, 1, 3, 4))
         hidden_states = self.norm(hidden_states)
         # 2. one sequence of frames per pixel: (B, C, F, H, W) -> (B, H, W, F, C) -> (B*H*W, F, C) -> inner
-        hidden_states = hidden_states.transpose(0, 3, 4, 2, 1).reshape(b * height * width, num_frames, channel)
+        hidden_states = backend.permute(hidden_states, (0, 3, 4, 2, 1)).reshape(b * height * width, num_frames, channel)
         hidden_states = self.proj_in(hidden_states)
 
         # 3. transformer blocks over frames
@@ -137,7 +138,7 @@ class TransformerTemporalModel(nn.Cell):
 
         # 4. back: (B*H*W, F, C) -> (B, H, W, F, C) -> (B, F, C, H, W) -> (B*F, C, H, W), + residual
         hidden_states = self.proj_out(hidden_states)
-        hidden_states = hidden_states.reshape(b, height, width, num_frames, channel).transpose(0, 3, 4, 1, 2)
+        hidden_states = backend.permute(hidden_states.reshape(b, height, width, num_frames, channel), (0, 3, 4, 1, 2))
         output = hidden_states.reshape(bf, channel, height, width) + residual
         if not return_dict:
             return (output,)

@@ -182,7 +182,7 @@ class I2VGenXLUNet(ModelMixin):
         first = image_latents[:, :, 0]
         ctx_img = self.image_latents_context_embedding(first)
         b, d, h, w = ctx_img.shape
-        ctx_img = ctx_img.transpose(0, 2, 3, 1).reshape(b, h * w, d)
+        ctx_img = backend.permute(ctx_img, (0, 2, 3, 1)).reshape(b, h * w, d)
         # 2. CLIP image embedding -> in_channels tokens: (B, 1, D) -> (B, 1, D*in) -> (B, in, D)
         image_emb = self.context_embedding(image_embeddings)
         image_emb = image_emb.reshape(-1, self.in_channels, self.cross_attention_dim)
@@ -193,13 +193,13 @@ class I2VGenXLUNet(ModelMixin):
         """(B, 4, F, H, W) -> (B, C, F, H, W): per-frame convs, then attention over frames per pixel."""
         # 1. per frame: (B, 4, F, H, W) -> (B*F, 4, H, W) -> (B*F, C, H, W)
         c_img = image_latents.shape[1]
-        x = image_latents.transpose(0, 2, 1, 3, 4).reshape(batch * num_frames, c_img, height, width)
+        x = backend.permute(image_latents, (0, 2, 1, 3, 4)).reshape(batch * num_frames, c_img, height, width)
         x = self.image_latents_proj_in(x)
         # 2. per pixel over frames: (B, F, C, H, W) -> (B, H, W, F, C) -> (B*H*W, F, C)
-        x = x.reshape(batch, num_frames, channels, height, width).transpose(0, 3, 4, 1, 2)
+        x = backend.permute(x.reshape(batch, num_frames, channels, height, width), (0, 3, 4, 1, 2))
         x = self.image_latents_temporal_encoder(x.reshape(batch * height * width, num_frames, channels))
         # 3. back: (B*H*W, F, C) -> (B, H, W, F, C) -> (B, C, F, H, W)
-        return x.reshape(batch, height, width, num_frames, channels).transpose(0, 4, 3, 1, 2)
+        return backend.permute(x.reshape(batch, height, width, num_frames, channels), (0, 4, 3, 1, 2))
 
     def construct(self, sample, timestep, fps, image_latents, image_embeddings=None, encoder_hidden_states=None,
                   timestep_cond=None, cross_attention_kwargs=None, return_dict: bool = True):
@@ -233,7 +233,7 @@ class I2VGenXLUNet(ModelMixin):
         # 3. image latents encoded and concatenated to the sample: (B, 2C, F, H, W) -> (B*F, 2C, H, W)
         image_latents = self._encode_image_latents(image_latents, batch, num_frames, channels, height, width)
         sample = ops.cat([sample, image_latents], axis=1)
-        sample = sample.transpose(0, 2, 1, 3, 4).reshape(batch * num_frames, 2 * channels, height, width)
+        sample = backend.permute(sample, (0, 2, 1, 3, 4)).reshape(batch * num_frames, 2 * channels, height, width)
 
         # 4. conv_in + temporal transformer: (B*F, C0, H, W)
         sample = self.conv_in(sample)
@@ -267,7 +267,7 @@ class I2VGenXLUNet(ModelMixin):
 
         # 8. output: (B*F, C, H, W) -> (B, F, C, H, W) -> (B, C, F, H, W)
         sample = self.conv_out(self.conv_act(self.conv_norm_out(sample)))
-        sample = sample.reshape(batch, num_frames, *sample.shape[1:]).transpose(0, 2, 1, 3, 4)
+        sample = backend.permute(sample.reshape(batch, num_frames, *sample.shape[1:]), (0, 2, 1, 3, 4))
         if not return_dict:
             return (sample,)
         return Output(sample=sample)

@@ -85,10 +85,10 @@ class AnimateDiffTransformer3D(nn.Cell):
         residual = hidden_states
 
         # 1. unfold frames: (B*F, C, H, W) -> (B, C, F, H, W); GroupNorm over (C/G, F, H, W)
-        hidden_states = hidden_states.reshape(batch, num_frames, channel, height, width).transpose(0, 2, 1, 3, 4)
+        hidden_states = backend.permute(hidden_states.reshape(batch, num_frames, channel, height, width), (0, 2, 1, 3, 4))
         hidden_states = self.norm(hidden_states)
         # 2. one sequence per pixel: (B, C, F, H, W) -> (B, H, W, F, C) -> (B*H*W, F, C)
-        hidden_states = hidden_states.transpose(0, 3, 4, 2, 1).reshape(batch * height * width, num_frames, channel)
+        hidden_states = backend.permute(hidden_states, (0, 3, 4, 2, 1)).reshape(batch * height * width, num_frames, channel)
         hidden_states = self.proj_in(hidden_states)
 
         # 3. transformer blocks over time: (B*H*W, F, inner)
@@ -97,7 +97,7 @@ class AnimateDiffTransformer3D(nn.Cell):
 
         # 4. back: (B*H*W, F, C) -> (B, H, W, F, C) -> (B, F, C, H, W) -> (B*F, C, H, W), + residual
         hidden_states = self.proj_out(hidden_states)
-        hidden_states = hidden_states.reshape(batch, height, width, num_frames, channel).transpose(0, 3, 4, 1, 2)
+        hidden_states = backend.permute(hidden_states.reshape(batch, height, width, num_frames, channel), (0, 3, 4, 1, 2))
         hidden_states = hidden_states.reshape(batch_frames, channel, height, width)
         return hidden_states + residual
 
@@ -762,7 +762,7 @@ class UNetMotionModel(ModelMixin):
         emb = ops.repeat_interleave(emb, num_frames, 0)
 
         # 2. fold frames: (B, C, F, H, W) -> (B, F, C, H, W) -> (B*F, C, H, W); input conv
-        sample = sample.transpose(0, 2, 1, 3, 4).reshape(batch_size * num_frames, -1, *sample.shape[3:])
+        sample = backend.permute(sample, (0, 2, 1, 3, 4)).reshape(batch_size * num_frames, -1, *sample.shape[3:])
         sample = self.conv_in(sample)
 
         # 3. down path, collecting skips
@@ -807,7 +807,7 @@ class UNetMotionModel(ModelMixin):
         sample = self.conv_out(sample)
 
         # 7. unfold frames: (B*F, C_out, H, W) -> (B, F, C_out, H, W) -> (B, C_out, F, H, W)
-        sample = sample.reshape(batch_size, num_frames, *sample.shape[1:]).transpose(0, 2, 1, 3, 4)
+        sample = backend.permute(sample.reshape(batch_size, num_frames, *sample.shape[1:]), (0, 2, 1, 3, 4))
         if not return_dict:
             return (sample,)
         return Output(sample=sample)

@@ -404,6 +404,6 @@ class TemporalDecoder(nn.Cell):
         # 5. temporal conv over frames: (B*F, C, H, W) -> (B, C, F, H, W) -> (B*F, C, H, W)
         batch_frames, channels, height, width = sample.shape
         batch_size = batch_frames // num_frames
-        sample = sample.reshape(batch_size, num_frames, channels, height, width).transpose(0, 2, 1, 3, 4)
+        sample = backend.permute(sample.reshape(batch_size, num_frames, channels, height, width), (0, 2, 1, 3, 4))
         sample = self.time_conv_out(sample)
-        return sample.transpose(0, 2, 1, 3, 4).reshape(batch_frames, channels, height, width)
+        return backend.permute(sample, (0, 2, 1, 3, 4)).reshape(batch_frames, channels, height, width)

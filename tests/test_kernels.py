@@ -1,0 +1,162 @@
+"""The fused C++ CPU kernels (mindport/csrc/cpu_kernels.cc) against PyTorch and against the MindSpore-ops path they
+replace, over several shapes; the fallback when they cannot be built."""
+
+import numpy as np
+import pytest
+import torch
+from mindspore import Tensor
+
+from mindport import backend
+
+from helpers import assert_close
+
+t = torch.from_numpy
+
+
+@pytest.fixture
+def ops_path(monkeypatch):
+    """Run a block with the kernels switched off (MindSpore ops only), then restore them."""
+
+    class Switch:
+        def __enter__(self):
+            monkeypatch.setenv("MINDPORT_KERNELS", "0")
+            backend.kernel_library.cache_clear()
+
+        def __exit__(self, *exc):
+            monkeypatch.delenv("MINDPORT_KERNELS")
+            backend.kernel_library.cache_clear()
+
+    return Switch()
+
+
+def both(fn, ops_path):
+    """fn() with the kernels, and with MindSpore ops only."""
+    assert backend.kernel_library() is not None, "the kernels did not build on this machine"
+    fast = fn().asnumpy()
+    with ops_path:
+        slow = fn().asnumpy()
+    return fast, slow
+
+
+@pytest.mark.parametrize("shape, groups", [((2, 64, 3, 9, 7), 8), ((3, 12, 5, 4), 3), ((1, 32, 17), 32)])
+def test_group_norm(shape, groups, rng, ops_path):
+    x = (rng.standard_normal(shape) * 3 + 1).astype(np.float32)
+    w, b = (rng.standard_normal(shape[1]).astype(np.float32) for _ in range(2))
+    fast, slow = both(lambda: backend.group_norm(Tensor(x), groups, Tensor(w), Tensor(b), 1e-6), ops_path)
+    ref = torch.nn.functional.group_norm(t(x).double(), groups, t(w).double(), t(b).double(), 1e-6)
+    assert_close(fast, ref, rel_l2=2e-7, where="kernel")
+    assert_close(fast, slow, rel_l2=1e-6, where="kernel vs ops")
+
+
+@pytest.mark.parametrize("shape", [(5, 7, 96), (3, 1024), (2, 1, 13)])
+def test_layer_norm_with_and_without_affine(shape, rng, ops_path):
+    x = (rng.standard_normal(shape) * 2 + 3).astype(np.float32)
+    w, b = (rng.standard_normal(shape[-1]).astype(np.float32) for _ in range(2))
+    fast, slow = both(lambda: backend.layer_norm(Tensor(x), Tensor(w), Tensor(b), 1e-5), ops_path)
+    assert_close(fast, torch.nn.functional.layer_norm(t(x).double(), shape[-1:], t(w).double(), t(b).double(), 1e-5),
+                 rel_l2=2e-7, where="kernel")
+    assert_close(fast, slow, rel_l2=1e-6, where="kernel vs ops")
+    plain = backend.layer_norm(Tensor(x), None, None, 1e-5)
+    assert_close(plain, torch.nn.functional.layer_norm(t(x), shape[-1:], eps=1e-5), rel_l2=1e-6, where="no affine")
+
+
+def test_gelu_and_geglu_over_the_whole_range(rng, ops_path):
+    x = np.concatenate([np.linspace(-40, 40, 20001), rng.standard_normal(4000) * 3, [0.0]]).astype(np.float32)
+    fast, slow = both(lambda: backend.gelu(Tensor(x)), ops_path)
+    ref = torch.nn.functional.gelu(t(x).double()).numpy()
+    assert np.abs(fast - ref).max() < 1e-6 * np.maximum(1, np.abs(ref)).max()
+    assert_close(fast, ref, rel_l2=2e-7, where="gelu")
+    assert_close(fast, slow, rel_l2=5e-7, where="gelu kernel vs ops")
+    h = (rng.standard_normal((37, 2 * 45)) * 3).astype(np.float32)  # 45: a row that is not a multiple of 8
+    fast, slow = both(lambda: backend.geglu(Tensor(h)), ops_path)
+    a, g = t(h).double().chunk(2, -1)
+    assert_close(fast, a * torch.nn.functional.gelu(g), rel_l2=2e-7, where="geglu")
+    assert_close(fast, slow, rel_l2=5e-7, where="geglu kernel vs ops")
+
+
+@pytest.mark.parametrize("lq, lk, d", [(50, 40, 16), (4, 4, 64), (300, 77, 8)])
+def test_attention_softmax_kernel(lq, lk, d, rng, ops_path):
+    q, k, v = (rng.standard_normal((2, 3, n, d)).astype(np.float32) * 2 for n in (lq, lk, lk))
+    fast, slow = both(lambda: backend.attention(Tensor(q), Tensor(k), Tensor(v), d ** -0.5), ops_path)
+    ref = torch.nn.functional.scaled_dot_product_attention(t(q).double(), t(k).double(), t(v).double())
+    assert_close(fast, ref, rel_l2=1e-6, where="attention")
+    assert_close(fast, slow, rel_l2=1e-6, where="attention kernel vs ops")
+
+
+@pytest.mark.parametrize("shape, alpha_shape", [((2, 8, 4, 5, 6), (2, 1, 4, 1, 1)), ((16, 20, 6), (16, 1, 1)),
+                                                 ((3, 5, 7), (1, 1, 1)), ((2, 3, 4, 5, 6), (1,)), ((4, 6), (6,))])
+def test_blend(shape, alpha_shape, rng, ops_path):
+    a, b = (rng.standard_normal(shape).astype(np.float32) for _ in range(2))
+    alpha = rng.random(alpha_shape).astype(np.float32)
+    fast, slow = both(lambda: backend.blend(Tensor(a), Tensor(b), Tensor(alpha)), ops_path)
+    assert_close(fast, alpha * a.astype(np.float64) + (1 - alpha) * b, rel_l2=1e-7, where="blend")
+    assert_close(fast, slow, rel_l2=1e-6, where="blend kernel vs ops")
+
+
+@pytest.mark.parametrize("perm", [(0, 2, 1, 3, 4), (0, 3, 4, 2, 1), (0, 2, 3, 4, 1), (4, 3, 2, 1, 0), (1, 0, 2, 3, 4),
+                                  (0, 1, 3, 2, 4), (0, 1, 2, 4, 3), (0, 3, 4, 1, 2), (0, 1, 2, 3, 4)])
+def test_permute_is_exact(perm, rng):
+    x = rng.standard_normal((2, 3, 4, 37, 35)).astype(np.float32)
+    np.testing.assert_array_equal(backend.permute(Tensor(x), perm).asnumpy(), x.transpose(perm))
+
+
+def test_merge_axes():
+    assert backend._merge_axes((2, 3, 4, 5, 6), (0, 2, 1, 3, 4)) == ([2, 3, 4, 30], (0, 2, 1, 3))
+    assert backend._merge_axes((2, 3, 4, 5), (0, 2, 3, 1)) == ([2, 3, 20], (0, 2, 1))
+    assert backend._merge_axes((2, 3), (0, 1)) == ([6], (0,))
+
+
+def test_fp16_inputs_use_the_kernels_in_float32(rng):
+    import mindspore as ms
+
+    x = rng.standard_normal((2, 8, 6, 6)).astype(np.float32)
+    w, b = np.ones(8, np.float32), np.zeros(8, np.float32)
+    half = backend.group_norm(Tensor(x).astype(ms.float16), 4, Tensor(w).astype(ms.float16),
+                              Tensor(b).astype(ms.float16), 1e-5)
+    assert half.dtype == ms.float16
+    assert_close(half, torch.nn.functional.group_norm(t(x), 4, eps=1e-5), rel_l2=2e-3, where="fp16 group norm")
+    h = rng.standard_normal((4, 16)).astype(np.float32)
+    out = backend.geglu(Tensor(h).astype(ms.float16))
+    assert out.dtype == ms.float16 and out.shape == (4, 8)
+
+
+def test_no_compiler_falls_back_with_one_warning(monkeypatch, tmp_path, rng):
+    monkeypatch.setenv("CXX", "no-such-compiler-mindport")
+    monkeypatch.setenv("MINDPORT_CACHE", str(tmp_path))
+    backend.kernel_library.cache_clear()
+    try:
+        with pytest.warns(UserWarning, match="no C\\+\\+ compiler .*no-such-compiler-mindport"):
+            assert backend.kernel_library() is None
+        x = rng.standard_normal((2, 4, 3, 3)).astype(np.float32)
+        got = backend.group_norm(Tensor(x), 2, None, None, 1e-5)
+        assert_close(got, torch.nn.functional.group_norm(t(x), 2, eps=1e-5), rel_l2=1e-6, where="fallback")
+    finally:
+        monkeypatch.undo()
+        backend.kernel_library.cache_clear()
+
+
+def test_compile_error_falls_back(monkeypatch, tmp_path):
+    monkeypatch.setenv("CXX", "false")  # a "compiler" that fails
+    monkeypatch.setenv("MINDPORT_CACHE", str(tmp_path))
+    backend.kernel_library.cache_clear()
+    try:
+        with pytest.warns(UserWarning, match="building the fused CPU kernels failed"):
+            assert backend.kernel_library() is None
+        assert not list(tmp_path.rglob("*.so")), "a failed build must leave no library behind"
+    finally:
+        monkeypatch.undo()
+        backend.kernel_library.cache_clear()
+
+
+def test_settings_that_change_the_shape_are_not_mixed_up(rng):
+    # same input shapes, different stride / permutation: PyNative's shape cache must not hand one the other's shape
+    x = rng.standard_normal((2, 8, 16, 16)).astype(np.float32)
+    w = rng.standard_normal((8, 8, 3, 3)).astype(np.float32)
+    for stride, padding in [((1, 1), (1, 1)), ((2, 2), (1, 1)), ((2, 2), (0, 0)), ((1, 1), (1, 1))]:
+        got = backend.conv2d(Tensor(x), Tensor(w), None, stride, padding)
+        ref = torch.nn.functional.conv2d(t(x), t(w), None, stride, padding)
+        assert got.shape == tuple(ref.shape)
+        assert_close(got, ref, rel_l2=1e-6, where=f"conv stride {stride} padding {padding}")
+    y = rng.standard_normal((2, 3, 4)).astype(np.float32)
+    for perm in [(0, 2, 1), (1, 0, 2), (2, 1, 0), (0, 2, 1)]:
+        np.testing.assert_array_equal(backend.permute(Tensor(y), perm).asnumpy(), y.transpose(perm))
