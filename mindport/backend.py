@@ -434,6 +434,8 @@ def quick_gelu(x: Tensor) -> Tensor:
 
 
 def silu(x: Tensor) -> Tensor:
+    if _kernels_for(x):
+        return _kernel("mp_silu")(x, _attrs())
     return ops.silu(x)
 
 

@@ -74,6 +74,13 @@ def test_gelu_and_geglu_over_the_whole_range(rng, ops_path):
     assert_close(fast, slow, rel_l2=5e-7, where="geglu kernel vs ops")
 
 
+def test_silu(rng, ops_path):
+    x = np.concatenate([np.linspace(-100, 100, 4001), rng.standard_normal(1003) * 3]).astype(np.float32)
+    fast, slow = both(lambda: backend.silu(Tensor(x)), ops_path)
+    assert_close(fast, torch.nn.functional.silu(t(x).double()), rel_l2=2e-7, where="silu")
+    assert_close(fast, slow, rel_l2=5e-7, where="silu kernel vs ops")
+
+
 @pytest.mark.parametrize("lq, lk, d", [(50, 40, 16), (4, 4, 64), (300, 77, 8)])
 def test_attention_softmax_kernel(lq, lk, d, rng, ops_path):
     q, k, v = (rng.standard_normal((2, 3, n, d)).astype(np.float32) * 2 for n in (lq, lk, lk))

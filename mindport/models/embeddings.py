@@ -6,9 +6,8 @@ import math
 
 import mindspore as ms
 import numpy as np
-from mindspore import Tensor, nn, ops
+from mindspore import Tensor, nn
 
-from .. import backend
 from ..layers import Linear, get_activation
 
 
@@ -25,20 +24,19 @@ def get_timestep_embedding(timesteps, embedding_dim: int, flip_sin_to_cos: bool 
                            downscale_freq_shift: float = 1.0, scale: float = 1.0, max_period: int = 10000) -> Tensor:
     """Sinusoidal embedding of a 1-D array of (possibly fractional) timesteps: (N,) -> (N, embedding_dim), float32.
     Layout [sin | cos], or [cos | sin] with `flip_sin_to_cos`; odd dims get a zero column at the end."""
-    t = backend.to_tensor(timesteps).astype(ms.float32)
+    # a handful of values: computed on the host (each MindSpore op launch costs more than all of this math)
+    t = (timesteps.asnumpy() if isinstance(timesteps, Tensor) else np.asarray(timesteps)).astype(np.float32)
     if t.ndim != 1:
         raise ValueError(f"get_timestep_embedding: timesteps must be 1-D, got shape {tuple(t.shape)}")
-    freqs = Tensor(timestep_frequencies(embedding_dim, downscale_freq_shift, max_period))
-    # 1. angles: (N, 1) * (1, half) -> (N, half)
-    emb = t[:, None] * freqs[None, :]
-    emb = emb * scale
-    # 2. [sin | cos] or [cos | sin]: (N, 2*half)
-    parts = (ops.cos(emb), ops.sin(emb)) if flip_sin_to_cos else (ops.sin(emb), ops.cos(emb))
-    emb = ops.cat(parts, axis=-1)
+    # 1. angles in float32 as diffusers computes them: (N, 1) * (1, half) -> (N, half), times `scale`
+    emb = (t[:, None] * timestep_frequencies(embedding_dim, downscale_freq_shift, max_period)[None, :]) * np.float32(scale)
+    # 2. [sin | cos] or [cos | sin], each correctly rounded to float32: (N, 2*half)
+    sin, cos = np.sin(emb.astype(np.float64)), np.cos(emb.astype(np.float64))
+    emb = np.concatenate((cos, sin) if flip_sin_to_cos else (sin, cos), axis=-1).astype(np.float32)
     # 3. odd dims: zero column
     if embedding_dim % 2 == 1:
-        emb = ops.cat([emb, ops.zeros((emb.shape[0], 1), ms.float32)], axis=-1)
-    return emb
+        emb = np.concatenate([emb, np.zeros((emb.shape[0], 1), np.float32)], axis=-1)
+    return Tensor(emb)
 
 
 class Timesteps(nn.Cell):

@@ -5,6 +5,7 @@ pairing with a learned blend, and 2x down/up-sampling. Module paths and paramete
 from __future__ import annotations
 
 import mindspore as ms
+import numpy as np
 from mindspore import Parameter, Tensor, nn, ops
 
 from .. import backend
@@ -17,12 +18,6 @@ from ..layers import (
     Linear,
     get_activation,
 )
-
-
-def _as_tensor(x) -> Tensor | None:
-    if x is None or isinstance(x, Tensor):
-        return x
-    return backend.to_tensor(x)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -252,26 +247,29 @@ class AlphaBlender(nn.Cell):
         self.mix_factor = Parameter(Tensor([alpha], ms.float32), requires_grad=merge_strategy != "fixed")
 
     def get_alpha(self, image_only_indicator: Tensor | None, ndims: int) -> Tensor:
-        mix = self.mix_factor.astype(ms.float32)
+        """alpha shaped to broadcast over the inputs, computed on the host in float32 (a few values: MindSpore op
+        launches would cost more than the math)."""
+        mix = self.mix_factor.asnumpy().astype(np.float32)
         if self.merge_strategy == "fixed":
-            return mix
+            return Tensor(mix)
+        alpha = np.float32(1) / (np.float32(1) + np.exp(-mix))  # sigmoid, float32
         if self.merge_strategy == "learned":
-            return ops.sigmoid(mix)
+            return Tensor(alpha)
         if image_only_indicator is None:
             raise ValueError("AlphaBlender: merge_strategy 'learned_with_images' needs image_only_indicator")
         # (B, F): 1 for image-only frames, sigmoid(mix_factor) elsewhere
-        ind = _as_tensor(image_only_indicator).astype(ms.bool_)
-        alpha = ops.where(ind, ops.ones(ind.shape, ms.float32), ops.sigmoid(mix).reshape(1, 1).broadcast_to(ind.shape))
+        ind = image_only_indicator.asnumpy() if isinstance(image_only_indicator, Tensor) else np.asarray(image_only_indicator)
+        alpha = np.where(ind.astype(bool), np.float32(1), alpha).astype(np.float32)
         if ndims == 5:  # (B, C, F, H, W)
-            return alpha[:, None, :, None, None]
+            return Tensor(alpha[:, None, :, None, None])
         if ndims == 3:  # (B*F, L, C)
-            return alpha.reshape(-1)[:, None, None]
+            return Tensor(alpha.reshape(-1)[:, None, None])
         raise ValueError(f"AlphaBlender: inputs must have 3 or 5 dimensions, got {ndims}")
 
     def construct(self, x_spatial: Tensor, x_temporal: Tensor, image_only_indicator: Tensor | None = None) -> Tensor:
-        alpha = self.get_alpha(image_only_indicator, x_spatial.ndim).astype(x_spatial.dtype)
+        alpha = self.get_alpha(image_only_indicator, x_spatial.ndim)
         if self.switch_spatial_to_temporal_mix:
-            alpha = 1.0 - alpha
+            alpha = Tensor(np.float32(1) - alpha.asnumpy())
         return backend.blend(x_spatial, x_temporal, alpha)
 
 
