@@ -3,25 +3,20 @@
 Each function names why it exists. Layers call these instead of `mindspore.ops` / `mindspore.mint` directly, so a
 new MindSpore release or device target changes this file only.
 
-Facts behind the choices (measured, see shared/design.md):
+Facts behind the choices (measured, see shared/design.md and bench/README.md):
 - `mindspore.mint` has no CPU kernels for conv, LayerNorm, gelu, pad, interpolate...: we use classic `ops`.
-- MindSpore 2.8 CPU convolution is fast; 2.9+ made it 100-400x slower, so on CPU with >= 2.9 convolutions run as
-  matmuls (im2col for 2D, a sum of shifted 2D convs-as-matmuls for temporal 3D kernels).
-- fp16 norms/softmax lose precision; they are computed in fp32 and cast back.
-- MindSpore 2.8 CPU elementwise ops that broadcast are 10-30x slower than same-shape ones (a (B, C, H, W) + (C,)
-  add: 7 ms against BiasAdd's 0.8 ms; Linear's (M, N) + (N,) bias 100+ ms at M=8192, N=1024), and a Python-float
-  division broadcasts too: biases go through BiasAdd, per-(batch, channel) adds through `add_leading`, divisions by
-  constants become multiplications.
-- `ops.gelu` / `ops.erf` run single-threaded and slowly (110 ms for 4 M values, 60x PyTorch).
-- `ops.matmul(q, k.swapaxes(-1, -2))` copies k; `BatchMatMul(transpose_b=True)` reads it in place (2x faster), and
-  `BatchMatMul()` runs probs @ v 1.6x faster than `ops.matmul` (29 against 47 ms at (16, 1024, 1024) x (16, 1024, 64)).
-- On the CPU backend `ops.group_norm` takes 7-13 ms on a (8, 128, 32, 32) input where PyTorch takes 0.24 ms, the
-  LayerNorm primitive 6 ms on (8192, 128) (PyTorch 0.5 ms), transposes 4x PyTorch's time, and any broadcasting
-  multiply (a (C, 1, 1) or a trailing (D,) operand) 7-8 ms per million values. Those run as fused C++ kernels
-  (csrc/cpu_kernels.cc: group norm, layer norm, GELU / GEGLU, scaled softmax, alpha blend, transpose), compiled
-  once with the machine's C++ compiler into a cache and called as MindSpore "aot" custom ops (launch cost as any
-  op's, ~50 us). Without a compiler (or with MINDPORT_KERNELS=0) the MindSpore ops above run instead: slower, same
-  numbers.
+- On CPU, MindSpore's own kernels are slow where PyTorch's are not: `ops.group_norm` 7-13 ms on (8, 128, 32, 32)
+  (PyTorch 0.24 ms), the LayerNorm primitive 6 ms on (8192, 128) (0.5 ms), any broadcasting elementwise op 10-30x
+  a same-shape one, transposes 4x, `ops.gelu` 60x, MatMul 1.6-2x slower than NumPy's OpenBLAS on conv-like shapes,
+  and native convolution on 2.9+ 100-400x slower than on 2.8. So on CPU the hot layers run as fused C++ kernels
+  (csrc/cpu_kernels.cc: norms, GELU / GEGLU / SiLU, softmax, blend, transpose, and linear, attention and
+  convolution on NumPy's OpenBLAS), compiled once with the machine's C++ compiler into a cache and called as
+  MindSpore "aot" custom ops. Without a compiler (or with MINDPORT_KERNELS=0) the MindSpore-ops paths below run:
+  same numbers, slower (and convolution on >= 2.9 as matmuls: im2col for 2D, shifted 2D convs for temporal 3D).
+- On those paths: biases go through BiasAdd, per-(batch, channel) adds through `add_leading` (broadcasting is the
+  slow case); `ops.matmul(q, k.swapaxes(-1, -2))` copies k where `BatchMatMul(transpose_b=True)` reads it in place,
+  and `BatchMatMul()` runs probs @ v 1.6x faster than `ops.matmul`.
+- fp16 norms/softmax lose precision; they are computed in fp32 and cast back (the kernels take fp32 only).
 """
 
 from __future__ import annotations
