@@ -411,7 +411,8 @@ def render(info: dict, results: dict, names: list[str], labels: dict, repeats: i
         f"Median of {repeats} runs after a warm-up, each framework in its own process; each mindport column's runs "
         "alternate with PyTorch runs, and its ratio = its median / the median of those PyTorch runs (lower is "
         f"better; the PyTorch column shows the fp32 pairing's). The whole run took {wall:.0f} s. PyTorch fp16 on "
-        "CPU is ~140x slower than fp32, so the fp16 columns' reference is PyTorch fp32. rel L2: mindport output against PyTorch fp32 on the same "
+        "CPU is ~140x slower than fp32, so the fp16 columns' reference is PyTorch fp32. rel L2: mindport output "
+        "against PyTorch fp32 on the same "
         "weights and inputs.",
         "",
     ]

@@ -164,8 +164,8 @@ def kernel_library() -> str | None:
                            capture_output=True, text=True)
             os.replace(out, lib)  # atomic: concurrent first uses each build, one file wins
     except (OSError, subprocess.CalledProcessError) as e:
-        detail = getattr(e, "stderr", "") or str(e)
-        warnings.warn(f"mindport: building the fused CPU kernels failed ({detail.strip().splitlines()[-1] if detail.strip() else e}); "
+        detail = (getattr(e, "stderr", "") or str(e)).strip()
+        warnings.warn(f"mindport: building the fused CPU kernels failed ({detail.splitlines()[-1] if detail else e}); "
                       "running MindSpore's slower CPU ops instead", stacklevel=2)
         return None
     return str(lib)
@@ -478,22 +478,40 @@ def _attention_shape(q, k, v, *_):
     return [*q[:-1], v[-1]]
 
 
-def _fused_attention(q: Tensor, k: Tensor, v: Tensor, scale: float, heads: int) -> Tensor | None:
-    """The mp_attention kernel (scores in fp32 for half-precision inputs), or None where it cannot run."""
+def _fused_attention(q: Tensor, k: Tensor, v: Tensor, scale: float, heads: int,
+                     mask: Tensor | None = None) -> Tensor | None:
+    """The mp_attention kernel on the heads-side-by-side layout (scores in fp32 for half-precision inputs), or None
+    where it cannot run. `mask` must already be (1|G, 1|heads, 1|Lq, Lk)."""
     if scale <= 0 or not q.dtype == k.dtype == v.dtype or kernel_library() is None:
         return None
     (q32, dt), (k32, _), (v32, _) = _upcast(q), _upcast(k), _upcast(v)
     if not _gemm_for(q32, k32, v32):
         return None
-    return _kernel("mp_attention", _attention_shape)(q32, k32, v32, _attrs(scale, heads)).astype(dt)
+    if mask is None:
+        return _kernel("mp_attention", _attention_shape)(q32, k32, v32, _attrs(scale, heads)).astype(dt)
+    out = _kernel("mp_attention_masked", _attention_shape)(q32, k32, v32, mask.astype(ms.float32),
+                                                             _attrs(scale, heads))
+    return out.astype(dt)
+
+
+def _kernel_mask(mask: Tensor | None, q: Tensor, k: Tensor, heads: int):
+    """An additive mask as the kernel takes it, (1|B, 1|heads, 1|Lq, Lk), or False where it has another shape."""
+    if mask is None:
+        return None
+    shape = (1,) * (4 - mask.ndim) + tuple(mask.shape) if mask.ndim <= 4 else None
+    if shape is None or shape[0] not in (1, q.shape[0]) or shape[1] not in (1, heads) or shape[2] not in (
+            1, q.shape[1]) or shape[3] != k.shape[1]:
+        return False
+    return mask.reshape(shape)
 
 
 def attention_heads(q: Tensor, k: Tensor, v: Tensor, heads: int, scale: float, mask: Tensor | None = None) -> Tensor:
     """Multi-head attention on the projections' layout: q (B, Lq, heads*d), k (B, Lk, heads*d), v (B, Lk, heads*dv)
     -> (B, Lq, heads*dv); `mask` additive, broadcastable to (B, heads, Lq, Lk). One fused kernel on CPU (no head
     transposes); elsewhere heads are split, attended and merged."""
-    if mask is None:
-        fused = _fused_attention(q, k, v, scale, heads)
+    kernel_mask = _kernel_mask(mask, q, k, heads)
+    if kernel_mask is not False:
+        fused = _fused_attention(q, k, v, scale, heads, kernel_mask)
         if fused is not None:
             return fused
     b, lq = q.shape[0], q.shape[1]

@@ -167,3 +167,54 @@ def test_settings_that_change_the_shape_are_not_mixed_up(rng):
     y = rng.standard_normal((2, 3, 4)).astype(np.float32)
     for perm in [(0, 2, 1), (1, 0, 2), (2, 1, 0), (0, 2, 1)]:
         np.testing.assert_array_equal(backend.permute(Tensor(y), perm).asnumpy(), y.transpose(perm))
+
+
+# (batch, in, out, size, kernel, stride, padding, groups): Winograd (3x3 stride 1, also odd sizes and padding 0 or 2),
+# im2col (strided, grouped, rectangular), pointwise (1x1)
+CONV2D = [(2, 16, 24, 9, 3, 1, 1, 1), (1, 32, 16, 7, 3, 1, 0, 1), (2, 16, 16, 6, 3, 1, 2, 1),
+          (2, 8, 8, 11, 3, 2, 1, 1), (1, 32, 64, 9, 3, 1, 1, 4), (2, 8, 4, 5, (2, 3), (2, 1), (1, 0), 1),
+          (2, 24, 40, 6, 1, 1, 0, 1)]
+
+
+@pytest.mark.parametrize("b, cin, cout, size, k, s, p, g", CONV2D)
+def test_conv2d_kernel_paths(b, cin, cout, size, k, s, p, g, rng, ops_path):
+    x = rng.standard_normal((b, cin, size, size + 1)).astype(np.float32)
+    kk = k if isinstance(k, tuple) else (k, k)
+    w = rng.standard_normal((cout, cin // g, *kk)).astype(np.float32)
+    bias = rng.standard_normal(cout).astype(np.float32)
+    ss, pp = (s, s) if isinstance(s, int) else s, (p, p) if isinstance(p, int) else p
+    fast, slow = both(lambda: backend.conv2d(Tensor(x), Tensor(w), Tensor(bias), ss, pp, g), ops_path)
+    ref = torch.nn.functional.conv2d(t(x).double(), t(w).double(), t(bias).double(), ss, pp, groups=g)
+    assert fast.shape == tuple(ref.shape)
+    assert_close(fast, ref, rel_l2=1e-6, where="conv2d kernel")
+    assert_close(fast, slow, rel_l2=2e-6, where="conv2d kernel vs ops")
+
+
+@pytest.mark.parametrize("kernel, padding", [((3, 1, 1), (1, 0, 0)), ((3, 1, 1), (0, 0, 0)), ((3, 3, 3), (1, 1, 1)),
+                                             ((1, 1, 1), (0, 0, 0))])
+def test_conv3d_kernel_paths(kernel, padding, rng, ops_path):
+    x = rng.standard_normal((2, 12, 5, 6, 7)).astype(np.float32)
+    w = rng.standard_normal((10, 12, *kernel)).astype(np.float32)
+    bias = rng.standard_normal(10).astype(np.float32)
+    fast, slow = both(lambda: backend.conv3d(Tensor(x), Tensor(w), Tensor(bias), padding), ops_path)
+    ref = torch.nn.functional.conv3d(t(x).double(), t(w).double(), t(bias).double(), padding=padding)
+    assert_close(fast, ref, rel_l2=1e-6, where=f"conv3d {kernel}")
+    assert_close(fast, slow, rel_l2=2e-6, where="conv3d kernel vs ops")
+
+
+@pytest.mark.parametrize("mask_shape", [(2, 1, 9, 9), (1, 1, 9, 9), (2, 1, 1, 9), (2, 3, 9, 9), (9, 9)])
+def test_attention_heads_with_additive_mask(mask_shape, rng, ops_path):
+    heads, d = 3, 8
+    q, k, v = (rng.standard_normal((2, 9, heads * d)).astype(np.float32) for _ in range(3))
+    mask = np.where(rng.random(mask_shape) < 0.3, -1e9, 0.0).astype(np.float32)
+    mask[..., 0] = 0.0  # every query sees at least one key
+    fast, slow = both(lambda: backend.attention_heads(Tensor(q), Tensor(k), Tensor(v), heads, d ** -0.5,
+                                                      Tensor(mask)), ops_path)
+
+    def split(x):
+        return t(x).double().reshape(2, 9, heads, d).transpose(1, 2)
+
+    ref = torch.nn.functional.scaled_dot_product_attention(split(q), split(k), split(v),
+                                                           attn_mask=t(mask).double()).transpose(1, 2).reshape(2, 9, -1)
+    assert_close(fast, ref, rel_l2=1e-6, where=f"masked attention {mask_shape}")
+    assert_close(fast, slow, rel_l2=1e-6, where="masked attention kernel vs ops")

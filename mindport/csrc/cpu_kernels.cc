@@ -442,17 +442,18 @@ int mp_linear(int, void **params, int *, int64_t **shapes, const char **, void *
   return 0;
 }
 
-// Attention without a mask, heads side by side in the last axis (the projections' own layout, no transposes):
-// q (G, Lq, H*d), k (G, Lk, H*d), v (G, Lk, H*dv) -> (G, Lq, H*dv) = per head softmax(scale q k^T) v; attrs
-// {scale, H}. Jobs are (group, head, block of queries): the scores of one block live in a thread-local buffer (at
-// most 2^20 floats), never as a whole (G, H, Lq, Lk) tensor.
-int mp_attention(int, void **params, int *ndims, int64_t **shapes, const char **, void *, void *) {
+// Attention, heads side by side in the last axis (the projections' own layout, no transposes):
+// q (G, Lq, H*d), k (G, Lk, H*d), v (G, Lk, H*dv) -> (G, Lq, H*dv) = per head softmax(scale q k^T + mask) v, the
+// optional additive mask (MG, MH, MQ, Lk) broadcast (MG in {1, G}, MH in {1, H}, MQ in {1, Lq}). Jobs are (group,
+// head, block of queries): the scores of one block live in a thread-local buffer (at most 2^20 floats), never as
+// a whole (G, H, Lq, Lk) tensor.
+static int attention(void **params, int *ndims, int64_t **shapes, const float *mask, const int64_t *mshape,
+                     const float *attrs, float *y) {
   const float *q = static_cast<const float *>(params[0]);
   const float *k = static_cast<const float *>(params[1]);
   const float *v = static_cast<const float *>(params[2]);
-  const float scale = static_cast<const float *>(params[3])[0];
-  const int64_t heads = static_cast<int64_t>(static_cast<const float *>(params[3])[1]);
-  float *y = static_cast<float *>(params[4]);
+  const float scale = attrs[0];
+  const int64_t heads = static_cast<int64_t>(attrs[1]);
   if (!sgemm()) return 1;
   const int nq = ndims[0];
   const int64_t lq = shapes[0][nq - 2], qrow = shapes[0][nq - 1], lk = shapes[1][nq - 2], vrow = shapes[2][nq - 1];
@@ -468,11 +469,34 @@ int mp_attention(int, void **params, int *ndims, int64_t **shapes, const char **
     float *s = scores.data();
     sgemm()(kRowMajor, kNoTrans, kTrans, rows, lk, d, 1.0f, q + (g * lq + r0) * qrow + h * d, qrow,
             k + g * lk * qrow + h * d, qrow, 0.0f, s, lk);
-    for (int64_t r = 0; r < rows; ++r) softmax_row(s + r * lk, s + r * lk, lk, scale);
+    if (mask) {
+      const float *mg = mask + ((mshape[0] == 1 ? 0 : g) * mshape[1] + (mshape[1] == 1 ? 0 : h)) * mshape[2] * lk;
+      for (int64_t r = 0; r < rows; ++r) {
+        const float *mr = mg + (mshape[2] == 1 ? 0 : r0 + r) * lk;
+        float *sr = s + r * lk;
+#pragma omp simd
+        for (int64_t i = 0; i < lk; ++i) sr[i] = sr[i] * scale + mr[i];
+        softmax_row(sr, sr, lk, 1.0f);
+      }
+    } else {
+      for (int64_t r = 0; r < rows; ++r) softmax_row(s + r * lk, s + r * lk, lk, scale);
+    }
     sgemm()(kRowMajor, kNoTrans, kNoTrans, rows, dv, lk, 1.0f, s, lk, v + g * lk * vrow + h * dv, vrow, 0.0f,
             y + (g * lq + r0) * vrow + h * dv, vrow);
   });
   return 0;
+}
+
+// inputs q, k, v, attrs {scale, heads}
+int mp_attention(int, void **params, int *ndims, int64_t **shapes, const char **, void *, void *) {
+  return attention(params, ndims, shapes, nullptr, nullptr, static_cast<const float *>(params[3]),
+                   static_cast<float *>(params[4]));
+}
+
+// inputs q, k, v, mask (MG, MH, MQ, Lk), attrs {scale, heads}
+int mp_attention_masked(int, void **params, int *ndims, int64_t **shapes, const char **, void *, void *) {
+  return attention(params, ndims, shapes, static_cast<const float *>(params[3]), shapes[3],
+                   static_cast<const float *>(params[4]), static_cast<float *>(params[5]));
 }
 
 // 3x3, stride 1, one group, 2D: Winograd F(2x2, 3x3) (Lavin & Gray 2015): each 2x2 output tile from a 4x4 input
@@ -562,6 +586,38 @@ static void conv3x3_winograd(const float *x, const float *w, const float *bias, 
   });
 }
 
+// Temporal kernel (kt, 1, 1), stride 1, one group: out[b, :, f] = sum_dt W_dt (O, C) @ x[b, :, f + dt - pt] (C, H*W),
+// each term one sgemm reading the input frame in place (no im2col). Jobs are (batch, output frame).
+static void conv_temporal(const float *x, const float *w, const float *bias, bool has_bias, float *y, int64_t nb,
+                          int64_t c, int64_t t, int64_t hw, int64_t o, int64_t kt, int64_t pt) {
+  const int64_t to = t + 2 * pt - kt + 1;
+  std::vector<float> wt(kt * o * c);  // W_dt as contiguous (O, C) matrices
+  parallel_for(o, [&](int64_t oc) {
+    for (int64_t ci = 0; ci < c; ++ci)
+      for (int64_t dt = 0; dt < kt; ++dt) wt[(dt * o + oc) * c + ci] = w[(oc * c + ci) * kt + dt];
+  });
+  parallel_for(nb * to, [&](int64_t job) {
+    const int64_t b = job / to, f = job % to;
+    float *yf = y + b * o * to * hw + f * hw;  // (O, H*W) with row stride To*H*W
+    bool first = true;
+    for (int64_t dt = 0; dt < kt; ++dt) {
+      const int64_t fi = f + dt - pt;
+      if (fi < 0 || fi >= t) continue;
+      sgemm()(kRowMajor, kNoTrans, kNoTrans, o, hw, c, 1.0f, wt.data() + dt * o * c, c, x + b * c * t * hw + fi * hw,
+              t * hw, first ? 0.0f : 1.0f, yf, to * hw);
+      first = false;
+    }
+    for (int64_t oc = 0; oc < o; ++oc) {
+      float *yr = yf + oc * to * hw;
+      const float bv = has_bias ? bias[oc] : 0.0f;
+      if (first) std::fill(yr, yr + hw, bv);
+      else if (has_bias)
+#pragma omp simd
+        for (int64_t i = 0; i < hw; ++i) yr[i] += bv;
+    }
+  });
+}
+
 // Convolution (2D as a 3D one with one frame), any kernel, stride, padding and groups: x (B, C, T, H, W),
 // w (O, C / G, kt, kh, kw), bias (O) -> (B, O, To, Ho, Wo); attrs {st, sh, sw, pt, ph, pw, groups, has_bias}.
 // Jobs are (batch, block of output rows): the block's im2col columns (C/G * kt*kh*kw, rows * Wo) are built in a
@@ -580,6 +636,10 @@ int mp_conv(int, void **params, int *, int64_t **shapes, const char **, void *, 
   const int64_t to = (t + 2 * pt - kt) / st + 1, ho = (h + 2 * ph - kh) / sh + 1, wo = (wd + 2 * pw - kw) / sw + 1;
   const int64_t og = o / groups, kdim = cg * kt * kh * kw, out_rows = to * ho, plane = out_rows * wo;
   const bool pointwise = kdim == c && groups == 1 && st == 1 && sh == 1 && sw == 1 && pt == 0 && ph == 0 && pw == 0;
+  if (kt > 1 && kh == 1 && kw == 1 && st == 1 && sh == 1 && sw == 1 && ph == 0 && pw == 0 && groups == 1) {
+    conv_temporal(x, w, bias, has_bias, y, nb, c, t, h * wd, o, kt, pt);
+    return 0;
+  }
   if (std::getenv("MINDPORT_WINOGRAD") == nullptr || std::getenv("MINDPORT_WINOGRAD")[0] != '0')
     if (t == 1 && kt == 1 && pt == 0 && kh == 3 && kw == 3 && groups == 1 && sh == 1 && sw == 1 && c >= 16 && o >= 16) {
       conv3x3_winograd(x, w, bias, has_bias, y, nb, c, h, wd, o, ph, pw);

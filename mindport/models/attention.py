@@ -258,7 +258,8 @@ class TemporalBasicTransformerBlock(nn.Cell):
         bf, seq, c = hidden_states.shape
         b = bf // num_frames
         # 1. frames become the sequence: (B*F, L, C) -> (B, F, L, C) -> (B*L, F, C)
-        hidden_states = backend.permute(hidden_states.reshape(b, num_frames, seq, c), (0, 2, 1, 3)).reshape(b * seq, num_frames, c)
+        hidden_states = backend.permute(hidden_states.reshape(b, num_frames, seq, c), (0, 2, 1, 3))
+        hidden_states = hidden_states.reshape(b * seq, num_frames, c)
         # 2. input feed-forward (residual when the width is kept)
         residual = hidden_states
         hidden_states = self.ff_in(self.norm_in(hidden_states))

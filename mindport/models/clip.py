@@ -154,7 +154,8 @@ class CLIPVisionEmbeddings(nn.Cell):
         mw = Tensor(bicubic_matrix(side, new_w, align_corners=False))  # (new_w, gw)
         grid = ops.matmul(mh, grid.reshape(side, side * self.embed_dim)).reshape(new_h, side, self.embed_dim)
         grid = ops.matmul(mw, backend.permute(grid, (1, 0, 2)).reshape(side, new_h * self.embed_dim))
-        grid = backend.permute(grid.reshape(new_w, new_h, self.embed_dim), (1, 0, 2)).reshape(new_h * new_w, self.embed_dim)
+        grid = backend.permute(grid.reshape(new_w, new_h, self.embed_dim), (1, 0, 2))
+        grid = grid.reshape(new_h * new_w, self.embed_dim)
         return ops.cat([table[:1].astype(ms.float32), grid], axis=0).astype(dt)[None]
 
     def construct(self, pixel_values: Tensor, interpolate_pos_encoding: bool = False) -> Tensor:

@@ -29,7 +29,8 @@ def get_timestep_embedding(timesteps, embedding_dim: int, flip_sin_to_cos: bool 
     if t.ndim != 1:
         raise ValueError(f"get_timestep_embedding: timesteps must be 1-D, got shape {tuple(t.shape)}")
     # 1. angles in float32 as diffusers computes them: (N, 1) * (1, half) -> (N, half), times `scale`
-    emb = (t[:, None] * timestep_frequencies(embedding_dim, downscale_freq_shift, max_period)[None, :]) * np.float32(scale)
+    freqs = timestep_frequencies(embedding_dim, downscale_freq_shift, max_period)
+    emb = (t[:, None] * freqs[None, :]) * np.float32(scale)
     # 2. [sin | cos] or [cos | sin], each correctly rounded to float32: (N, 2*half)
     sin, cos = np.sin(emb.astype(np.float64)), np.cos(emb.astype(np.float64))
     emb = np.concatenate((cos, sin) if flip_sin_to_cos else (sin, cos), axis=-1).astype(np.float32)

@@ -85,10 +85,12 @@ class AnimateDiffTransformer3D(nn.Cell):
         residual = hidden_states
 
         # 1. unfold frames: (B*F, C, H, W) -> (B, C, F, H, W); GroupNorm over (C/G, F, H, W)
-        hidden_states = backend.permute(hidden_states.reshape(batch, num_frames, channel, height, width), (0, 2, 1, 3, 4))
+        hidden_states = hidden_states.reshape(batch, num_frames, channel, height, width)
+        hidden_states = backend.permute(hidden_states, (0, 2, 1, 3, 4))
         hidden_states = self.norm(hidden_states)
         # 2. one sequence per pixel: (B, C, F, H, W) -> (B, H, W, F, C) -> (B*H*W, F, C)
-        hidden_states = backend.permute(hidden_states, (0, 3, 4, 2, 1)).reshape(batch * height * width, num_frames, channel)
+        hidden_states = backend.permute(hidden_states, (0, 3, 4, 2, 1))
+        hidden_states = hidden_states.reshape(batch * height * width, num_frames, channel)
         hidden_states = self.proj_in(hidden_states)
 
         # 3. transformer blocks over time: (B*H*W, F, inner)
@@ -97,7 +99,8 @@ class AnimateDiffTransformer3D(nn.Cell):
 
         # 4. back: (B*H*W, F, C) -> (B, H, W, F, C) -> (B, F, C, H, W) -> (B*F, C, H, W), + residual
         hidden_states = self.proj_out(hidden_states)
-        hidden_states = backend.permute(hidden_states.reshape(batch, height, width, num_frames, channel), (0, 3, 4, 1, 2))
+        hidden_states = hidden_states.reshape(batch, height, width, num_frames, channel)
+        hidden_states = backend.permute(hidden_states, (0, 3, 4, 1, 2))
         hidden_states = hidden_states.reshape(batch_frames, channel, height, width)
         return hidden_states + residual
 
