@@ -408,13 +408,15 @@ def _merge_axes(shape, perm):
 
 
 def permute(x: Tensor, perm) -> Tensor:
-    """x.transpose(perm) as a contiguous tensor (a tiled copy on CPU: MindSpore's transpose is 4x PyTorch's)."""
+    """x.transpose(perm) as a contiguous tensor (a tiled copy on CPU: MindSpore's transpose is 4x PyTorch's).
+    Elsewhere the transposed view is made contiguous: MindSpore 2.8 crashed at interpreter exit (SIGSEGV / heap
+    corruption in its memory pool's teardown) after reshaping such a view."""
     perm = tuple(int(p) for p in perm)
-    if not _kernels_for(x) or perm == tuple(range(len(perm))) or x.size < 2:
-        return x.transpose(perm)
+    if perm == tuple(range(len(perm))):
+        return x
     shape, mperm = _merge_axes(x.shape, perm)
-    if not 1 < len(mperm) <= 8:  # the kernel handles up to 8 merged axes
-        return x.transpose(perm)
+    if not _kernels_for(x) or x.size < 2 or not 1 < len(mperm) <= 8:  # the kernel takes up to 8 merged axes
+        return x.transpose(perm).contiguous()
     out = _kernel("mp_permute", _permuted_shape(mperm), str(mperm))(x.reshape(shape), _attrs(*mperm))
     return out.reshape([x.shape[p] for p in perm])
 

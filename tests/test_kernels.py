@@ -218,3 +218,18 @@ def test_attention_heads_with_additive_mask(mask_shape, rng, ops_path):
                                                            attn_mask=t(mask).double()).transpose(1, 2).reshape(2, 9, -1)
     assert_close(fast, ref, rel_l2=1e-6, where=f"masked attention {mask_shape}")
     assert_close(fast, slow, rel_l2=1e-6, where="masked attention kernel vs ops")
+
+
+def test_fallback_transposes_do_not_crash_mindspore_at_exit(tmp_path):
+    # MindSpore 2.8 crashed at interpreter exit (memory-pool teardown) after a reshaped transposed view; permute()
+    # hands back contiguous tensors on every path. This ran 4 of 4 times into SIGSEGV / abort before the fix.
+    import subprocess
+    import sys
+
+    script = ("import numpy as np\nfrom mindspore import Tensor\nfrom mindport import backend\n"
+              "x = Tensor(np.ones((2, 9, 24), np.float32))\n"
+              "print(backend.attention_heads(x, x, x, 3, 0.35, None).asnumpy().shape)\n")
+    env = {**__import__("os").environ, "MINDPORT_KERNELS": "0", "GLOG_v": "3"}
+    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "(2, 9, 24)" in done.stdout

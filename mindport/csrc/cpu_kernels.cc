@@ -40,14 +40,7 @@ class Pool {
     size_ = std::max(1, n);
     for (int i = 1; i < size_; ++i) workers_.emplace_back([this, i] { work(i); });
   }
-  ~Pool() {
-    {
-      std::lock_guard<std::mutex> lock(mu_);
-      stop_ = true;
-    }
-    wake_.notify_all();
-    for (auto &t : workers_) t.join();
-  }
+  int size() const { return size_; }
   void run(int64_t n, const std::function<void(int64_t, int64_t)> &fn) {
     const int parts = static_cast<int>(std::min<int64_t>(size_, n));
     if (parts <= 1) {
@@ -74,8 +67,7 @@ class Pool {
     int64_t seen = 0;
     for (;;) {
       std::unique_lock<std::mutex> lock(mu_);
-      wake_.wait(lock, [&] { return stop_ || generation_ != seen; });
-      if (stop_) return;
+      wake_.wait(lock, [&] { return generation_ != seen; });
       seen = generation_;
       if (index >= parts_) continue;
       const auto *fn = fn_;
@@ -88,17 +80,36 @@ class Pool {
   }
   int size_ = 1, parts_ = 0, pending_ = 0;
   int64_t n_ = 0, generation_ = 0;
-  bool stop_ = false;
   const std::function<void(int64_t, int64_t)> *fn_ = nullptr;
   std::mutex mu_, call_mu_;
   std::condition_variable wake_, done_;
   std::vector<std::thread> workers_;
 };
 
+// Never destroyed (nor are the scratch buffers below freed): at exit the library may already be unloaded, so no
+// destructor of ours may run then.
+Pool &pool() {
+  static Pool *instance = new Pool;
+  return *instance;
+}
+
+// A per-thread scratch buffer (slot 0 or 1) of at least n floats, grown as needed.
+float *scratch(int slot, int64_t n) {
+  thread_local float *buf[2] = {nullptr, nullptr};
+  thread_local int64_t cap[2] = {0, 0};
+  if (cap[slot] < n) {
+    std::free(buf[slot]);
+    buf[slot] = static_cast<float *>(std::malloc(n * sizeof(float)));
+    cap[slot] = n;
+  }
+  return buf[slot];
+}
+
+int threads() { return pool().size(); }
+
 template <class F>
 void parallel_for(int64_t n, F body) {
-  static Pool pool;
-  pool.run(n, [&body](int64_t begin, int64_t end) {
+  pool().run(n, [&body](int64_t begin, int64_t end) {
     for (int64_t i = begin; i < end; ++i) body(i);
   });
 }
@@ -124,12 +135,6 @@ sgemm_t sgemm() {
     return reinterpret_cast<sgemm_t>(dlsym(lib, MP_SGEMM));
   }();
   return fn;
-}
-
-// C (m, n) = A (m, k) B^T (B stored (n, k)) when b_transposed, else A B (B stored (k, n)); row-major, contiguous.
-inline void gemm(const float *a, const float *b, float *c, int64_t m, int64_t n, int64_t k, bool b_transposed) {
-  sgemm()(kRowMajor, kNoTrans, b_transposed ? kTrans : kNoTrans, m, n, k, 1.0f, a, k, b, b_transposed ? k : n, 0.0f,
-          c, n);
 }
 #endif
 
@@ -419,7 +424,8 @@ int mp_permute(int, void **params, int *ndims, int64_t **shapes, const char **, 
 }
 
 #ifdef MP_BLAS_LIB
-// Linear: x (M, K) @ w (N, K)^T + b (N) -> (M, N); attrs {has_bias}. Row blocks, one per thread.
+// Linear: x (M, K) @ w (N, K)^T + b (N) -> (M, N); attrs {has_bias}. One sgemm per thread, on a block of rows, or
+// of output columns when N > M (then each thread packs only its slice of the weight).
 int mp_linear(int, void **params, int *, int64_t **shapes, const char **, void *, void *) {
   const float *x = static_cast<const float *>(params[0]);
   const float *w = static_cast<const float *>(params[1]);
@@ -428,15 +434,19 @@ int mp_linear(int, void **params, int *, int64_t **shapes, const char **, void *
   float *y = static_cast<float *>(params[4]);
   if (!sgemm()) return 1;
   const int64_t m = shapes[0][0], k = shapes[0][1], n = shapes[1][0];
-  const int64_t block = std::max<int64_t>(16, (m + 7) / 8);  // several blocks per thread for balance
-  parallel_for((m + block - 1) / block, [&](int64_t blk) {
-    const int64_t r0 = blk * block, rows = std::min(block, m - r0);
-    gemm(x + r0 * k, w, y + r0 * n, rows, n, k, true);
+  const bool by_rows = m >= n;
+  const int64_t extent = by_rows ? m : n, parts = std::min<int64_t>(threads(), std::max<int64_t>(1, extent / 16));
+  parallel_for(parts, [&](int64_t part) {
+    const int64_t i0 = extent * part / parts, i1 = extent * (part + 1) / parts;
+    const int64_t r0 = by_rows ? i0 : 0, rows = by_rows ? i1 - i0 : m;
+    const int64_t c0 = by_rows ? 0 : i0, cols = by_rows ? n : i1 - i0;
+    sgemm()(kRowMajor, kNoTrans, kTrans, rows, cols, k, 1.0f, x + r0 * k, k, w + c0 * k, k, 0.0f, y + r0 * n + c0, n);
     if (has_bias)
       for (int64_t r = r0; r < r0 + rows; ++r) {
-        float *yr = y + r * n;
+        float *yr = y + r * n + c0;
+        const float *br = b + c0;
 #pragma omp simd
-        for (int64_t j = 0; j < n; ++j) yr[j] += b[j];
+        for (int64_t j = 0; j < cols; ++j) yr[j] += br[j];
       }
   });
   return 0;
@@ -462,11 +472,9 @@ static int attention(void **params, int *ndims, int64_t **shapes, const float *m
   const int64_t block = std::max<int64_t>(1, std::min<int64_t>(lq, (1 << 20) / lk));
   const int64_t blocks = (lq + block - 1) / block;
   parallel_for(groups * heads * blocks, [&](int64_t job) {
-    thread_local std::vector<float> scores;
     const int64_t g = job / (heads * blocks), h = (job / blocks) % heads;
     const int64_t r0 = (job % blocks) * block, rows = std::min(block, lq - r0);
-    scores.resize(rows * lk);
-    float *s = scores.data();
+    float *s = scratch(0, rows * lk);
     sgemm()(kRowMajor, kNoTrans, kTrans, rows, lk, d, 1.0f, q + (g * lq + r0) * qrow + h * d, qrow,
             k + g * lk * qrow + h * d, qrow, 0.0f, s, lk);
     if (mask) {
@@ -527,11 +535,9 @@ static void conv3x3_winograd(const float *x, const float *w, const float *bias, 
   const int64_t rows_per_job = std::max<int64_t>(1, std::min(th, (int64_t(1) << 21) / (16 * std::max(c, o) * tw)));
   const int64_t blocks = (th + rows_per_job - 1) / rows_per_job;
   parallel_for(nb * blocks, [&](int64_t job) {
-    thread_local std::vector<float> v, m;
     const int64_t b = job / blocks, tr0 = (job % blocks) * rows_per_job, ntr = std::min(rows_per_job, th - tr0);
     const int64_t nt = ntr * tw;
-    v.resize(16 * c * nt);
-    m.resize(16 * o * nt);
+    float *v = scratch(0, 16 * c * nt), *m = scratch(1, 16 * o * nt);
     // V[k] (c, nt) = (B^T d B)[k], B^T = [[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]]
     for (int64_t ci = 0; ci < c; ++ci) {
       const float *xc = x + (b * c + ci) * h * wd;
@@ -559,8 +565,8 @@ static void conv3x3_winograd(const float *x, const float *w, const float *bias, 
         }
     }
     for (int k = 0; k < 16; ++k)
-      sgemm()(kRowMajor, kNoTrans, kNoTrans, o, nt, c, 1.0f, u.data() + k * o * c, c, v.data() + k * c * nt, nt, 0.0f,
-              m.data() + k * o * nt, nt);
+      sgemm()(kRowMajor, kNoTrans, kNoTrans, o, nt, c, 1.0f, u.data() + k * o * c, c, v + k * c * nt, nt, 0.0f,
+              m + k * o * nt, nt);
     // Y = A^T M A, A^T = [[1, 1, 1, 0], [0, 1, -1, -1]]
     for (int64_t oc = 0; oc < o; ++oc) {
       float *yo = y + (b * o + oc) * ho * wo;
@@ -651,16 +657,14 @@ int mp_conv(int, void **params, int *, int64_t **shapes, const char **, void *, 
     rows_per_job = std::max<int64_t>(1, out_rows * nb / min_jobs);
   const int64_t blocks = (out_rows + rows_per_job - 1) / rows_per_job;
   parallel_for(nb * blocks, [&](int64_t job) {
-    thread_local std::vector<float> cols;
     const int64_t b = job / blocks, r0 = (job % blocks) * rows_per_job, nr = std::min(rows_per_job, out_rows - r0);
     const int64_t np = nr * wo;
     float *yblock = y + b * o * plane + r0 * wo;
     if (pointwise) {  // 1x1, stride 1, no padding: the input block is already the column matrix
       sgemm()(kRowMajor, kNoTrans, kNoTrans, o, np, c, 1.0f, w, c, x + b * c * plane + r0 * wo, plane, 0.0f, yblock,
               plane);
-    } else {
-      cols.resize(kdim * np);
     }
+    float *cols = pointwise ? nullptr : scratch(0, kdim * np);
     for (int64_t g = 0; g < (pointwise ? 0 : groups); ++g) {
       // im2col: row k = ((ci * kt + dt) * kh + di) * kw + dj, column = output position in the block
       for (int64_t ci = 0; ci < cg; ++ci) {
@@ -668,7 +672,7 @@ int mp_conv(int, void **params, int *, int64_t **shapes, const char **, void *, 
         for (int64_t dt = 0; dt < kt; ++dt)
           for (int64_t di = 0; di < kh; ++di)
             for (int64_t dj = 0; dj < kw; ++dj) {
-              float *row = cols.data() + (((ci * kt + dt) * kh + di) * kw + dj) * np;
+              float *row = cols + (((ci * kt + dt) * kh + di) * kw + dj) * np;
               for (int64_t r = 0; r < nr; ++r) {
                 const int64_t ot = (r0 + r) / ho, oh = (r0 + r) % ho;
                 const int64_t it = ot * st - pt + dt, ih = oh * sh - ph + di;
@@ -693,7 +697,7 @@ int mp_conv(int, void **params, int *, int64_t **shapes, const char **, void *, 
       }
       // y[b, g*og:(g+1)*og, block] = w_g (og, kdim) @ cols (kdim, np); rows of y have stride `plane`
       float *yb = y + (b * o + g * og) * plane + r0 * wo;
-      sgemm()(kRowMajor, kNoTrans, kNoTrans, og, np, kdim, 1.0f, w + g * og * kdim, kdim, cols.data(), np, 0.0f, yb,
+      sgemm()(kRowMajor, kNoTrans, kNoTrans, og, np, kdim, 1.0f, w + g * og * kdim, kdim, cols, np, 0.0f, yb,
               plane);
     }
     if (has_bias)

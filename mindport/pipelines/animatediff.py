@@ -21,6 +21,7 @@ import mindspore as ms
 import numpy as np
 from mindspore import Tensor, ops
 
+from .. import backend
 from ..models.unet_2d_condition import UNet2DConditionModel
 from ..models.unet_motion_model import MotionAdapter, UNetMotionModel
 from ..utils import randn
@@ -134,13 +135,13 @@ class AnimateDiffPipeline(DiffusionPipeline):
         latents = latents * (1.0 / float(self.vae.config.scaling_factor))
         b, c, f, h, w = latents.shape
         # (B, C, F, h, w) -> (B*F, C, h, w)
-        latents = latents.transpose(0, 2, 1, 3, 4).reshape(b * f, c, h, w)
+        latents = backend.permute(latents, (0, 2, 1, 3, 4)).reshape(b * f, c, h, w)
         video = []
         for i in range(0, latents.shape[0], decode_chunk_size):
             video.append(self.vae.decode(latents[i : i + decode_chunk_size].astype(self.vae.dtype)).sample)
         video = ops.cat(video, axis=0)
         # (B*F, 3, H, W) -> (B, F, 3, H, W) -> (B, 3, F, H, W)
-        video = video.reshape(b, f, *video.shape[1:]).transpose(0, 2, 1, 3, 4)
+        video = backend.permute(video.reshape(b, f, *video.shape[1:]), (0, 2, 1, 3, 4))
         return video.astype(ms.float32).asnumpy()
 
     def check_inputs(self, prompt, height: int, width: int, negative_prompt=None, prompt_embeds=None,

@@ -138,13 +138,13 @@ class I2VGenXLPipeline(DiffusionPipeline):
         """(B, C, F, h, w) -> (B, 3, F, H, W) float32 frames in [-1, 1]."""
         latents = latents * (1 / float(self.vae.config.scaling_factor))
         b, c, f, h, w = latents.shape
-        latents = latents.transpose(0, 2, 1, 3, 4).reshape(b * f, c, h, w).astype(self.vae.dtype)
+        latents = backend.permute(latents, (0, 2, 1, 3, 4)).reshape(b * f, c, h, w).astype(self.vae.dtype)
         if decode_chunk_size is None:
             image = self.vae.decode(latents).sample
         else:
             image = ops.cat([self.vae.decode(latents[i : i + decode_chunk_size]).sample
                              for i in range(0, b * f, decode_chunk_size)], axis=0)
-        video = image.reshape(b, f, *image.shape[1:]).transpose(0, 2, 1, 3, 4)
+        video = backend.permute(image.reshape(b, f, *image.shape[1:]), (0, 2, 1, 3, 4))
         return video.astype(ms.float32).asnumpy()
 
     def check_inputs(self, prompt, image, height, width, negative_prompt=None, prompt_embeds=None,
@@ -251,10 +251,10 @@ class I2VGenXLPipeline(DiffusionPipeline):
                     uncond, cond = ops.chunk(noise_pred, 2)
                     noise_pred = uncond + guidance_scale * (cond - uncond)
                 b, c, f, h, w = latents.shape
-                folded = latents.transpose(0, 2, 1, 3, 4).reshape(b * f, c, h, w)
-                noise_pred = noise_pred.transpose(0, 2, 1, 3, 4).reshape(b * f, c, h, w)
+                folded = backend.permute(latents, (0, 2, 1, 3, 4)).reshape(b * f, c, h, w)
+                noise_pred = backend.permute(noise_pred, (0, 2, 1, 3, 4)).reshape(b * f, c, h, w)
                 latents = self.scheduler.step(noise_pred, t, folded, **extra).prev_sample
-                latents = latents.reshape(b, f, c, h, w).transpose(0, 2, 1, 3, 4)
+                latents = backend.permute(latents.reshape(b, f, c, h, w), (0, 2, 1, 3, 4))
                 if callback_on_step_end is not None:
                     local = {"latents": latents, "prompt_embeds": prompt_embeds}
                     out = callback_on_step_end(self, i, t, {k: local[k] for k in callback_on_step_end_tensor_inputs})

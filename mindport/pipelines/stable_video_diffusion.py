@@ -10,6 +10,7 @@ import numpy as np
 import PIL.Image
 from mindspore import Tensor, ops
 
+from .. import backend
 from .. import image_processing as ip
 from ..utils import randn
 from .pipeline_utils import DiffusionPipeline, PipelineOutput
@@ -87,7 +88,7 @@ class StableVideoDiffusionPipeline(DiffusionPipeline):
             frames.append(self.vae.decode(chunk.astype(self.vae.dtype), num_frames=chunk.shape[0]).sample)
         frames = ops.cat(frames, axis=0)
         # (B*F, 3, H, W) -> (B, 3, F, H, W)
-        frames = frames.reshape(-1, num_frames, *frames.shape[1:]).transpose(0, 2, 1, 3, 4)
+        frames = backend.permute(frames.reshape(-1, num_frames, *frames.shape[1:]), (0, 2, 1, 3, 4))
         return frames.astype(ms.float32)
 
     def __call__(
