@@ -215,8 +215,8 @@ _MATMUL_NT = ops.MatMul(transpose_b=True)
 
 
 def linear(x: Tensor, w: Tensor, b: Tensor | None) -> Tensor:
-    """x @ w.T + b over the last axis, as one 2D MatMul(transpose_b) and a BiasAdd (`ops.dense` broadcasts its
-    bias: 3-4x slower on CPU)."""
+    """x @ w.T + b over the last axis: the mp_linear kernel (sgemm + bias) on CPU, elsewhere one 2D
+    MatMul(transpose_b) and a BiasAdd (`ops.dense` broadcasts its bias: 3-4x slower on CPU)."""
     lead = x.shape[:-1]
     x = x.reshape(-1, x.shape[-1])
     if _gemm_for(x, w) and (b is None or b.dtype == ms.float32):
@@ -288,6 +288,8 @@ def _use_conv_kernel(x: Tensor, w: Tensor, b: Tensor | None) -> bool:
 
 
 def conv2d(x: Tensor, w: Tensor, b: Tensor | None, stride=(1, 1), padding=(0, 0), groups: int = 1) -> Tensor:
+    """The mp_conv kernel on CPU (Winograd for 3x3 stride 1, else im2col blocks; sgemm), else native convolution
+    where it is fast, else im2col as matmuls (MindSpore >= 2.9 on CPU without the kernels)."""
     if _use_conv_kernel(x, w, b):
         y = _conv_kernel(x.reshape(x.shape[0], x.shape[1], 1, *x.shape[2:]), w.reshape(*w.shape[:2], 1, *w.shape[2:]),
                          b, (1, *stride), (0, *padding), groups)
@@ -300,8 +302,9 @@ def conv2d(x: Tensor, w: Tensor, b: Tensor | None, stride=(1, 1), padding=(0, 0)
 
 
 def conv3d(x: Tensor, w: Tensor, b: Tensor | None, padding=(0, 0, 0)) -> Tensor:
-    """3D convolution (stride 1). Off the fast native path, a temporal kernel (kt, kh, kw) runs as kt 2D convolutions
-    over frame-shifted inputs summed: frames fold into the batch, so it reuses conv2d's fast path."""
+    """3D convolution (stride 1): the mp_conv kernel on CPU (temporal (kt, 1, 1) kernels as frame-shifted sgemms);
+    without it and where native conv is slow, kt 2D convolutions over frame-shifted inputs summed (frames folded
+    into the batch, reusing conv2d's path)."""
     if _use_conv_kernel(x, w, b):
         return _conv_kernel(x, w, b, (1, 1, 1), padding, 1)
     if native_conv_is_fast():
@@ -315,10 +318,10 @@ def conv3d(x: Tensor, w: Tensor, b: Tensor | None, padding=(0, 0, 0)) -> Tensor:
     fo = x.shape[2] - kt + 1
     out = None
     for k in range(kt):
-        xs = x[:, :, k : k + fo].transpose(0, 2, 1, 3, 4).reshape(bsz * fo, c, h, wd)
+        xs = permute(x[:, :, k : k + fo], (0, 2, 1, 3, 4)).reshape(bsz * fo, c, h, wd)
         term = conv2d(xs, w[:, :, k], None, padding=(padding[1], padding[2]))
         out = term if out is None else out + term
-    out = out.reshape(bsz, fo, o, out.shape[-2], out.shape[-1]).transpose(0, 2, 1, 3, 4)
+    out = permute(out.reshape(bsz, fo, o, out.shape[-2], out.shape[-1]), (0, 2, 1, 3, 4))
     return out if b is None else ops.bias_add(out, b)
 
 
