@@ -164,8 +164,9 @@ def kernel_library() -> str | None:
                            capture_output=True, text=True)
             os.replace(out, lib)  # atomic: concurrent first uses each build, one file wins
     except (OSError, subprocess.CalledProcessError) as e:
-        detail = (getattr(e, "stderr", "") or str(e)).strip()
-        warnings.warn(f"mindport: building the fused CPU kernels failed ({detail.splitlines()[-1] if detail else e}); "
+        lines = (getattr(e, "stderr", "") or str(e)).strip().splitlines()
+        detail = next((ln for ln in lines if "error" in ln), lines[-1] if lines else str(e))
+        warnings.warn(f"mindport: building the fused CPU kernels failed ({detail.strip()}); "
                       "running MindSpore's slower CPU ops instead", stacklevel=2)
         return None
     return str(lib)

@@ -143,11 +143,15 @@ def test_no_compiler_falls_back_with_one_warning(monkeypatch, tmp_path, rng):
 
 
 def test_compile_error_falls_back(monkeypatch, tmp_path):
-    monkeypatch.setenv("CXX", "false")  # a "compiler" that fails
+    compiler = tmp_path / "failing-cxx"  # a "compiler" that reports an error among other lines and fails
+    compiler.write_text("#!/bin/sh\necho 'In function x:' >&2\necho 'k.cc:3:1: error: boom' >&2\necho '  ^~~' >&2\n"
+                        "exit 1\n")
+    compiler.chmod(0o755)
+    monkeypatch.setenv("CXX", str(compiler))
     monkeypatch.setenv("MINDPORT_CACHE", str(tmp_path))
     backend.kernel_library.cache_clear()
     try:
-        with pytest.warns(UserWarning, match="building the fused CPU kernels failed"):
+        with pytest.warns(UserWarning, match="building the fused CPU kernels failed .*error: boom"):
             assert backend.kernel_library() is None
         assert not list(tmp_path.rglob("*.so")), "a failed build must leave no library behind"
     finally:

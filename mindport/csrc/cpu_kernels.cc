@@ -217,6 +217,22 @@ inline void softmax_row(const float *ss, float *ys, int64_t d, float scale) {
   for (int64_t i = 0; i < d; ++i) ys[i] *= inv;
 }
 
+// Mean and 1 / sqrt(variance + eps) of n floats, two passes in float64.
+inline void moments(const float *x, int64_t n, double eps, double *mean, double *rstd) {
+  double sum = 0.0;
+#pragma omp simd reduction(+ : sum)
+  for (int64_t i = 0; i < n; ++i) sum += x[i];
+  const double m = sum / n;
+  double sq = 0.0;
+#pragma omp simd reduction(+ : sq)
+  for (int64_t i = 0; i < n; ++i) {
+    const double d = x[i] - m;
+    sq += d * d;
+  }
+  *mean = m;
+  *rstd = 1.0 / std::sqrt(sq / n + eps);
+}
+
 }  // namespace
 
 extern "C" {
@@ -236,17 +252,8 @@ int mp_group_norm(int, void **params, int *ndims, int64_t **shapes, const char *
   parallel_for(n * groups, [&](int64_t ng) {
     const float *xs = x + ng * len;
     float *ys = y + ng * len;
-    double sum = 0.0;
-#pragma omp simd reduction(+ : sum)
-    for (int64_t i = 0; i < len; ++i) sum += xs[i];
-    const double mean = sum / len;
-    double sq = 0.0;
-#pragma omp simd reduction(+ : sq)
-    for (int64_t i = 0; i < len; ++i) {
-      double d = xs[i] - mean;
-      sq += d * d;
-    }
-    const double rstd = 1.0 / std::sqrt(sq / len + eps);
+    double mean, rstd;
+    moments(xs, len, eps, &mean, &rstd);
     const int64_t c0 = (ng % groups) * cg;
     for (int64_t j = 0; j < cg; ++j) {
       const float a = static_cast<float>(rstd * w[c0 + j]);
@@ -272,20 +279,11 @@ int mp_layer_norm(int, void **params, int *ndims, int64_t **shapes, const char *
   parallel_for(rows, [&](int64_t r) {
     const float *xs = x + r * d;
     float *ys = y + r * d;
-    double sum = 0.0;
-#pragma omp simd reduction(+ : sum)
-    for (int64_t i = 0; i < d; ++i) sum += xs[i];
-    const double mean = sum / d;
-    double sq = 0.0;
-#pragma omp simd reduction(+ : sq)
-    for (int64_t i = 0; i < d; ++i) {
-      double v = xs[i] - mean;
-      sq += v * v;
-    }
-    const float rstd = static_cast<float>(1.0 / std::sqrt(sq / d + eps));
-    const float m = static_cast<float>(mean);
+    double mean, rstd;
+    moments(xs, d, eps, &mean, &rstd);
+    const float m = static_cast<float>(mean), rs = static_cast<float>(rstd);
 #pragma omp simd
-    for (int64_t i = 0; i < d; ++i) ys[i] = (xs[i] - m) * rstd * w[i] + b[i];
+    for (int64_t i = 0; i < d; ++i) ys[i] = (xs[i] - m) * rs * w[i] + b[i];
   });
   return 0;
 }
