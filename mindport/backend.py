@@ -9,7 +9,7 @@ Facts behind the choices (measured, see shared/design.md and bench/README.md):
   (PyTorch 0.24 ms), the LayerNorm primitive 6 ms on (8192, 128) (0.5 ms), any broadcasting elementwise op 10-30x
   a same-shape one, transposes 4x, `ops.gelu` 60x, MatMul 1.6-2x slower than NumPy's OpenBLAS on conv-like shapes,
   and native convolution on 2.9+ 100-400x slower than on 2.8. So on CPU the hot layers run as fused C++ kernels
-  (csrc/cpu_kernels.cc: norms, GELU / GEGLU / SiLU, softmax, blend, transpose, and linear, attention and
+  (csrc/cpu_kernels.cc: norms, GELU / GEGLU / SiLU, blend, transpose, and linear, attention and
   convolution on NumPy's OpenBLAS), compiled once with the machine's C++ compiler into a cache and called as
   MindSpore "aot" custom ops. Without a compiler (or with MINDPORT_KERNELS=0) the MindSpore-ops paths below run:
   same numbers, slower (and convolution on >= 2.9 as matmuls: im2col for 2D, shifted 2D convs for temporal 3D).
@@ -468,16 +468,11 @@ def attention(q: Tensor, k: Tensor, v: Tensor, scale: float, mask: Tensor | None
             for s in range(0, lq, ATTENTION_CHUNK)
         ]
         return ops.cat(parts, axis=2)
-    scores = _BATCH_MATMUL_NT(q, k)
-    scores, dt = _upcast(scores)
-    if mask is None and scale > 0 and _kernels_for(scores):
-        probs = _kernel("mp_scaled_softmax")(scores, _attrs(scale))
-    else:
-        scores = scores * scale
-        if mask is not None:
-            scores = scores + mask.astype(scores.dtype)
-        probs = ops.softmax(scores, axis=-1)
-    return _BATCH_MATMUL(probs.astype(dt), v)
+    scores, dt = _upcast(_BATCH_MATMUL_NT(q, k))
+    scores = scores * scale
+    if mask is not None:
+        scores = scores + mask.astype(scores.dtype)
+    return _BATCH_MATMUL(ops.softmax(scores, axis=-1).astype(dt), v)
 
 
 def _attention_shape(q, k, v, *_):
@@ -488,7 +483,7 @@ def _fused_attention(q: Tensor, k: Tensor, v: Tensor, scale: float, heads: int,
                      mask: Tensor | None = None) -> Tensor | None:
     """The mp_attention kernel on the heads-side-by-side layout (scores in fp32 for half-precision inputs), or None
     where it cannot run. `mask` must already be (1|G, 1|heads, 1|Lq, Lk)."""
-    if scale <= 0 or not q.dtype == k.dtype == v.dtype or kernel_library() is None:
+    if scale <= 0 or not q.dtype == k.dtype == v.dtype:
         return None
     (q32, dt), (k32, _), (v32, _) = _upcast(q), _upcast(k), _upcast(v)
     if not _gemm_for(q32, k32, v32):

@@ -203,6 +203,16 @@ inline void map(const float *x, float *y, int64_t n, F f) {
   }
 }
 
+// map() over n values in blocks of 4096, the blocks spread over the threads.
+template <class F>
+void parallel_map(const float *x, float *y, int64_t n, F f) {
+  const int64_t block = 4096;
+  parallel_for((n + block - 1) / block, [&](int64_t blk) {
+    const int64_t start = blk * block;
+    map(x + start, y + start, std::min(block, n - start), f);
+  });
+}
+
 // ys = softmax(scale * ss) over d values (scale > 0); ys may be ss.
 inline void softmax_row(const float *ss, float *ys, int64_t d, float scale) {
   float mx = -INFINITY;
@@ -308,11 +318,7 @@ int mp_geglu(int, void **params, int *ndims, int64_t **shapes, const char **, vo
 int mp_gelu(int, void **params, int *ndims, int64_t **shapes, const char **, void *, void *) {
   const float *x = static_cast<const float *>(params[0]);
   float *y = static_cast<float *>(params[2]);
-  const int64_t total = numel(ndims[0], shapes[0]), block = 4096;
-  parallel_for((total + block - 1) / block, [&](int64_t blk) {
-    const int64_t start = blk * block;
-    map(x + start, y + start, std::min(block, total - start), vgelu);
-  });
+  parallel_map(x, y, numel(ndims[0], shapes[0]), vgelu);
   return 0;
 }
 
@@ -320,22 +326,7 @@ int mp_gelu(int, void **params, int *ndims, int64_t **shapes, const char **, voi
 int mp_silu(int, void **params, int *ndims, int64_t **shapes, const char **, void *, void *) {
   const float *x = static_cast<const float *>(params[0]);
   float *y = static_cast<float *>(params[2]);
-  const int64_t total = numel(ndims[0], shapes[0]), block = 4096;
-  parallel_for((total + block - 1) / block, [&](int64_t blk) {
-    const int64_t start = blk * block;
-    map(x + start, y + start, std::min(block, total - start), [](vf v) { return v / (1.0f + vexp(-v)); });
-  });
-  return 0;
-}
-
-// softmax(scale * s) over the last axis: inputs s, attrs {scale} (scale > 0).
-int mp_scaled_softmax(int, void **params, int *ndims, int64_t **shapes, const char **, void *, void *) {
-  const float *s = static_cast<const float *>(params[0]);
-  const float scale = static_cast<const float *>(params[1])[0];
-  float *y = static_cast<float *>(params[2]);
-  const int64_t d = shapes[0][ndims[0] - 1];
-  const int64_t rows = numel(ndims[0], shapes[0]) / d;
-  parallel_for(rows, [&](int64_t r) { softmax_row(s + r * d, y + r * d, d, scale); });
+  parallel_map(x, y, numel(ndims[0], shapes[0]), [](vf v) { return v / (1.0f + vexp(-v)); });
   return 0;
 }
 
@@ -387,17 +378,22 @@ int mp_permute(int, void **params, int *ndims, int64_t **shapes, const char **, 
   }
   const int64_t row = out_shape[k - 1], rs = stride_of_out[k - 1];
   const int64_t rows = numel(k, out_shape) / row;
+  // x's offset of output index `index` over output axes 0..last (row-major)
+  auto offset = [&](int64_t index, int last) {
+    int64_t base = 0;
+    for (int i = last; i >= 0; --i) {
+      base += (index % out_shape[i]) * stride_of_out[i];
+      index /= out_shape[i];
+    }
+    return base;
+  };
   if (k >= 2 && rs != 1 && stride_of_out[k - 2] == 1) {
     // a batched 2D transpose in the last two output axes: tiles, so reads and writes both stay in cache
     const int64_t m = out_shape[k - 2], batches = rows / m, T = 32;
     const int64_t tiles_i = (m + T - 1) / T, tiles_j = (row + T - 1) / T;
     parallel_for(batches * tiles_i * tiles_j, [&](int64_t job) {
       const int64_t bt = job / (tiles_i * tiles_j), ti = (job / tiles_j) % tiles_i, tj = job % tiles_j;
-      int64_t rem = bt, base = 0;
-      for (int i = k - 3; i >= 0; --i) {
-        base += (rem % out_shape[i]) * stride_of_out[i];
-        rem /= out_shape[i];
-      }
+      const int64_t base = offset(bt, k - 3);
       float *yb = y + bt * m * row;
       const int64_t i1 = ti * T + T < m ? ti * T + T : m, j1 = tj * T + T < row ? tj * T + T : row;
       for (int64_t i = ti * T; i < i1; ++i)
@@ -406,11 +402,7 @@ int mp_permute(int, void **params, int *ndims, int64_t **shapes, const char **, 
     return 0;
   }
   parallel_for(rows, [&](int64_t r) {
-    int64_t rem = r, base = 0;
-    for (int i = k - 2; i >= 0; --i) {
-      base += (rem % out_shape[i]) * stride_of_out[i];
-      rem /= out_shape[i];
-    }
+    const int64_t base = offset(r, k - 2);
     float *ys = y + r * row;
     if (rs == 1) {
       std::memcpy(ys, x + base, row * sizeof(float));
@@ -644,11 +636,10 @@ int mp_conv(int, void **params, int *, int64_t **shapes, const char **, void *, 
     conv_temporal(x, w, bias, has_bias, y, nb, c, t, h * wd, o, kt, pt);
     return 0;
   }
-  if (std::getenv("MINDPORT_WINOGRAD") == nullptr || std::getenv("MINDPORT_WINOGRAD")[0] != '0')
-    if (t == 1 && kt == 1 && pt == 0 && kh == 3 && kw == 3 && groups == 1 && sh == 1 && sw == 1 && c >= 16 && o >= 16) {
-      conv3x3_winograd(x, w, bias, has_bias, y, nb, c, h, wd, o, ph, pw);
-      return 0;
-    }
+  if (t == 1 && kt == 1 && pt == 0 && kh == 3 && kw == 3 && groups == 1 && sh == 1 && sw == 1 && c >= 16 && o >= 16) {
+    conv3x3_winograd(x, w, bias, has_bias, y, nb, c, h, wd, o, ph, pw);
+    return 0;
+  }
   int64_t rows_per_job = std::max<int64_t>(1, (int64_t(1) << 21) / std::max<int64_t>(1, kdim * wo));
   const int64_t min_jobs = 8;  // enough jobs for the threads even for a single image
   if (nb * ((out_rows + rows_per_job - 1) / rows_per_job) < min_jobs)
@@ -657,11 +648,9 @@ int mp_conv(int, void **params, int *, int64_t **shapes, const char **, void *, 
   parallel_for(nb * blocks, [&](int64_t job) {
     const int64_t b = job / blocks, r0 = (job % blocks) * rows_per_job, nr = std::min(rows_per_job, out_rows - r0);
     const int64_t np = nr * wo;
-    float *yblock = y + b * o * plane + r0 * wo;
-    if (pointwise) {  // 1x1, stride 1, no padding: the input block is already the column matrix
-      sgemm()(kRowMajor, kNoTrans, kNoTrans, o, np, c, 1.0f, w, c, x + b * c * plane + r0 * wo, plane, 0.0f, yblock,
-              plane);
-    }
+    if (pointwise)  // 1x1, stride 1, no padding: the input block is already the column matrix
+      sgemm()(kRowMajor, kNoTrans, kNoTrans, o, np, c, 1.0f, w, c, x + b * c * plane + r0 * wo, plane, 0.0f,
+              y + b * o * plane + r0 * wo, plane);
     float *cols = pointwise ? nullptr : scratch(0, kdim * np);
     for (int64_t g = 0; g < (pointwise ? 0 : groups); ++g) {
       // im2col: row k = ((ci * kt + dt) * kh + di) * kw + dj, column = output position in the block
