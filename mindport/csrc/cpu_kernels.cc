@@ -368,7 +368,7 @@ int mp_permute(int, void **params, int *ndims, int64_t **shapes, const char **, 
   const float *attrs = static_cast<const float *>(params[1]);
   float *y = static_cast<float *>(params[2]);
   const int k = ndims[0];
-  int64_t in_stride[8], out_shape[8], stride_of_out[8];
+  int64_t in_stride[8] = {}, out_shape[8] = {}, stride_of_out[8] = {};
   in_stride[k - 1] = 1;
   for (int i = k - 2; i >= 0; --i) in_stride[i] = in_stride[i + 1] * shapes[0][i + 1];
   for (int i = 0; i < k; ++i) {
