@@ -222,19 +222,23 @@ PIPELINES = ["svd-tiny", "i2vgen-xl-tiny", "animatediff-tiny"]
 PIPELINE_STEPS = 3
 
 
-def _pipeline_runner(preset: str, side: str):
-    """A function that loads the tiny pipeline (mindport converts on load) and runs it end to end."""
-    from parity.fixtures import build, fixture_run_settings
-    from parity.harness import adapter_for, quiet_reference_libraries
+def _pipeline_runner(root: str, side: str):
+    """A function that loads the tiny pipeline at `root` (mindport converts on load) and runs it end to end. The
+    mindport side imports neither torch nor diffusers (building the fixture does: the parent builds it), so its
+    process holds MindSpore alone, as a user's does."""
+    from parity.fixtures import fixture_run_settings
+    from parity.harness import adapter_for
 
-    quiet_reference_libraries()
-    root = build(preset)
+    root = Path(root)
     adapter = adapter_for(json.loads((root / "model_index.json").read_text())["_class_name"])
     unet_cfg = json.loads((root / "unet" / "config.json").read_text())
     settings = {**adapter.default_settings(unet_cfg), **fixture_run_settings(root), "seed": 0, "steps": PIPELINE_STEPS}
     settings.setdefault("frames", settings.get("num_frames"))
     kwargs = adapter.call_kwargs(settings)
     if side == "torch":
+        from parity.harness import quiet_reference_libraries
+
+        quiet_reference_libraries()
         return lambda: adapter.run_reference(adapter.load_reference(root), dict(kwargs))
     return lambda: adapter.run_ours(adapter.load_ours(root, side), dict(kwargs))
 
@@ -270,12 +274,14 @@ def serve(side: str, name: str) -> None:
     (BUILD / "out").mkdir(parents=True, exist_ok=True)
     print(json.dumps({"ready": side, "versions": machine()}), flush=True)
     for line in sys.stdin:
-        key = line.strip()
+        key, _, root = line.strip().partition(" ")  # pipelines: "key fixture-folder"
         try:
             if key not in runners:
-                runners[key] = (_pipeline_runner if key in PIPELINES else _component_runner)(key, side)
+                runners[key] = _pipeline_runner(root, side) if key in PIPELINES else _component_runner(key, side)
                 _, out = timed(runners[key])
                 np.save(BUILD / "out" / f"{name}-{key}.npy", np.asarray(out, np.float32))
+                if side != "torch" and "torch" in sys.modules:  # its threads and objects would slow MindSpore
+                    raise RuntimeError("the mindport worker imported torch")
             seconds, _ = timed(runners[key])
             print(json.dumps({"seconds": seconds}), flush=True)
         except Exception as e:  # reported in the table, the run goes on
@@ -298,10 +304,10 @@ class Worker:
             if line.startswith("{"):
                 return json.loads(line)
 
-    def time(self, key: str) -> dict:
+    def time(self, key: str, root: str = "") -> dict:
         if self.proc.poll() is not None:
             return {"error": f"{self.name} worker exited ({self.proc.returncode})"}
-        self.proc.stdin.write(key + "\n")
+        self.proc.stdin.write(f"{key} {root}".strip() + "\n")
         self.proc.stdin.flush()
         return self._read()
 
@@ -311,7 +317,7 @@ class Worker:
             self.proc.wait()
 
 
-def measure(workers: list[Worker], key: str, repeats: int) -> dict:
+def measure(workers: list[Worker], key: str, repeats: int, root: str = "") -> dict:
     """For each mindport worker, `repeats` rounds alternating it with the PyTorch worker (each worker warms up on its
     first call): its median seconds, the median of the PyTorch runs paired with it (its ratio's denominator),
     errors, and each MindSpore output's relative L2 against PyTorch's. Pairs, not one rotation over all workers:
@@ -326,7 +332,7 @@ def measure(workers: list[Worker], key: str, repeats: int) -> dict:
             for x in (torch_worker, w):
                 if x.name in errors:
                     continue
-                r = x.time(key)
+                r = x.time(key, root)
                 if "error" in r:
                     errors[x.name] = r["error"]
                 else:
@@ -479,10 +485,13 @@ def main(argv=None) -> int:
 
     results = {}
     todo = [k for k in known if not only or k in only]
+    from parity.fixtures import build
+
+    roots = {key: str(build(key)) for key in todo if key in PIPELINES}  # here: the workers never import diffusers
     try:
         for key in tqdm(todo, desc="bench", unit="case"):
             ws = [w for w in workers if key not in PIPELINES or "@" not in w.name]
-            results[key] = measure(ws, key, args.repeats)
+            results[key] = measure(ws, key, args.repeats, roots.get(key, ""))
     finally:
         for w in workers:
             w.close()

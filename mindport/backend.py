@@ -21,6 +21,7 @@ Facts behind the choices (measured, see shared/design.md and bench/README.md):
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import os
 import shutil
@@ -176,16 +177,47 @@ def _same_shape(*shapes):
     return shapes[0]
 
 
+class _DirectKernel:
+    """One kernel of the compiled library, called on the tensors' host memory through ctypes: inputs are made
+    contiguous, the output is a fresh NumPy buffer wrapped as a Tensor without a copy. Same entry point and
+    arguments as MindSpore's aot custom-op interface, without PyNative's launch cost (~90 us per ops.Custom call on
+    CPU against ~10 us here; the tiny pipelines make ~1,300 kernel calls per run)."""
+
+    def __init__(self, name: str, out_shape):
+        self.fn = getattr(ctypes.CDLL(kernel_library()), name)
+        self.fn.restype = ctypes.c_int
+        self.out_shape = out_shape
+        self.name = name
+        self._layouts = {}
+
+    def __call__(self, *inputs: Tensor) -> Tensor:
+        inputs = [t if t.is_contiguous() else t.contiguous() for t in inputs]
+        shapes = tuple(tuple(t.shape) for t in inputs)
+        layout = self._layouts.get(shapes)
+        if layout is None:
+            layout = self._layouts[shapes] = self._layout(shapes)
+        out_shape, n, ndims, dims = layout
+        result = Tensor.from_numpy(np.empty(out_shape, np.float32))
+        ptrs = (ctypes.c_void_p * n)(*[t.data_ptr() for t in inputs], result.data_ptr())
+        if self.fn(n, ptrs, ndims, dims, None, None, None) != 0:
+            raise RuntimeError(f"mindport kernel {self.name} failed on input shapes {shapes}")
+        return result
+
+    def _layout(self, shapes):
+        """The output shape and the ctypes shape arrays for one set of input shapes (cached: shapes repeat)."""
+        out_shape = tuple(self.out_shape(*shapes))
+        every = [*shapes, out_shape]
+        ndims = (ctypes.c_int * len(every))(*[len(s) for s in every])
+        rows = [(ctypes.c_int64 * max(1, len(s)))(*s) for s in every]
+        dims = (ctypes.POINTER(ctypes.c_int64) * len(every))(*rows)
+        dims._rows = rows  # keep the rows alive with the array of pointers to them
+        return out_shape, len(every), ndims, dims
+
+
 @lru_cache(maxsize=None)
-def _kernel(name: str, out_shape=_same_shape, variant: str = "") -> ops.Custom:
-    """The custom op for one kernel. `variant` names settings that change the output shape (a stride, a
-    permutation): PyNative caches a custom op's inferred shape per input shapes and primitive attributes, so each
-    such setting needs its own attribute value."""
-    op = ops.Custom(f"{kernel_library()}:{name}", out_shape=out_shape, out_dtype=lambda *dtypes: dtypes[0],
-                    func_type="aot")
-    if variant:
-        op.add_prim_attr("mindport_variant", variant)
-    return op
+def _kernel(name: str, out_shape=_same_shape) -> _DirectKernel:
+    """The callable for one kernel; `out_shape(*input shapes)` gives its output's shape."""
+    return _DirectKernel(name, out_shape)
 
 
 @lru_cache(maxsize=None)
@@ -280,7 +312,7 @@ def _conv_kernel(x: Tensor, w: Tensor, b: Tensor | None, stride, padding, groups
     stride, padding = tuple(int(v) for v in stride), tuple(int(v) for v in padding)
     bias = b if b is not None else _constant(0.0, w.shape[0])
     attrs = _attrs(*stride, *padding, groups, float(b is not None))
-    return _kernel("mp_conv", _conv_shape(stride, padding), f"{stride}{padding}")(x, w, bias, attrs)
+    return _kernel("mp_conv", _conv_shape(stride, padding))(x, w, bias, attrs)
 
 
 def _use_conv_kernel(x: Tensor, w: Tensor, b: Tensor | None) -> bool:
@@ -331,11 +363,16 @@ def conv3d(x: Tensor, w: Tensor, b: Tensor | None, padding=(0, 0, 0)) -> Tensor:
 # ----------------------------------------------------------------------------------------------------------------
 
 
+def cast(x: Tensor, dtype) -> Tensor:
+    """x as `dtype`; x itself when it already is (MindSpore's astype costs ~20 us even then)."""
+    return x if x.dtype == dtype else x.astype(dtype)
+
+
 def _upcast(x: Tensor) -> tuple[Tensor, ms.dtype.Type]:
     """Half-precision norms/softmax are computed in fp32 (reductions over thousands of values lose digits in fp16)."""
     dt = x.dtype
     if dt in (ms.float16, ms.bfloat16):
-        return x.astype(ms.float32), dt
+        return cast(x, ms.float32), dt
     return x, dt
 
 
@@ -343,11 +380,11 @@ def group_norm(x: Tensor, groups: int, weight: Tensor | None, bias: Tensor | Non
     """GroupNorm over (B, C, *) - 4D and 5D; `ops.group_norm` has CPU kernels, `mint.group_norm` does not."""
     x, dt = _upcast(x)
     c = x.shape[1]
-    w = weight.astype(ms.float32) if weight is not None else _constant(1.0, c)
-    bb = bias.astype(ms.float32) if bias is not None else _constant(0.0, c)
+    w = cast(weight, ms.float32) if weight is not None else _constant(1.0, c)
+    bb = cast(bias, ms.float32) if bias is not None else _constant(0.0, c)
     if _kernels_for(x):
-        return _kernel("mp_group_norm")(x, w, bb, _attrs(groups, eps)).astype(dt)
-    return ops.group_norm(x, groups, w, bb, eps).astype(dt)
+        return cast(_kernel("mp_group_norm")(x, w, bb, _attrs(groups, eps)), dt)
+    return cast(ops.group_norm(x, groups, w, bb, eps), dt)
 
 
 @lru_cache(maxsize=None)
@@ -359,11 +396,11 @@ def _layer_norm_primitive(eps: float):
 def layer_norm(x: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float) -> Tensor:
     x, dt = _upcast(x)
     d = x.shape[-1]
-    w = weight.astype(ms.float32) if weight is not None else _constant(1.0, d)
-    bb = bias.astype(ms.float32) if bias is not None else _constant(0.0, d)
+    w = cast(weight, ms.float32) if weight is not None else _constant(1.0, d)
+    bb = cast(bias, ms.float32) if bias is not None else _constant(0.0, d)
     if _kernels_for(x):
-        return _kernel("mp_layer_norm")(x, w, bb, _attrs(eps)).astype(dt)
-    return _layer_norm_primitive(float(eps))(x, w, bb)[0].astype(dt)
+        return cast(_kernel("mp_layer_norm")(x, w, bb, _attrs(eps)), dt)
+    return cast(_layer_norm_primitive(float(eps))(x, w, bb)[0], dt)
 
 
 def gelu(x: Tensor, approximate: str = "none") -> Tensor:
@@ -382,14 +419,14 @@ def geglu(h: Tensor) -> Tensor:
     views there, every op on them slow)."""
     x, dt = _upcast(h)
     if _kernels_for(x):
-        return _kernel("mp_geglu", _half_last)(x, _attrs()).astype(dt)
+        return cast(_kernel("mp_geglu", _half_last)(x, _attrs()), dt)
     hidden, gate = ops.chunk(h, 2, axis=-1)
     return hidden * gelu(gate)
 
 
 def blend(a: Tensor, b: Tensor, alpha: Tensor) -> Tensor:
     """alpha * a + (1 - alpha) * b, alpha broadcast against a (numpy rules: trailing axes aligned)."""
-    alpha = alpha.astype(a.dtype)
+    alpha = cast(alpha, a.dtype)
     if alpha.ndim < a.ndim:
         alpha = alpha.reshape((1,) * (a.ndim - alpha.ndim) + tuple(alpha.shape))
     if _kernels_for(a, b) and a.shape == b.shape and all(n in (1, m) for n, m in zip(alpha.shape, a.shape)):
@@ -421,7 +458,7 @@ def permute(x: Tensor, perm) -> Tensor:
     shape, mperm = _merge_axes(x.shape, perm)
     if not _kernels_for(x) or x.size < 2 or not 1 < len(mperm) <= 8:  # the kernel takes up to 8 merged axes
         return x.transpose(perm).contiguous()
-    out = _kernel("mp_permute", _permuted_shape(mperm), str(mperm))(x.reshape(shape), _attrs(*mperm))
+    out = _kernel("mp_permute", _permuted_shape(mperm))(x.reshape(shape), _attrs(*mperm))
     return out.reshape([x.shape[p] for p in perm])
 
 
@@ -442,7 +479,7 @@ def silu(x: Tensor) -> Tensor:
 
 def softmax(x: Tensor, axis: int = -1) -> Tensor:
     x, dt = _upcast(x)
-    return ops.softmax(x, axis=axis).astype(dt)
+    return cast(ops.softmax(x, axis=axis), dt)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -471,8 +508,8 @@ def attention(q: Tensor, k: Tensor, v: Tensor, scale: float, mask: Tensor | None
     scores, dt = _upcast(_BATCH_MATMUL_NT(q, k))
     scores = scores * scale
     if mask is not None:
-        scores = scores + mask.astype(scores.dtype)
-    return _BATCH_MATMUL(ops.softmax(scores, axis=-1).astype(dt), v)
+        scores = scores + cast(mask, scores.dtype)
+    return _BATCH_MATMUL(cast(ops.softmax(scores, axis=-1), dt), v)
 
 
 def _attention_shape(q, k, v, *_):
@@ -489,10 +526,10 @@ def _fused_attention(q: Tensor, k: Tensor, v: Tensor, scale: float, heads: int,
     if not _gemm_for(q32, k32, v32):
         return None
     if mask is None:
-        return _kernel("mp_attention", _attention_shape)(q32, k32, v32, _attrs(scale, heads)).astype(dt)
-    out = _kernel("mp_attention_masked", _attention_shape)(q32, k32, v32, mask.astype(ms.float32),
+        return cast(_kernel("mp_attention", _attention_shape)(q32, k32, v32, _attrs(scale, heads)), dt)
+    out = _kernel("mp_attention_masked", _attention_shape)(q32, k32, v32, cast(mask, ms.float32),
                                                              _attrs(scale, heads))
-    return out.astype(dt)
+    return cast(out, dt)
 
 
 def _kernel_mask(mask: Tensor | None, q: Tensor, k: Tensor, heads: int):
@@ -535,8 +572,8 @@ def interpolate_nearest(x: Tensor, scale_factor: float | None = None, size=None)
         size = tuple(int(s * scale_factor) for s in x.shape[2:])
     dt = x.dtype
     if dt == ms.bfloat16:
-        x = x.astype(ms.float32)
-    return ops.interpolate(x, size=tuple(size), mode="nearest").astype(dt)
+        x = cast(x, ms.float32)
+    return cast(ops.interpolate(x, size=tuple(size), mode="nearest"), dt)
 
 
 def avg_pool2d(x: Tensor, kernel: int, stride: int) -> Tensor:
@@ -550,10 +587,10 @@ def adaptive_avg_pool2d(x: Tensor, size) -> Tensor:
 
 def to_tensor(a, dtype=None) -> Tensor:
     if isinstance(a, Tensor):
-        return a if dtype is None else a.astype(dtype)
+        return a if dtype is None else cast(a, dtype)
     arr = np.asarray(a)
     t = Tensor(arr)
-    return t if dtype is None else t.astype(dtype)
+    return t if dtype is None else cast(t, dtype)
 
 
 DTYPES = {"fp32": ms.float32, "fp16": ms.float16, "bf16": ms.bfloat16}

@@ -20,10 +20,9 @@ from __future__ import annotations
 import mindspore as ms
 import numpy as np
 from mindspore import Parameter, Tensor, nn, ops
-from mindspore.common.initializer import Zero, initializer
 
 from .. import backend
-from ..layers import Conv2d, Embedding, LayerNorm, Linear, get_activation
+from ..layers import Conv2d, Embedding, LayerNorm, Linear, _param, get_activation
 from ..modeling import ModelMixin, Output
 
 
@@ -131,7 +130,7 @@ class CLIPVisionEmbeddings(nn.Cell):
         self.embed_dim, self.image_size, self.patch_size = hidden_size, image_size, patch_size
         if image_size % patch_size:
             raise ValueError(f"CLIP: image_size={image_size} is not a multiple of patch_size={patch_size}")
-        self.class_embedding = Parameter(initializer(Zero(), (hidden_size,), ms.float32))
+        self.class_embedding = _param((hidden_size,))
         self.patch_embedding = Conv2d(num_channels, hidden_size, patch_size, stride=patch_size, bias=False)
         self.num_patches = (image_size // patch_size) ** 2
         self.num_positions = self.num_patches + 1
