@@ -42,6 +42,9 @@ class Output(OrderedDict):
         return tuple(self.values())
 
 
+_NP_DTYPES = {ms.float32: np.float32, ms.float16: np.float16}
+
+
 class Config(dict):
     """A model's config.json values, readable as attributes (`model.config.in_channels`)."""
 
@@ -65,7 +68,8 @@ class ModelMixin(nn.Cell):
         sig = inspect.signature(cls.__init__)
         accepts_any = any(p.kind is p.VAR_KEYWORD for p in sig.parameters.values())
         kwargs = {k: v for k, v in config.items() if not k.startswith("_") and (accepts_any or k in sig.parameters)}
-        model = cls(**kwargs)
+        with backend.shared_parameter_load():
+            model = cls(**kwargs)
         full = {k: v for k, v in config.items() if not k.startswith("_")}
         for name, p in sig.parameters.items():
             if name != "self" and p.default is not inspect.Parameter.empty and p.kind is not p.VAR_KEYWORD:
@@ -99,7 +103,11 @@ class ModelMixin(nn.Cell):
             want = ms.float32 if name in self._keep_fp32 else dtype
             if want is not None and p.dtype != want:
                 p.set_dtype(want)
-            p.set_data(Tensor(arr).astype(p.dtype))
+            np_dtype = _NP_DTYPES.get(p.dtype)
+            if np_dtype is not None:  # one NumPy copy (out of a memory-mapped file), cast on the way, no astype
+                p.set_data(Tensor.from_numpy(np.array(arr, dtype=np_dtype, order="C")))
+            else:
+                p.set_data(backend.cast(Tensor(arr), p.dtype))
         self.set_train(False)
 
     def to_dtype(self, dtype) -> "ModelMixin":
