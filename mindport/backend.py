@@ -71,11 +71,16 @@ def init_context() -> None:
     configure_cpu_launch()
 
 
+_SYNCHRONOUS_LAUNCH = False  # as configured below; the kernels read their inputs' memory, so async launch must wait
+
+
 def configure_cpu_launch() -> None:
     """On CPU, PyNative's asynchronous op launch costs more than it saves (measured: tiny SVD pipeline 6-10 s async,
     1.3 s synchronous, on 2 cores): launch synchronously unless MINDPORT_PYNATIVE_ASYNC=1."""
+    global _SYNCHRONOUS_LAUNCH
     if ms.get_context("device_target") == "CPU" and os.environ.get("MINDPORT_PYNATIVE_ASYNC") != "1":
         ms.set_context(pynative_synchronize=True)
+    _SYNCHRONOUS_LAUNCH = bool(ms.get_context("pynative_synchronize"))
 
 
 configure_cpu_launch()
@@ -213,6 +218,8 @@ class _DirectKernel:
 
     def __call__(self, *inputs: Tensor) -> Tensor:
         inputs = [t if t.is_contiguous() else t.contiguous() for t in inputs]
+        if not _SYNCHRONOUS_LAUNCH:  # ops launched asynchronously may not have written their outputs yet
+            ms.runtime.synchronize()
         shapes = tuple(tuple(t.shape) for t in inputs)
         layout = self._layouts.get(shapes)
         if layout is None:
@@ -588,21 +595,39 @@ def attention_heads(q: Tensor, k: Tensor, v: Tensor, heads: int, scale: float, m
 
 
 def interpolate_nearest(x: Tensor, scale_factor: float | None = None, size=None) -> Tensor:
-    """Nearest-neighbour upsampling; `ops.interpolate(mode="nearest")` is bit-exact with torch on CPU."""
+    """Nearest-neighbour upsampling of (N, C, H, W): the mp_upsample_nearest kernel for integer factors on CPU (a
+    copy; ops.interpolate took 13 ms where PyTorch takes 6 on the mid-size SVD UNet's upsampler), else
+    `ops.interpolate(mode="nearest")`, bit-exact with torch on CPU."""
     if size is None:
         size = tuple(int(s * scale_factor) for s in x.shape[2:])
+    factors = tuple(o // i for o, i in zip(size, x.shape[2:]))
+    if x.ndim == 4 and _kernels_for(x) and all(f >= 1 and f * i == o for f, i, o in zip(factors, x.shape[2:], size)):
+        return _kernel("mp_upsample_nearest", _resampled_shape(tuple(size)))(x, _attrs(*factors))
     dt = x.dtype
     if dt == ms.bfloat16:
         x = cast(x, ms.float32)
     return cast(ops.interpolate(x, size=tuple(size), mode="nearest"), dt)
 
 
+@lru_cache(maxsize=None)
+def _resampled_shape(size):
+    return lambda shape, _attrs: [*shape[:-2], *size]
+
+
 def avg_pool2d(x: Tensor, kernel: int, stride: int) -> Tensor:
+    """Average pooling, no padding: windows that tile the input exactly are the adaptive kernel's case."""
+    h, w = x.shape[-2:]
+    if kernel == stride and h % kernel == 0 and w % kernel == 0 and x.ndim == 4 and _kernels_for(x):
+        return adaptive_avg_pool2d(x, (h // kernel, w // kernel))
     return ops.avg_pool2d(x, kernel_size=kernel, stride=stride)
 
 
 def adaptive_avg_pool2d(x: Tensor, size) -> Tensor:
-    """Matches torch for shrinking and enlarging on CPU (2e-7)."""
+    """torch's adaptive average pooling (windows [floor(i H / Ho), ceil((i + 1) H / Ho))): the mp_adaptive_avg_pool
+    kernel on CPU; `ops.adaptive_avg_pool2d` matches torch for shrinking and enlarging (2e-7) elsewhere."""
+    size = tuple(int(s) for s in size)
+    if x.ndim == 4 and _kernels_for(x):
+        return _kernel("mp_adaptive_avg_pool", _resampled_shape(size))(x, _attrs(*size))
     return ops.adaptive_avg_pool2d(x, size)
 
 

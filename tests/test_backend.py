@@ -184,3 +184,18 @@ def test_attention_and_geglu_match_diffusers_with_and_without_kernels_and_hooks(
         for got, path in ((fast, "kernels"), (plain, "MindSpore ops"), (hooked, "hooked")):
             assert_close(got, expected, rel_l2=1e-6, where=f"{type(ours).__name__} {path}")
             assert got.dtype == ms.float32
+
+
+def test_models_share_one_load_primitive_while_built_and_parameters_still_read():
+    from mindspore.ops.operations import other_ops
+
+    from mindport.layers import Linear
+
+    before = other_ops.Load
+    with backend.shared_parameter_load():
+        a, b = Linear(3, 4), Linear(4, 2)
+    assert other_ops.Load is before
+    assert a.weight.load is b.bias.load
+    a.weight.set_data(Tensor(np.arange(12, dtype=np.float32).reshape(4, 3)))
+    np.testing.assert_array_equal(a.weight.value().asnumpy(), np.arange(12, dtype=np.float32).reshape(4, 3))
+    assert Linear(2, 2).weight.load is not a.weight.load

@@ -160,7 +160,8 @@ def test_compile_error_falls_back(monkeypatch, tmp_path):
 
 
 def test_settings_that_change_the_shape_are_not_mixed_up(rng):
-    # same input shapes, different stride / permutation: PyNative's shape cache must not hand one the other's shape
+    # same input shapes, different stride / permutation / size: a kernel's cached layout (keyed by input shapes) must
+    # not hand one setting the other's output shape
     x = rng.standard_normal((2, 8, 16, 16)).astype(np.float32)
     w = rng.standard_normal((8, 8, 3, 3)).astype(np.float32)
     for stride, padding in [((1, 1), (1, 1)), ((2, 2), (1, 1)), ((2, 2), (0, 0)), ((1, 1), (1, 1))]:
@@ -171,6 +172,9 @@ def test_settings_that_change_the_shape_are_not_mixed_up(rng):
     y = rng.standard_normal((2, 3, 4)).astype(np.float32)
     for perm in [(0, 2, 1), (1, 0, 2), (2, 1, 0), (0, 2, 1)]:
         np.testing.assert_array_equal(backend.permute(Tensor(y), perm).asnumpy(), y.transpose(perm))
+    for size in [(32, 32), (48, 16), (32, 32)]:
+        np.testing.assert_array_equal(backend.interpolate_nearest(Tensor(x), size=size).asnumpy(),
+                                      torch.nn.functional.interpolate(t(x), size=size, mode="nearest").numpy())
 
 
 # (batch, in, out, size, kernel, stride, padding, groups): Winograd (3x3 stride 1, also odd sizes and padding 0 or 2),
@@ -237,3 +241,50 @@ def test_fallback_transposes_do_not_crash_mindspore_at_exit(tmp_path):
     done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "(2, 9, 24)" in done.stdout
+
+
+@pytest.mark.parametrize("shape, size", [((2, 5, 4, 3), (8, 6)), ((1, 3, 5, 7), (15, 7)), ((3, 2, 1, 1), (2, 3))])
+def test_upsample_nearest_kernel_is_exact(shape, size, rng, ops_path):
+    x = rng.standard_normal(shape).astype(np.float32)
+    fast, slow = both(lambda: backend.interpolate_nearest(Tensor(x), size=size), ops_path)
+    ref = torch.nn.functional.interpolate(t(x), size=size, mode="nearest").numpy()
+    np.testing.assert_array_equal(fast, ref)
+    np.testing.assert_array_equal(slow, ref)
+
+
+@pytest.mark.parametrize("shape, size", [((2, 3, 9, 7), (4, 3)), ((1, 2, 8, 8), (4, 4)), ((1, 4, 3, 5), (7, 6)),
+                                         ((2, 2, 32, 40), (32, 32))])
+def test_adaptive_avg_pool_kernel(shape, size, rng, ops_path):
+    x = rng.standard_normal(shape).astype(np.float32)
+    fast, slow = both(lambda: backend.adaptive_avg_pool2d(Tensor(x), size), ops_path)
+    ref = torch.nn.functional.adaptive_avg_pool2d(t(x).double(), size)
+    assert_close(fast, ref, rel_l2=1e-6, where=f"adaptive avg pool {shape} -> {size}")
+    assert_close(fast, slow, rel_l2=1e-6, where="adaptive avg pool kernel vs ops")
+    if shape[2] % 2 == 0 and shape[3] % 2 == 0:
+        fast, slow = both(lambda: backend.avg_pool2d(Tensor(x), 2, 2), ops_path)
+        assert_close(fast, torch.nn.functional.avg_pool2d(t(x).double(), 2, 2), rel_l2=1e-6, where="avg pool 2x2")
+        assert_close(fast, slow, rel_l2=1e-6, where="avg pool kernel vs ops")
+
+
+def test_kernels_read_strided_views_and_wait_for_asynchronous_launch(rng):
+    # a strided view is made contiguous before the kernel reads its memory; with MindSpore's asynchronous launch
+    # (MINDPORT_PYNATIVE_ASYNC=1) a kernel waits for the ops that produce its inputs
+    x = rng.standard_normal((4, 6, 10)).astype(np.float32)
+    view = Tensor(x)[:, ::2, 1:]
+    assert not view.is_contiguous()
+    ref = torch.nn.functional.silu(t(x)[:, ::2, 1:]).numpy()
+    assert_close(backend.silu(view), ref, rel_l2=1e-6, where="silu of a strided view")
+    import subprocess
+    import sys
+
+    script = ("import numpy as np\nimport mindspore as ms\nfrom mindspore import Tensor\nfrom mindport import backend\n"
+              "assert not ms.get_context('pynative_synchronize')\n"
+              "x = Tensor(np.linspace(-3, 3, 4096, dtype=np.float32).reshape(64, 64))\n"
+              "y = backend.silu(backend.linear(x * 2.0 + 1.0, x, None))\n"
+              "a = np.linspace(-3, 3, 4096, dtype=np.float64).reshape(64, 64)\n"
+              "h = (a * 2 + 1) @ a.T\n"
+              "print(float(np.abs(y.asnumpy() - h / (1 + np.exp(-h))).max() / np.abs(h).max()))\n")
+    env = {**__import__("os").environ, "MINDPORT_PYNATIVE_ASYNC": "1", "GLOG_v": "3"}
+    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert float(done.stdout.strip().splitlines()[-1]) < 1e-5

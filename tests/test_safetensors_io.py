@@ -29,6 +29,19 @@ def test_round_trip_against_safetensors_package(tmp_path, rng):
         assert ours[k].dtype == v.dtype and ours[k].shape == v.shape
 
 
+def test_tensors_of_a_file_share_one_read_only_map(tmp_path, rng):
+    arrays = {f"t{i}": rng.standard_normal((3, i + 1)).astype(np.float32) for i in range(4)}
+    save_arrays(tmp_path / "m.safetensors", arrays)
+    refs, _ = read_header(tmp_path / "m.safetensors")
+    assert len({id(r.mapping) for r in refs.values()}) == 1
+    loaded = {k: r.load() for k, r in refs.items()}
+    for k, v in arrays.items():
+        np.testing.assert_array_equal(loaded[k], v)
+        assert not loaded[k].flags.writeable  # a view of the file: callers copy before they change anything
+    del refs
+    np.testing.assert_array_equal(loaded["t3"], arrays["t3"])  # the arrays keep the map alive
+
+
 def test_bf16_matches_torch_rounding(rng):
     import torch
 

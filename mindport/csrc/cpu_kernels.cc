@@ -423,6 +423,51 @@ int mp_permute(int, void **params, int *ndims, int64_t **shapes, const char **, 
   return 0;
 }
 
+// Nearest-neighbour upsampling by integer factors: x (N, C, H, W) -> (N, C, H*fh, W*fw); attrs {fh, fw}. Output row
+// r repeats input row r / fh, each value fw times (what torch's nearest gives for integer scale factors).
+int mp_upsample_nearest(int, void **params, int *ndims, int64_t **shapes, const char **, void *, void *) {
+  const float *x = static_cast<const float *>(params[0]);
+  const float *attrs = static_cast<const float *>(params[1]);
+  float *y = static_cast<float *>(params[2]);
+  const int nd = ndims[0];
+  const int64_t h = shapes[0][nd - 2], w = shapes[0][nd - 1], planes = numel(nd, shapes[0]) / (h * w);
+  const int64_t fh = static_cast<int64_t>(attrs[0]), fw = static_cast<int64_t>(attrs[1]);
+  const int64_t ho = h * fh, wo = w * fw;
+  parallel_for(planes * h, [&](int64_t row) {  // one input row -> fh output rows
+    const float *xr = x + row * w;
+    float *yr = y + (row / h) * ho * wo + (row % h) * fh * wo;
+    for (int64_t j = 0; j < w; ++j)
+      for (int64_t k = 0; k < fw; ++k) yr[j * fw + k] = xr[j];
+    for (int64_t k = 1; k < fh; ++k) std::memcpy(yr + k * wo, yr, wo * sizeof(float));
+  });
+  return 0;
+}
+
+// Average pooling over (N, C, H, W) windows [floor(i H / Ho), ceil((i + 1) H / Ho)) x (likewise for W): torch's
+// adaptive_avg_pool2d. attrs {Ho, Wo}; a fixed kernel k with stride k and no padding is the case H = k Ho.
+int mp_adaptive_avg_pool(int, void **params, int *ndims, int64_t **shapes, const char **, void *, void *) {
+  const float *x = static_cast<const float *>(params[0]);
+  const float *attrs = static_cast<const float *>(params[1]);
+  float *y = static_cast<float *>(params[2]);
+  const int nd = ndims[0];
+  const int64_t h = shapes[0][nd - 2], w = shapes[0][nd - 1], planes = numel(nd, shapes[0]) / (h * w);
+  const int64_t ho = static_cast<int64_t>(attrs[0]), wo = static_cast<int64_t>(attrs[1]);
+  parallel_for(planes * ho, [&](int64_t orow) {
+    const int64_t p = orow / ho, i = orow % ho;
+    const int64_t r0 = i * h / ho, r1 = ((i + 1) * h + ho - 1) / ho;
+    const float *xp = x + p * h * w;
+    float *yr = y + orow * wo;
+    for (int64_t j = 0; j < wo; ++j) {
+      const int64_t c0 = j * w / wo, c1 = ((j + 1) * w + wo - 1) / wo;
+      float sum = 0.0f;
+      for (int64_t r = r0; r < r1; ++r)
+        for (int64_t c = c0; c < c1; ++c) sum += xp[r * w + c];
+      yr[j] = sum / static_cast<float>((r1 - r0) * (c1 - c0));
+    }
+  });
+  return 0;
+}
+
 #ifdef MP_BLAS_LIB
 // Linear: x (M, K) @ w (N, K)^T + b (N) -> (M, N); attrs {has_bias}. One sgemm per thread, on a block of rows, or
 // of output columns when N > M (then each thread packs only its slice of the weight).
