@@ -9,10 +9,12 @@ Facts behind the choices (measured, see shared/design.md and bench/README.md):
   (PyTorch 0.24 ms), the LayerNorm primitive 6 ms on (8192, 128) (0.5 ms), any broadcasting elementwise op 10-30x
   a same-shape one, transposes 4x, `ops.gelu` 60x, MatMul 1.6-2x slower than NumPy's OpenBLAS on conv-like shapes,
   and native convolution on 2.9+ 100-400x slower than on 2.8. So on CPU the hot layers run as fused C++ kernels
-  (csrc/cpu_kernels.cc: norms, GELU / GEGLU / SiLU, blend, transpose, and linear, attention and
-  convolution on NumPy's OpenBLAS), compiled once with the machine's C++ compiler into a cache and called as
-  MindSpore "aot" custom ops. Without a compiler (or with MINDPORT_KERNELS=0) the MindSpore-ops paths below run:
-  same numbers, slower (and convolution on >= 2.9 as matmuls: im2col for 2D, shifted 2D convs for temporal 3D).
+  (csrc/cpu_kernels.cc: norms, GELU / GEGLU / SiLU, blend, transpose, nearest upsampling, average pooling, and
+  linear, attention and convolution on NumPy's OpenBLAS), compiled once with the machine's C++ compiler into a
+  cache. They keep MindSpore's aot custom-op signature but are called directly on the tensors' memory (ctypes),
+  not through `ops.Custom`: PyNative launched each custom op in ~90 us (a tiny pipeline makes ~1,300 calls).
+  Without a compiler (or with MINDPORT_KERNELS=0) the MindSpore-ops paths below run: same numbers, slower (and
+  convolution on >= 2.9 as matmuls: im2col for 2D, shifted 2D convs for temporal 3D).
 - On those paths: biases go through BiasAdd, per-(batch, channel) adds through `add_leading` (broadcasting is the
   slow case); `ops.matmul(q, k.swapaxes(-1, -2))` copies k where `BatchMatMul(transpose_b=True)` reads it in place,
   and `BatchMatMul()` runs probs @ v 1.6x faster than `ops.matmul`.
@@ -450,6 +452,14 @@ def geglu(h: Tensor) -> Tensor:
         return cast(_kernel("mp_geglu", _half_last)(x, _attrs()), dt)
     hidden, gate = ops.chunk(h, 2, axis=-1)
     return hidden * gelu(gate)
+
+
+def add(a: Tensor, b: Tensor) -> Tensor:
+    """a + b for the residual connections: the mp_add kernel on same-shape float32 CPU tensors (MindSpore's add took
+    70-150 us right after a kernel, ~200 times per tiny pipeline run), else MindSpore's add."""
+    if a.shape == b.shape and _kernels_for(a, b):
+        return _kernel("mp_add")(a, b, _attrs())
+    return a + b
 
 
 def blend(a: Tensor, b: Tensor, alpha: Tensor) -> Tensor:

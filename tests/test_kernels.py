@@ -288,3 +288,11 @@ def test_kernels_read_strided_views_and_wait_for_asynchronous_launch(rng):
     done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     assert float(done.stdout.strip().splitlines()[-1]) < 1e-5
+
+
+@pytest.mark.parametrize("shape, other", [((3, 5, 7), (3, 5, 7)), ((4097,), (4097,)), ((2, 4, 6), (4, 6))])
+def test_residual_add(shape, other, rng, ops_path):
+    a, b = rng.standard_normal(shape).astype(np.float32), rng.standard_normal(other).astype(np.float32)
+    fast, slow = both(lambda: backend.add(Tensor(a), Tensor(b)), ops_path)
+    np.testing.assert_array_equal(fast, a + b)  # one float32 add per element: exact
+    np.testing.assert_array_equal(slow, a + b)

@@ -1,4 +1,5 @@
-// mindport's fused CPU kernels, called from mindport/backend.py as MindSpore "aot" custom ops.
+// mindport's fused CPU kernels, called from mindport/backend.py on MindSpore tensors' host memory (ctypes; the
+// signature is MindSpore's aot custom-op interface, but PyNative's custom-op launch cost ~90 us a call).
 //
 // Why they exist: on the CPU backend MindSpore's group_norm, LayerNorm, broadcasting elementwise ops, transposes and
 // the exact GELU run 4-60x slower than PyTorch's (measured figures in backend.py); each kernel here replaces a chain
@@ -7,7 +8,8 @@
 // MindSpore's next op: the mid-size SVD UNet ran 40% slower with OpenMP than without the kernels).
 //
 // Interface (MindSpore aot, CPU): int Fn(int nparam, void **params, int *ndims, int64_t **shapes,
-// const char **dtypes, void *stream, void *extra): params holds the inputs then the output; 0 means success.
+// const char **dtypes, void *stream, void *extra): params holds the inputs then the output (contiguous float32);
+// 0 means success. dtypes, stream and extra are unused (backend.py passes null).
 // Scalar settings (eps, groups, scale, a permutation) arrive as a small float32 "attrs" tensor, the last input.
 //
 // Matrix products go to the OpenBLAS that NumPy's wheel bundles (its sgemm runs these shapes 1.6-2x faster than
@@ -337,6 +339,21 @@ int mp_silu(int, void **params, int *ndims, int64_t **shapes, const char **, voi
   const float *x = static_cast<const float *>(params[0]);
   float *y = static_cast<float *>(params[2]);
   parallel_map(x, y, numel(ndims[0], shapes[0]), [](vf v) { return v / (1.0f + vexp(-v)); });
+  return 0;
+}
+
+// a + b, same shapes (residual connections: MindSpore's add after one of these kernels took 70-150 us). attrs
+// unused.
+int mp_add(int, void **params, int *ndims, int64_t **shapes, const char **, void *, void *) {
+  const float *a = static_cast<const float *>(params[0]);
+  const float *b = static_cast<const float *>(params[1]);
+  float *y = static_cast<float *>(params[3]);
+  const int64_t n = numel(ndims[0], shapes[0]), block = 4096;
+  parallel_for((n + block - 1) / block, [&](int64_t blk) {
+    const int64_t start = blk * block, end = std::min(n, start + block);
+#pragma omp simd
+    for (int64_t i = start; i < end; ++i) y[i] = a[i] + b[i];
+  });
   return 0;
 }
 

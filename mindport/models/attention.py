@@ -99,7 +99,7 @@ class Attention(nn.Cell):
         if input_ndim == 4:
             hidden_states = backend.permute(hidden_states, (0, 2, 1)).reshape(b, c, h, w)
         if self.residual_connection:
-            hidden_states = hidden_states + residual
+            hidden_states = backend.add(hidden_states, residual)
         if self.rescale_output_factor != 1.0:
             hidden_states = hidden_states * (1.0 / self.rescale_output_factor)
         return hidden_states
@@ -221,15 +221,16 @@ class BasicTransformerBlock(nn.Cell):
         if self.pos_embed is not None:
             norm_hidden_states = self.pos_embed(norm_hidden_states)
         context = encoder_hidden_states if self.only_cross_attention else None
-        hidden_states = self.attn1(norm_hidden_states, context, attention_mask) + hidden_states
+        hidden_states = backend.add(self.attn1(norm_hidden_states, context, attention_mask), hidden_states)
         # 2. cross-attention
         if self.attn2 is not None:
             norm_hidden_states = self.norm2(hidden_states)
             if self.pos_embed is not None:
                 norm_hidden_states = self.pos_embed(norm_hidden_states)
-            hidden_states = self.attn2(norm_hidden_states, encoder_hidden_states, encoder_attention_mask) + hidden_states
+            hidden_states = backend.add(self.attn2(norm_hidden_states, encoder_hidden_states, encoder_attention_mask),
+                                        hidden_states)
         # 3. feed-forward
-        return self.ff(self.norm3(hidden_states)) + hidden_states
+        return backend.add(self.ff(self.norm3(hidden_states)), hidden_states)
 
 
 class TemporalBasicTransformerBlock(nn.Cell):
@@ -264,15 +265,15 @@ class TemporalBasicTransformerBlock(nn.Cell):
         residual = hidden_states
         hidden_states = self.ff_in(self.norm_in(hidden_states))
         if self.is_res:
-            hidden_states = hidden_states + residual
+            hidden_states = backend.add(hidden_states, residual)
         # 3. self-attention over frames
-        hidden_states = self.attn1(self.norm1(hidden_states)) + hidden_states
+        hidden_states = backend.add(self.attn1(self.norm1(hidden_states)), hidden_states)
         # 4. cross-attention
         if self.attn2 is not None:
-            hidden_states = self.attn2(self.norm2(hidden_states), encoder_hidden_states) + hidden_states
+            hidden_states = backend.add(self.attn2(self.norm2(hidden_states), encoder_hidden_states), hidden_states)
         # 5. feed-forward
         ff_output = self.ff(self.norm3(hidden_states))
-        hidden_states = ff_output + hidden_states if self.is_res else ff_output
+        hidden_states = backend.add(ff_output, hidden_states) if self.is_res else ff_output
         # 6. back: (B*L, F, C') -> (B, L, F, C') -> (B*F, L, C')
         c_out = hidden_states.shape[-1]
         return backend.permute(hidden_states.reshape(b, seq, num_frames, c_out), (0, 2, 1, 3)).reshape(bf, seq, c_out)

@@ -189,7 +189,7 @@ class ResnetBlock2D(nn.Cell):
         # 6. shortcut and residual
         if self.conv_shortcut is not None:
             input_tensor = self.conv_shortcut(input_tensor)
-        output = input_tensor + hidden_states
+        output = backend.add(input_tensor, hidden_states)
         if self.output_scale_factor != 1.0:
             output = output * (1.0 / self.output_scale_factor)
         return output
@@ -225,7 +225,7 @@ class TemporalResnetBlock(nn.Cell):
         # 4. shortcut and residual
         if self.conv_shortcut is not None:
             input_tensor = self.conv_shortcut(input_tensor)
-        return input_tensor + hidden_states
+        return backend.add(input_tensor, hidden_states)
 
 
 class AlphaBlender(nn.Cell):

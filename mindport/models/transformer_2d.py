@@ -115,7 +115,7 @@ class Transformer2DModel(ModelMixin):
         else:
             hidden_states = self.proj_out(hidden_states)
             hidden_states = backend.permute(hidden_states.reshape(batch, height, width, -1), (0, 3, 1, 2))
-        output = hidden_states + residual
+        output = backend.add(hidden_states, residual)
 
         if not return_dict:
             return (output,)

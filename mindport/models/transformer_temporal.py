@@ -79,7 +79,7 @@ class TransformerSpatioTemporalModel(nn.Cell):
         # 5. back to maps + residual: (B*F, H*W, inner) -> (B*F, C, H, W)
         hidden_states = self.proj_out(hidden_states)
         hidden_states = backend.permute(hidden_states.reshape(bf, height, width, channels), (0, 3, 1, 2))
-        output = hidden_states + residual
+        output = backend.add(hidden_states, residual)
         if not return_dict:
             return (output,)
         return Output(sample=output)
@@ -139,7 +139,7 @@ class TransformerTemporalModel(nn.Cell):
         # 4. back: (B*H*W, F, C) -> (B, H, W, F, C) -> (B, F, C, H, W) -> (B*F, C, H, W), + residual
         hidden_states = self.proj_out(hidden_states)
         hidden_states = backend.permute(hidden_states.reshape(b, height, width, num_frames, channel), (0, 3, 4, 1, 2))
-        output = hidden_states.reshape(bf, channel, height, width) + residual
+        output = backend.add(hidden_states.reshape(bf, channel, height, width), residual)
         if not return_dict:
             return (output,)
         return Output(sample=output)

@@ -102,7 +102,7 @@ class AnimateDiffTransformer3D(nn.Cell):
         hidden_states = hidden_states.reshape(batch, height, width, num_frames, channel)
         hidden_states = backend.permute(hidden_states, (0, 3, 4, 1, 2))
         hidden_states = hidden_states.reshape(batch_frames, channel, height, width)
-        return hidden_states + residual
+        return backend.add(hidden_states, residual)
 
 
 def _motion_transformer(channels: int, heads: int, layers: int, groups: int, max_seq_length: int,
