@@ -61,3 +61,7 @@ $(MS210)/.installed: pyproject.toml requirements.lock
 
 bench: $(STAMP) $(MS210)/.installed
 	$(BIN)/python bench/speed.py --ms210 $(MS210)/bin/python
+
+.PHONY: bench-graph
+bench-graph: $(STAMP)  # graph mode (ms.jit) against the PyNative kernel path on two blocks of the ports (CPU)
+	$(BIN)/python bench/graph_mode.py
