@@ -117,42 +117,47 @@ def kernels(on: bool):
     backend.kernel_library.cache_clear()
 
 
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--repeats", type=int, default=20)
-    args = p.parse_args(argv)
+def measure(repeats: int) -> list[tuple[str, str, str, float, float]]:
+    """Rows (block, path, compile s, steady ms, max abs difference to the cell's kernel-path output)."""
     rng = np.random.default_rng(0)
-    print("| block | path | compile s | steady ms | max abs diff to the cell |\n|---|---|---:|---:|---:|")
+    rows = []
     for title, cell, inputs, run_cell, pure, names in cases(rng):
         for _, param in sorted(cell.parameters_and_names()):
             param.set_data(ms.Tensor(rng.standard_normal(param.shape).astype(np.float32) * 0.1))
         cell.set_train(False)
         params = dict(cell.parameters_and_names())
         weights = tuple(ms.Tensor(params[n].asnumpy()) for n in names)
+
+        def row(path, fn, compile_s="-"):
+            rows.append((title, path, compile_s, median_ms(fn, repeats), float(np.abs(fn().asnumpy() - ref).max())))
+
         kernels(True)
         ref = run_cell(*inputs).asnumpy()
-        rows = [("mindport cell, PyNative, CPU kernels", "-", median_ms(lambda: run_cell(*inputs), args.repeats), 0.0)]
+        row("mindport cell, PyNative, CPU kernels", lambda: run_cell(*inputs))
         kernels(False)
-        rows.append(("mindport cell, PyNative, MindSpore ops", "-", median_ms(lambda: run_cell(*inputs), args.repeats),
-                     float(np.abs(run_cell(*inputs).asnumpy() - ref).max())))
+        row("mindport cell, PyNative, MindSpore ops", lambda: run_cell(*inputs))
         try:
-            ms.jit(run_cell)(*inputs).asnumpy()
-            rows.append(("mindport cell, ms.jit (AST)", "?", float("nan"), float("nan")))
+            ms.jit(run_cell)(*inputs)
+            row("mindport cell, ms.jit (AST)", ms.jit(run_cell))
         except Exception as e:  # noqa: BLE001  (the finding: the cells as written do not compile)
-            rows.append((f"mindport cell, ms.jit (AST): {type(e).__name__}", "fails", float("nan"), float("nan")))
-        rows.append(("graph-friendly rewrite, PyNative", "-", median_ms(lambda: pure(*inputs, *weights), args.repeats),
-                     float(np.abs(pure(*inputs, *weights).asnumpy() - ref).max())))
+            rows.append((title, f"mindport cell, ms.jit (AST): {type(e).__name__}", "fails", float("nan"), float("nan")))
+        row("graph-friendly rewrite, PyNative", lambda: pure(*inputs, *weights))
         jitted = ms.jit(pure)
         t0 = time.perf_counter()
-        out = jitted(*inputs, *weights).asnumpy()
-        compile_s = time.perf_counter() - t0
-        rows.append(("graph-friendly rewrite, ms.jit (AST)", f"{compile_s:.2f}",
-                     median_ms(lambda: jitted(*inputs, *weights), args.repeats), float(np.abs(out - ref).max())))
+        jitted(*inputs, *weights).asnumpy()
+        row("graph-friendly rewrite, ms.jit (AST)", lambda: jitted(*inputs, *weights), f"{time.perf_counter() - t0:.2f}")
         kernels(True)
-        rows.append(("mindport cell, PyNative, CPU kernels (again)", "-",
-                     median_ms(lambda: run_cell(*inputs), args.repeats), 0.0))
-        for path, comp, steady, diff in rows:
-            print(f"| {title} | {path} | {comp} | {steady:.2f} | {diff:.1e} |")
+        row("mindport cell, PyNative, CPU kernels (again)", lambda: run_cell(*inputs))
+    return rows
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--repeats", type=int, default=20)
+    args = p.parse_args(argv)
+    print("| block | path | compile s | steady ms | max abs diff to the cell |\n|---|---|---:|---:|---:|")
+    for title, path, compile_s, steady, diff in measure(args.repeats):
+        print(f"| {title} | {path} | {compile_s} | {steady:.2f} | {diff:.1e} |")
     return 0
 
 
