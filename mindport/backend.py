@@ -621,7 +621,7 @@ def interpolate_nearest(x: Tensor, scale_factor: float | None = None, size=None)
 
 @lru_cache(maxsize=None)
 def _resampled_shape(size):
-    return lambda shape, _attrs: [*shape[:-2], *size]
+    return lambda shape, _settings: [*shape[:-2], *size]
 
 
 def avg_pool2d(x: Tensor, kernel: int, stride: int) -> Tensor:
