@@ -3,7 +3,6 @@ by module path. Computation goes through `mindport.backend`, which picks the fas
 
 from __future__ import annotations
 
-import mindspore as ms
 import numpy as np
 from mindspore import Parameter, Tensor, nn, ops
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import mindspore as ms
 import numpy as np
-from mindspore import Parameter, Tensor, nn, ops
+from mindspore import Tensor, nn, ops
 
 from .. import backend
 from ..layers import Conv2d, Embedding, LayerNorm, Linear, _param, get_activation
