@@ -18,7 +18,9 @@ Facts behind the choices (measured, see shared/design.md and bench/README.md):
 - On those paths: biases go through BiasAdd, per-(batch, channel) adds through `add_leading` (broadcasting is the
   slow case); `ops.matmul(q, k.swapaxes(-1, -2))` copies k where `BatchMatMul(transpose_b=True)` reads it in place,
   and `BatchMatMul()` runs probs @ v 1.6x faster than `ops.matmul`.
-- fp16 norms/softmax lose precision; they are computed in fp32 and cast back (the kernels take fp32 only).
+- Half precision on CPU: the kernels compute in fp32 (float16 inputs widened by a cast kernel, outputs rounded back
+  to float16); on the MindSpore-ops paths fp16 norms/softmax are computed in fp32 and cast back (reductions over
+  thousands of values lose digits in fp16).
 """
 
 from __future__ import annotations
@@ -209,16 +211,22 @@ class _DirectKernel:
     """One kernel of the compiled library, called on the tensors' host memory through ctypes: inputs are made
     contiguous, the output is a fresh NumPy buffer wrapped as a Tensor without a copy. Same entry point and
     arguments as MindSpore's aot custom-op interface, without PyNative's launch cost (~90 us per ops.Custom call on
-    CPU against ~10 us here; the tiny pipelines make ~1,300 kernel calls per run)."""
+    CPU against ~10 us here; the tiny pipelines make ~1,300 kernel calls per run). The kernels compute in float32:
+    float16 inputs are widened on the way in, and the output is rounded back to float16 when the first input was
+    float16 (half-precision storage, single-precision arithmetic inside each op)."""
 
-    def __init__(self, name: str, out_shape):
+    def __init__(self, name: str, out_shape, out_dtype=np.float32):
         self.fn = getattr(ctypes.CDLL(kernel_library()), name)
         self.fn.restype = ctypes.c_int
-        self.out_shape = out_shape
+        self.out_shape, self.out_dtype = out_shape, out_dtype
         self.name = name
+        self.converts = name in ("mp_f16_to_f32", "mp_f32_to_f16")
         self._layouts = {}
 
     def __call__(self, *inputs: Tensor) -> Tensor:
+        half = not self.converts and inputs[0].dtype == ms.float16
+        if not self.converts:
+            inputs = [cast(t, ms.float32) if t.dtype == ms.float16 else t for t in inputs]
         inputs = [t if t.is_contiguous() else t.contiguous() for t in inputs]
         if not _SYNCHRONOUS_LAUNCH:  # ops launched asynchronously may not have written their outputs yet
             ms.runtime.synchronize()
@@ -227,11 +235,11 @@ class _DirectKernel:
         if layout is None:
             layout = self._layouts[shapes] = self._layout(shapes)
         out_shape, n, ndims, dims = layout
-        result = Tensor.from_numpy(np.empty(out_shape, np.float32))
+        result = Tensor.from_numpy(np.empty(out_shape, self.out_dtype))
         ptrs = (ctypes.c_void_p * n)(*[t.data_ptr() for t in inputs], result.data_ptr())
         if self.fn(n, ptrs, ndims, dims, None, None, None) != 0:
             raise RuntimeError(f"mindport kernel {self.name} failed on input shapes {shapes}")
-        return result
+        return cast(result, ms.float16) if half else result
 
     def _layout(self, shapes):
         """The output shape and the ctypes shape arrays for one set of input shapes (cached: shapes repeat)."""
@@ -245,9 +253,9 @@ class _DirectKernel:
 
 
 @lru_cache(maxsize=None)
-def _kernel(name: str, out_shape=_same_shape) -> _DirectKernel:
+def _kernel(name: str, out_shape=_same_shape, out_dtype=np.float32) -> _DirectKernel:
     """The callable for one kernel; `out_shape(*input shapes)` gives its output's shape."""
-    return _DirectKernel(name, out_shape)
+    return _DirectKernel(name, out_shape, out_dtype)
 
 
 @lru_cache(maxsize=None)
@@ -257,7 +265,7 @@ def _attrs(*values: float) -> Tensor:
 
 
 def _kernels_for(*tensors: Tensor) -> bool:
-    return all(t.dtype == ms.float32 for t in tensors) and kernel_library() is not None
+    return all(t.dtype in (ms.float32, ms.float16) for t in tensors) and kernel_library() is not None
 
 
 def _gemm_for(*tensors: Tensor) -> bool:
@@ -282,7 +290,7 @@ def linear(x: Tensor, w: Tensor, b: Tensor | None) -> Tensor:
     MatMul(transpose_b) and a BiasAdd (`ops.dense` broadcasts its bias: 3-4x slower on CPU)."""
     lead = x.shape[:-1]
     x = x.reshape(-1, x.shape[-1])
-    if _gemm_for(x, w) and (b is None or b.dtype == ms.float32):
+    if _gemm_for(x, w) and (b is None or _kernels_for(b)):
         bias = b if b is not None else _constant(0.0, w.shape[0])
         y = _kernel("mp_linear", _linear_shape)(x, w, bias, _attrs(float(b is not None)))
     else:
@@ -347,7 +355,7 @@ def _conv_kernel(x: Tensor, w: Tensor, b: Tensor | None, stride, padding, groups
 
 def _use_conv_kernel(x: Tensor, w: Tensor, b: Tensor | None) -> bool:
     return os.environ.get("MINDPORT_CONV") in (None, "", "kernel") and _gemm_for(x, w) and (
-        b is None or b.dtype == ms.float32)
+        b is None or _kernels_for(b))
 
 
 def conv2d(x: Tensor, w: Tensor, b: Tensor | None, stride=(1, 1), padding=(0, 0), groups: int = 1) -> Tensor:
@@ -394,8 +402,15 @@ def conv3d(x: Tensor, w: Tensor, b: Tensor | None, padding=(0, 0, 0)) -> Tensor:
 
 
 def cast(x: Tensor, dtype) -> Tensor:
-    """x as `dtype`; x itself when it already is (MindSpore's astype costs ~20 us even then)."""
-    return x if x.dtype == dtype else x.astype(dtype)
+    """x as `dtype`; x itself when it already is (MindSpore's astype costs ~20 us even then). Between float16 and
+    float32 on CPU a kernel converts (MindSpore's CPU cast took ~400 us for 30k values)."""
+    if x.dtype == dtype:
+        return x
+    if {x.dtype, dtype} == {ms.float16, ms.float32} and kernel_library() is not None:
+        if dtype == ms.float32:
+            return _kernel("mp_f16_to_f32")(x, _attrs())
+        return _kernel("mp_f32_to_f16", out_dtype=np.float16)(x, _attrs())
+    return x.astype(dtype)
 
 
 def _upcast(x: Tensor) -> tuple[Tensor, ms.dtype.Type]:

@@ -4,6 +4,7 @@ replace, over several shapes; the fallback when they cannot be built."""
 import numpy as np
 import pytest
 import torch
+import mindspore as ms
 from mindspore import Tensor
 
 from mindport import backend
@@ -296,3 +297,42 @@ def test_residual_add(shape, other, rng, ops_path):
     fast, slow = both(lambda: backend.add(Tensor(a), Tensor(b)), ops_path)
     np.testing.assert_array_equal(fast, a + b)  # one float32 add per element: exact
     np.testing.assert_array_equal(slow, a + b)
+
+
+def test_half_casts_match_numpy_bit_for_bit(rng):
+    # every float16 bit pattern widens exactly; float32 -> float16 rounds to nearest even like NumPy / MindSpore,
+    # including ties, subnormals, overflow to inf and NaN (odd lengths exercise the scalar tail)
+    every_half = np.arange(65536, dtype=np.uint32).astype(np.uint16).view(np.float16)
+    wide = backend.cast(Tensor(every_half), ms.float32).asnumpy()
+    nan = np.isnan(every_half)
+    np.testing.assert_array_equal(wide[~nan], every_half[~nan].astype(np.float32))
+    assert np.isnan(wide[nan]).all()
+    with np.errstate(invalid="ignore", over="ignore"):
+        ties = (every_half[:-1].astype(np.float64) + every_half[1:].astype(np.float64)) / 2  # exact midpoints
+    ties = ties[np.isfinite(ties)].astype(np.float32)
+    x = np.concatenate([ties, rng.standard_normal(10001).astype(np.float32) * 10.0 ** rng.integers(-9, 6, 10001),
+                        np.array([65519.99, 65520.0, 1e6, -1e6, np.inf, -np.inf, 0.0, -0.0, 1e-8, -6e-8],
+                                 np.float32)])
+    narrow = backend.cast(Tensor(x), ms.float16).asnumpy()
+    with np.errstate(over="ignore"):
+        np.testing.assert_array_equal(narrow.view(np.uint16), x.astype(np.float16).view(np.uint16))
+    assert np.isnan(backend.cast(Tensor(np.array([np.nan] * 9, np.float32)), ms.float16).asnumpy()).all()
+
+
+def test_half_precision_inputs_run_the_kernels_in_float32(rng, ops_path):
+    x = rng.standard_normal((2, 8, 6, 5)).astype(np.float16)
+    w = (rng.standard_normal((12, 8, 3, 3)) * 0.2).astype(np.float16)
+    b = rng.standard_normal(12).astype(np.float16)
+    fast, slow = both(lambda: backend.conv2d(Tensor(x), Tensor(w), Tensor(b), (1, 1), (1, 1)), ops_path)
+    ref = torch.nn.functional.conv2d(t(x).double(), t(w).double(), t(b).double(), padding=1).float().half().numpy()
+    assert fast.dtype == np.float16
+    # float32 arithmetic and one rounding to float16: within one float16 step of the correctly rounded value
+    assert np.all(np.abs(fast.astype(np.float32) - ref.astype(np.float32)) <= np.spacing(np.abs(ref)).astype(np.float32))
+    assert_close(fast, ref, rel_l2=5e-4, where="fp16 conv through the float32 kernel")
+    assert_close(slow, ref, rel_l2=2e-3, where="MindSpore fp16 conv")
+    h = rng.standard_normal((3, 7, 16)).astype(np.float16)
+    lw = (rng.standard_normal((10, 16)) * 0.25).astype(np.float16)
+    out = backend.silu(backend.linear(Tensor(h), Tensor(lw), None))
+    assert out.dtype == ms.float16
+    lin = t(h).float() @ t(lw).float().T
+    assert_close(out, torch.nn.functional.silu(lin.half().float()).half(), rel_l2=1e-3, where="fp16 linear + silu")
