@@ -3,7 +3,8 @@
 //
 // Why they exist: on the CPU backend MindSpore's group_norm, LayerNorm, broadcasting elementwise ops, transposes and
 // the exact GELU run 4-60x slower than PyTorch's (measured figures in backend.py); each kernel here replaces a chain
-// of those ops with one pass over memory. float32 only (the backend upcasts half precision first).
+// of those ops with one pass over memory. float32 only, apart from the two half-precision casts the backend uses to
+// widen float16 inputs and round outputs back.
 // Threads: a small pool of our own whose idle workers sleep (OpenMP's spin-waiting workers took the cores from
 // MindSpore's next op: the mid-size SVD UNet ran 40% slower with OpenMP than without the kernels).
 //
