@@ -219,14 +219,16 @@ inline void map(const float *x, float *y, int64_t n, F f) {
   }
 }
 
-// map() over n values in blocks of 4096, the blocks spread over the threads.
+// body(start, end) over [0, n) in blocks of `block` values, the blocks spread over the threads.
+template <class F>
+void parallel_blocks(int64_t n, int64_t block, F body) {
+  parallel_for((n + block - 1) / block, [&](int64_t blk) { body(blk * block, std::min(n, blk * block + block)); });
+}
+
+// map() over n values in blocks of 4096.
 template <class F>
 void parallel_map(const float *x, float *y, int64_t n, F f) {
-  const int64_t block = 4096;
-  parallel_for((n + block - 1) / block, [&](int64_t blk) {
-    const int64_t start = blk * block;
-    map(x + start, y + start, std::min(block, n - start), f);
-  });
+  parallel_blocks(n, 4096, [&](int64_t start, int64_t end) { map(x + start, y + start, end - start, f); });
 }
 
 // ys = softmax(scale * ss) over d values (scale > 0); ys may be ss.
@@ -313,10 +315,7 @@ template <class In, class Out, class Vec8, class Scalar>
 int convert(void **params, int *ndims, int64_t **shapes, Vec8 vec8, Scalar scalar) {
   const In *x = static_cast<const In *>(params[0]);
   Out *y = static_cast<Out *>(params[2]);
-  const int64_t n = numel(ndims[0], shapes[0]), block = 8192;
-  parallel_for((n + block - 1) / block, [&](int64_t blk) {
-    int64_t i = blk * block;
-    const int64_t end = std::min(n, i + block);
+  parallel_blocks(numel(ndims[0], shapes[0]), 8192, [&](int64_t i, int64_t end) {
 #ifdef __F16C__
     for (; i + 8 <= end; i += 8) vec8(x + i, y + i);
 #endif
@@ -418,9 +417,7 @@ int mp_add(int, void **params, int *ndims, int64_t **shapes, const char **, void
   const float *a = static_cast<const float *>(params[0]);
   const float *b = static_cast<const float *>(params[1]);
   float *y = static_cast<float *>(params[3]);
-  const int64_t n = numel(ndims[0], shapes[0]), block = 4096;
-  parallel_for((n + block - 1) / block, [&](int64_t blk) {
-    const int64_t start = blk * block, end = std::min(n, start + block);
+  parallel_blocks(numel(ndims[0], shapes[0]), 4096, [&](int64_t start, int64_t end) {
 #pragma omp simd
     for (int64_t i = start; i < end; ++i) y[i] = a[i] + b[i];
   });
