@@ -29,6 +29,7 @@ from pathlib import Path
 
 from .base import ArchitectureConverter, Rule
 from .errors import ConversionError
+from .sd import UNet2DConditionConverter
 from .sources import ComponentSource, read_tensors
 
 # prefix of one motion module in either format
@@ -87,11 +88,7 @@ class UNetMotionModelConverter(ArchitectureConverter):
 
     class_name = "UNetMotionModel"
 
-    @property
-    def rules(self):
-        from . import converter_for
-
-        return tuple(converter_for("UNet2DConditionModel").rules) + POS_EMBED_ROWS
+    rules = UNet2DConditionConverter.rules + POS_EMBED_ROWS
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -188,32 +185,3 @@ def open_motion_module_file(path, config: dict | None = None, **given) -> Compon
     elif given:
         config = {**config, **given}
     return ComponentSource(path.parent, dict(config), "MotionAdapter", [path], tensors)
-
-
-def load_motion_module_file_arrays(path, spec_fn, config: dict | None = None, **given) -> tuple[dict, dict, dict]:
-    """In-memory conversion of a single motion-module file for `MotionAdapter.from_single_file`: returns
-    (config, {parameter: array}, audit dict)."""
-    from .base import materialise
-    from .convert import plan_component
-
-    config, mapped, audit, spec = plan_component(".", open_motion_module_file(path, config, **given), spec_fn)
-    arrays = {m.target: materialise(m, spec[m.target][0], None) for m in mapped}
-    return config, arrays, audit.as_dict()
-
-
-def convert_motion_module_file(path, dst, spec_fn, config: dict | None = None, dtype: str | None = None,
-                               overwrite: bool = False, **given) -> dict:
-    """Single motion-module file -> a converted MotionAdapter folder, with an explicit config or config fields
-    (`mindport convert FILE DST` infers the config from the shapes). Returns the manifest."""
-    from .convert import _write_component, check_dtype, new_manifest, publish
-
-    check_dtype(dtype)
-    src = open_motion_module_file(path, config, **given)
-
-    def build(tmp):
-        manifest = new_manifest(path, path, None, dtype, source_format="animatediff-original"
-                                if is_original_format(src.tensors) else "diffusers")
-        manifest["components"]["."] = _write_component(".", src, tmp, spec_fn, dtype, None)
-        return manifest
-
-    return publish(dst, overwrite, build)

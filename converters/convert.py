@@ -15,6 +15,7 @@ from typing import Callable
 import numpy as np
 
 from . import converter_for
+from .animatediff import is_original_format, open_motion_module_file
 from .base import IDENTITY, Audit, Mapped, map_tensors, materialise
 from .errors import ConversionError
 from .safetensors_io import RawSpan, write_safetensors
@@ -100,6 +101,14 @@ def load_component_arrays(folder, spec_fn: SpecFn, variant: str | None = None, n
     config, mapped, audit, spec = plan_component(name, src, spec_fn)
     arrays = {m.target: materialise(m, spec[m.target][0], None) for m in mapped}
     return config, arrays, audit.as_dict(), {m.target: m.ref.dtype for m in mapped}
+
+
+def load_motion_module_file_arrays(path, spec_fn: SpecFn, config: dict | None = None, **given):
+    """In-memory conversion of a single motion-module file for `MotionAdapter.from_single_file`: returns
+    (config, {parameter: array}, audit dict)."""
+    config, mapped, audit, spec = plan_component(".", open_motion_module_file(path, config, **given), spec_fn)
+    arrays = {m.target: materialise(m, spec[m.target][0], None) for m in mapped}
+    return config, arrays, audit.as_dict()
 
 
 def _producer(mp: Mapped, shape, tag: str, progress):
@@ -243,7 +252,6 @@ def new_manifest(src, resolved, variant, dtype, **extra) -> dict:
 def _write_single_file(path: Path, tmp: Path, manifest: dict, config_dir, write_all, motion_adapter=None) -> dict:
     """A checkpoint file on its own: its keys tell what it holds. Whole-pipeline releases (SD 1.5, SVD) become a
     pipeline folder; a motion-module file becomes a MotionAdapter folder."""
-    from .animatediff import is_original_format, open_motion_module_file
     from .single_file import detect_layout, split_single_file
 
     tensors = read_tensors([path])
@@ -251,7 +259,7 @@ def _write_single_file(path: Path, tmp: Path, manifest: dict, config_dir, write_
     if layout is None:
         if any(".motion_modules." in k for k in tensors):
             manifest["source_format"] = "animatediff-original" if is_original_format(tensors) else "diffusers"
-            return write_all(tmp, {".": open_motion_module_file(path)}, manifest)
+            return write_all(tmp, {".": _motion_adapter_source(path, config_dir)}, manifest)
         raise ConversionError(f"{path}: unknown single-file layout (first key {next(iter(tensors), None)!r}); supported: "
                               "SD 1.5 (model.diffusion_model / first_stage_model / cond_stage_model.transformer), "
                               "Stable Video Diffusion (generative-models), AnimateDiff motion modules")
@@ -282,8 +290,6 @@ def _write_single_file(path: Path, tmp: Path, manifest: dict, config_dir, write_
 def _motion_adapter_source(path: Path, config_dir=None) -> ComponentSource:
     """A MotionAdapter from a diffusers adapter folder or a single motion-module file (original or diffusers names;
     its config from `config_dir/motion_adapter/config.json` if there is one, else inferred from the shapes)."""
-    from .animatediff import open_motion_module_file
-
     cfg = Path(config_dir) / "motion_adapter" / "config.json" if config_dir else None
     if path.is_dir():
         src = open_component(path)

@@ -19,6 +19,11 @@ class UNet2DConditionConverter(ArchitectureConverter):
     rules = ()  # every tensor keeps its name: the port mirrors diffusers' module paths one to one
 
 
+class Transformer2DModelConverter(ArchitectureConverter):
+    class_name = "Transformer2DModel"
+    rules = ()
+
+
 # the VAE's deprecated attention names (diffusers' `_convert_deprecated_attention_blocks`), one row per projection
 _VAE_ATTN = r"((?:encoder|decoder)\.mid_block\.attentions\.\d+)"
 

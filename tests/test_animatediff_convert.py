@@ -4,6 +4,7 @@ the same MotionAdapter parameters as their diffusers-format twin; bad keys are r
 adapter folder."""
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -12,9 +13,9 @@ torch = pytest.importorskip("torch")
 diffusers = pytest.importorskip("diffusers")
 
 from converters import ConversionError  # noqa: E402
-from converters.animatediff import convert_motion_module_file, infer_motion_adapter_config  # noqa: E402
+from converters.animatediff import infer_motion_adapter_config  # noqa: E402
 from mindport.cli import main  # noqa: E402
-from mindport.loading import _spec_builder  # noqa: E402
+from mindport.loading import convert_checkpoint  # noqa: E402
 from mindport.models.unet_motion_model import MotionAdapter  # noqa: E402
 from parity.fixtures import randomise  # noqa: E402
 
@@ -102,7 +103,10 @@ def test_original_file_gives_the_diffusers_twin(case, tmp_path):
         np.testing.assert_array_equal(got[k], expected[k], err_msg=k)
 
     # 3. to a converted folder (audited, manifest), loaded back
-    manifest = convert_motion_module_file(path, tmp_path / "converted", _spec_builder(), config=dict(reference.config))
+    # (the heads and norm groups, which no shape shows, from --config DIR/motion_adapter/config.json)
+    (tmp_path / "cfg" / "motion_adapter").mkdir(parents=True)
+    shutil.copy(tmp_path / "diffusers" / "config.json", tmp_path / "cfg" / "motion_adapter" / "config.json")
+    manifest = convert_checkpoint(path, tmp_path / "converted", progress=False, config_dir=tmp_path / "cfg")
     audit = manifest["components"]["."]["audit"]
     assert audit["passed"] and manifest["source_format"] == "animatediff-original"
     assert len(audit["dropped"]) == sum(k.endswith("pos_encoder.pe") for k in original)

@@ -1,33 +1,8 @@
-"""Ported models, named as in diffusers/transformers: `mindport.models.<DiffusersClassName>`."""
+"""Ported models, named as in diffusers/transformers: `mindport.models.<DiffusersClassName>` (the registry's
+`MODELS` rows say which module defines each)."""
 
-from importlib import import_module
+from converters.registry import MODEL_ROWS
 
-# diffusers / transformers class name -> module in this package that ports it
-MODEL_MODULES = {
-    "UNetSpatioTemporalConditionModel": "unet_spatio_temporal_condition",
-    "AutoencoderKLTemporalDecoder": "autoencoder_kl_temporal_decoder",
-    "CLIPVisionModelWithProjection": "clip",
-    "CLIPTextModel": "clip",
-    "CLIPTextModelWithProjection": "clip",
-    "AutoencoderKL": "autoencoder_kl",
-    "UNet2DConditionModel": "unet_2d_condition",
-    "Transformer2DModel": "transformer_2d",
-    "MotionAdapter": "unet_motion_model",
-    "UNetMotionModel": "unet_motion_model",
-    "I2VGenXLUNet": "unet_i2vgen_xl",
-}
+from .. import lazy_classes
 
-
-def model_class(name: str):
-    if name not in MODEL_MODULES:
-        raise ValueError(f"no MindSpore port of {name!r}; ported models: {', '.join(sorted(MODEL_MODULES))}")
-    return getattr(import_module(f"{__name__}.{MODEL_MODULES[name]}"), name)
-
-
-def __getattr__(name):
-    if name in MODEL_MODULES:
-        return model_class(name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-__all__ = sorted(MODEL_MODULES)
+model_class, __getattr__, __all__ = lazy_classes(__name__, MODEL_ROWS, "model")

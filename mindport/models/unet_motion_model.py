@@ -186,7 +186,7 @@ class MotionAdapter(ModelMixin):
         `.safetensors` does not), or a single diffusers-format adapter file. Without `config` the config is inferred
         from the tensor shapes; fields shapes cannot tell (`motion_num_attention_heads`, default 8, and
         `motion_norm_num_groups`, default 32) can be passed as keyword arguments."""
-        from converters.animatediff import load_motion_module_file_arrays
+        from converters.convert import load_motion_module_file_arrays
 
         from ..loading import _spec_builder
 

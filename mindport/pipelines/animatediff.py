@@ -33,11 +33,8 @@ OUTPUT_TYPES = ("pil", "np", "latent")
 
 
 class AnimateDiffPipeline(DiffusionPipeline):
-    components_order = ("vae", "text_encoder", "tokenizer", "unet", "motion_adapter", "scheduler",
-                        "feature_extractor", "image_encoder")
-    # an SD 1.5 pipeline folder is a valid base: its UNet becomes a UNetMotionModel with the given adapter
-    loads_from = ("StableDiffusionPipeline",)
-
+    # components and loads_from from the registry row: an SD 1.5 pipeline folder is a valid base, its UNet becomes a
+    # UNetMotionModel with the given adapter
     def __init__(self, vae, text_encoder, tokenizer, unet, motion_adapter: MotionAdapter | None = None,
                  scheduler=None, feature_extractor=None, image_encoder=None):
         if isinstance(unet, UNet2DConditionModel):

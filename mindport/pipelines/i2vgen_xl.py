@@ -55,8 +55,6 @@ def _crop_size(feature_extractor: dict) -> tuple[int, int]:
 
 
 class I2VGenXLPipeline(DiffusionPipeline):
-    components_order = ("vae", "text_encoder", "tokenizer", "image_encoder", "feature_extractor", "unet", "scheduler")
-
     def __init__(self, vae, text_encoder, tokenizer, image_encoder, feature_extractor, unet, scheduler):
         super().__init__(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, image_encoder=image_encoder,
                          feature_extractor=feature_extractor or {}, unet=unet, scheduler=scheduler)

@@ -7,16 +7,12 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from converters import ConversionError
+from converters.registry import IMAGE_PROCESSORS, MODEL_ROWS, PIPELINE_ROWS, SCHEDULER_ROWS, TOKENIZERS
 from converters.sources import read_json, resolve
 
 from ..loading import load_component
-from ..models import MODEL_MODULES, model_class
-from ..schedulers import SCHEDULER_MODULES, scheduler_class
-
-# image-processor classes whose preprocessor_config.json we read (transformers 5 saves the PIL fallback's name)
-PROCESSORS = ("CLIPImageProcessor", "CLIPImageProcessorPil", "CLIPImageProcessorFast")
-# tokenizers, loaded with transformers (imported only when a pipeline has one)
-TOKENIZERS = ("CLIPTokenizer", "CLIPTokenizerFast")
+from ..models import model_class
+from ..schedulers import scheduler_class
 
 
 class PipelineOutput(dict):
@@ -59,11 +55,17 @@ def encode_text(tokenizer, text_encoder, texts: list[str], max_length: int, clip
 
 
 class DiffusionPipeline:
-    """Holds the components named in model_index.json; subclasses define `components_order` and `__call__`."""
+    """Holds the components named in model_index.json; subclasses define `__call__`. A subclass registered under its
+    name (converters/registry.py) takes its components and the other pipelines whose folders it loads from the row."""
 
     components_order: tuple[str, ...] = ()
-    # other pipelines whose folders this one also loads (AnimateDiff: an SD 1.5 base)
     loads_from: tuple[str, ...] = ()
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        row = PIPELINE_ROWS.get(cls.__name__)
+        if row is not None:
+            cls.components_order, cls.loads_from = tuple(row.components), row.loads_from
 
     def __init__(self, **components):
         for name in self.components_order:
@@ -94,17 +96,17 @@ class DiffusionPipeline:
                 components[name] = None
                 continue
             class_name = entry[1]
-            if class_name in MODEL_MODULES:
+            if class_name in MODEL_ROWS:
                 components[name] = load_component(model_class(class_name), root, subfolder=name,
                                                   dtype=mindspore_dtype, variant=variant)
-            elif class_name in SCHEDULER_MODULES:
+            elif class_name in SCHEDULER_ROWS:
                 components[name] = scheduler_class(class_name).from_pretrained(root, subfolder=name)
-            elif class_name in PROCESSORS:
+            elif class_name in IMAGE_PROCESSORS:
                 components[name] = _load_processor_config(root / name)
             elif class_name in TOKENIZERS:
                 components[name] = _load_tokenizer(root / name, class_name)
             else:
-                supported = sorted([*MODEL_MODULES, *SCHEDULER_MODULES, *PROCESSORS, *TOKENIZERS])
+                supported = sorted([*MODEL_ROWS, *SCHEDULER_ROWS, *IMAGE_PROCESSORS, *TOKENIZERS])
                 raise ConversionError(f"{index_path}: component {name!r} is a {class_name}, which mindport cannot load; "
                                       f"supported: {', '.join(supported)}")
         if kwargs:

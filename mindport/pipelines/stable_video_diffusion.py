@@ -36,8 +36,6 @@ def postprocess_video(video: np.ndarray, output_type: str):
 
 
 class StableVideoDiffusionPipeline(DiffusionPipeline):
-    components_order = ("vae", "image_encoder", "unet", "scheduler", "feature_extractor")
-
     def __init__(self, vae, image_encoder, unet, scheduler, feature_extractor=None):
         super().__init__(vae=vae, image_encoder=image_encoder, unet=unet, scheduler=scheduler,
                          feature_extractor=feature_extractor or {})
