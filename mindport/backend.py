@@ -1,7 +1,19 @@
 """Every MindSpore framework gap mindport works around, in one place.
 
 Each function names why it exists. Layers call these instead of `mindspore.ops` / `mindspore.mint` directly, so a
-new MindSpore release or device target changes this file only.
+new MindSpore release or device target changes this file only. The fused CPU kernels' build, cache and ctypes calls
+live in kernels.py (imported from here, never importing back); this module decides where they run.
+
+What `import mindport.backend` does, and nothing more (nothing is compiled or loaded: the kernel library is built or
+load-tested on the first kernel call):
+1. warns if the installed MindSpore is outside the tested 2.8-2.10;
+2. on the CPU target, sets MindSpore's context `pynative_synchronize=True` (PyNative launches ops synchronously;
+   `configure_cpu_launch` says why): opt out with MINDPORT_PYNATIVE_ASYNC=1;
+3. reads MINDPORT_ATTENTION_CHUNK and creates three MindSpore matmul primitives (no settings change).
+Settings read later, at first use: MINDPORT_KERNELS=0 (no kernels: MindSpore ops only), MINDPORT_CONV
+(kernel | native | matmul), MINDPORT_NUM_THREADS (the kernels' threads), MINDPORT_CACHE (where the kernels are
+built), CXX (the compiler). `init_context` (called by the CLI, not at import) sets PyNative mode and
+MINDPORT_DEVICE.
 
 Facts behind the choices (measured, see shared/design.md and bench/README.md):
 - `mindspore.mint` has no CPU kernels for conv, LayerNorm, gelu, pad, interpolate...: we use classic `ops`.
@@ -10,9 +22,10 @@ Facts behind the choices (measured, see shared/design.md and bench/README.md):
   a same-shape one, transposes 4x, `ops.gelu` 60x, MatMul 1.6-2x slower than NumPy's OpenBLAS on conv-like shapes,
   and native convolution on 2.9+ 100-400x slower than on 2.8. So on CPU the hot layers run as fused C++ kernels
   (csrc/cpu_kernels.cc: norms, GELU / GEGLU / SiLU, blend, transpose, nearest upsampling, average pooling, and
-  linear, attention and convolution on NumPy's OpenBLAS), compiled once with the machine's C++ compiler into a
-  cache. They keep MindSpore's aot custom-op signature but are called directly on the tensors' memory (ctypes),
-  not through `ops.Custom`: PyNative launched each custom op in ~90 us (a tiny pipeline makes ~1,300 calls).
+  linear, attention and convolution on scipy-openblas32's OpenBLAS), compiled once with the machine's C++ compiler
+  into a cache (kernels.py). They keep MindSpore's aot custom-op signature but are called directly on the tensors'
+  memory (ctypes), not through `ops.Custom`: PyNative launched each custom op in ~90 us (a tiny pipeline makes
+  ~1,300 calls).
   Without a compiler (or with MINDPORT_KERNELS=0) the MindSpore-ops paths below run: same numbers, slower (and
   convolution on >= 2.9 as matmuls: im2col for 2D, shifted 2D convs for temporal 3D).
 - On those paths: biases go through BiasAdd, per-(batch, channel) adds through `add_leading` (broadcasting is the
@@ -25,22 +38,18 @@ Facts behind the choices (measured, see shared/design.md and bench/README.md):
 
 from __future__ import annotations
 
-import ctypes
-import hashlib
 import os
-import shutil
-import subprocess
-import tempfile
 import warnings
 from contextlib import contextmanager
 from functools import lru_cache
-from pathlib import Path
 
 import mindspore as ms
 import numpy as np
 from mindspore import Tensor, ops
 
-SUPPORTED_MINDSPORE = ("2.8", "2.9", "2.10")
+from . import kernels
+from .kernels import device_target, has_blas, kernel_library  # noqa: F401 (callers and tests use them from here)
+from .kernels import kernel as _kernel
 
 
 def _version_tuple(v: str) -> tuple[int, ...]:
@@ -57,8 +66,6 @@ MS_VERSION = _version_tuple(ms.__version__)
 def check_mindspore_version() -> None:
     """Warn (once, at import) about MindSpore releases outside the tested range."""
     if not ((2, 8) <= MS_VERSION[:2] <= (2, 10)):
-        import warnings
-
         warnings.warn(f"mindport is tested with mindspore 2.8 to 2.10, found {ms.__version__}; "
                       "pip install mindspore==2.8.0 is the tested CPU setup", stacklevel=2)
 
@@ -75,24 +82,16 @@ def init_context() -> None:
     configure_cpu_launch()
 
 
-_SYNCHRONOUS_LAUNCH = False  # as configured below; the kernels read their inputs' memory, so async launch must wait
-
-
 def configure_cpu_launch() -> None:
     """On CPU, PyNative's asynchronous op launch costs more than it saves (measured: tiny SVD pipeline 6-10 s async,
-    1.3 s synchronous, on 2 cores): launch synchronously unless MINDPORT_PYNATIVE_ASYNC=1."""
-    global _SYNCHRONOUS_LAUNCH
+    1.3 s synchronous, on 2 cores): launch synchronously unless MINDPORT_PYNATIVE_ASYNC=1. The kernels read their
+    inputs' memory, so they learn the mode: under asynchronous launch they wait for the ops before them."""
     if ms.get_context("device_target") == "CPU" and os.environ.get("MINDPORT_PYNATIVE_ASYNC") != "1":
         ms.set_context(pynative_synchronize=True)
-    _SYNCHRONOUS_LAUNCH = bool(ms.get_context("pynative_synchronize"))
+    kernels.set_synchronous_launch(bool(ms.get_context("pynative_synchronize")))
 
 
 configure_cpu_launch()
-
-
-@lru_cache(maxsize=None)
-def device_target() -> str:
-    return ms.get_context("device_target")
 
 
 @lru_cache(maxsize=None)
@@ -124,153 +123,13 @@ def shared_parameter_load():
         other_ops.Load = make
 
 
-# ----------------------------------------------------------------------------------------------------------------
-# Fused C++ kernels (CPU)
-# ----------------------------------------------------------------------------------------------------------------
-
-KERNEL_SOURCE = Path(__file__).resolve().parent / "csrc" / "cpu_kernels.cc"
-KERNEL_FLAGS = ("-O3", "-march=native", "-fopenmp-simd", "-pthread", "-shared", "-fPIC", "-std=c++17")
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return ""
-
-
-@lru_cache(maxsize=None)
-def numpy_blas() -> tuple[str, str, str, str] | None:
-    """The OpenBLAS bundled with NumPy's wheel, if any: (path, sgemm symbol, set-threads symbol, C integer type)."""
-    import ctypes
-
-    libs = Path(np.__file__).resolve().parent.parent / "numpy.libs"
-    for path in sorted(libs.glob("libopenblas*.so*")):
-        try:
-            lib = ctypes.CDLL(str(path))
-        except OSError:
-            continue
-        for suffix, int_type in (("64_", "int64_t"), ("", "int")):
-            if hasattr(lib, f"cblas_sgemm{suffix}"):
-                return str(path), f"cblas_sgemm{suffix}", f"openblas_set_num_threads{suffix}", int_type
-    return None
-
-
-def _blas_flags() -> list[str]:
-    blas = numpy_blas()
-    if blas is None:
-        return []
-    path, gemm, threads, int_type = blas
-    return [f'-DMP_BLAS_LIB="{path}"', f'-DMP_SGEMM="{gemm}"', f'-DMP_SET_THREADS="{threads}"',
-            f"-DMP_BLASINT={int_type}", "-ldl"]
-
-
-@lru_cache(maxsize=None)
-def kernel_library() -> str | None:
-    """Path of the compiled kernel library, built on first use into $MINDPORT_CACHE (default ~/.cache/mindport)/
-    kernels, keyed by the source, flags and CPU; None (MindSpore ops are used) off CPU, with MINDPORT_KERNELS=0, or
-    when no compiler can build it (warned once)."""
-    if os.environ.get("MINDPORT_KERNELS") == "0" or device_target() != "CPU":
-        return None
-    compiler = os.environ.get("CXX", "g++")
-    source = KERNEL_SOURCE.read_bytes()
-    flags = [*KERNEL_FLAGS, *_blas_flags()]
-    key = hashlib.sha256(source + " ".join((compiler, *flags, _cpu_model())).encode()).hexdigest()[:16]
-    cache = Path(os.environ.get("MINDPORT_CACHE", Path.home() / ".cache" / "mindport")) / "kernels"
-    lib = cache / f"cpu_kernels-{key}.so"
-    if lib.exists():
-        return str(lib)
-    if shutil.which(compiler) is None:
-        warnings.warn(f"mindport: no C++ compiler ({compiler!r}) to build the fused CPU kernels; running MindSpore's "
-                      "slower CPU ops instead (install g++ or set CXX)", stacklevel=2)
-        return None
-    try:
-        cache.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(dir=cache) as tmp:
-            out = Path(tmp) / lib.name
-            subprocess.run([compiler, *flags, str(KERNEL_SOURCE), "-o", str(out)], check=True,
-                           capture_output=True, text=True)
-            os.replace(out, lib)  # atomic: concurrent first uses each build, one file wins
-    except (OSError, subprocess.CalledProcessError) as e:
-        lines = (getattr(e, "stderr", "") or str(e)).strip().splitlines()
-        detail = next((ln for ln in lines if "error" in ln), lines[-1] if lines else str(e))
-        warnings.warn(f"mindport: building the fused CPU kernels failed ({detail.strip()}); "
-                      "running MindSpore's slower CPU ops instead", stacklevel=2)
-        return None
-    return str(lib)
-
-
-def _same_shape(*shapes):
-    return shapes[0]
-
-
-class _DirectKernel:
-    """One kernel of the compiled library, called on the tensors' host memory through ctypes: inputs are made
-    contiguous, the output is a fresh NumPy buffer wrapped as a Tensor without a copy. Same entry point and
-    arguments as MindSpore's aot custom-op interface, without PyNative's launch cost (~90 us per ops.Custom call on
-    CPU against ~10 us here; the tiny pipelines make ~1,300 kernel calls per run). The kernels compute in float32:
-    float16 inputs are widened on the way in, and the output is rounded back to float16 when the first input was
-    float16 (half-precision storage, single-precision arithmetic inside each op)."""
-
-    def __init__(self, name: str, out_shape, out_dtype=np.float32):
-        self.fn = getattr(ctypes.CDLL(kernel_library()), name)
-        self.fn.restype = ctypes.c_int
-        self.out_shape, self.out_dtype = out_shape, out_dtype
-        self.name = name
-        self.converts = name in ("mp_f16_to_f32", "mp_f32_to_f16")
-        self._layouts = {}
-
-    def __call__(self, *inputs: Tensor) -> Tensor:
-        half = not self.converts and inputs[0].dtype == ms.float16
-        if not self.converts:
-            inputs = [cast(t, ms.float32) if t.dtype == ms.float16 else t for t in inputs]
-        inputs = [t if t.is_contiguous() else t.contiguous() for t in inputs]
-        if not _SYNCHRONOUS_LAUNCH:  # ops launched asynchronously may not have written their outputs yet
-            ms.runtime.synchronize()
-        shapes = tuple(tuple(t.shape) for t in inputs)
-        layout = self._layouts.get(shapes)
-        if layout is None:
-            layout = self._layouts[shapes] = self._layout(shapes)
-        out_shape, n, ndims, dims = layout
-        result = Tensor.from_numpy(np.empty(out_shape, self.out_dtype))
-        ptrs = (ctypes.c_void_p * n)(*[t.data_ptr() for t in inputs], result.data_ptr())
-        if self.fn(n, ptrs, ndims, dims, None, None, None) != 0:
-            raise RuntimeError(f"mindport kernel {self.name} failed on input shapes {shapes}")
-        return cast(result, ms.float16) if half else result
-
-    def _layout(self, shapes):
-        """The output shape and the ctypes shape arrays for one set of input shapes (cached: shapes repeat)."""
-        out_shape = tuple(self.out_shape(*shapes))
-        every = [*shapes, out_shape]
-        ndims = (ctypes.c_int * len(every))(*[len(s) for s in every])
-        rows = [(ctypes.c_int64 * max(1, len(s)))(*s) for s in every]
-        dims = (ctypes.POINTER(ctypes.c_int64) * len(every))(*rows)
-        dims._rows = rows  # keep the rows alive with the array of pointers to them
-        return out_shape, len(every), ndims, dims
-
-
-@lru_cache(maxsize=None)
-def _kernel(name: str, out_shape=_same_shape, out_dtype=np.float32) -> _DirectKernel:
-    """The callable for one kernel; `out_shape(*input shapes)` gives its output's shape."""
-    return _DirectKernel(name, out_shape, out_dtype)
-
-
-@lru_cache(maxsize=None)
-def _attrs(*values: float) -> Tensor:
-    """A kernel's scalar settings as a small float32 tensor (its last input), one per distinct setting."""
-    return Tensor(np.array(values or (0.0,), np.float32))
-
-
 def _kernels_for(*tensors: Tensor) -> bool:
     return all(t.dtype in (ms.float32, ms.float16) for t in tensors) and kernel_library() is not None
 
 
 def _gemm_for(*tensors: Tensor) -> bool:
-    """The matrix-product kernels also need NumPy's OpenBLAS."""
-    return _kernels_for(*tensors) and numpy_blas() is not None
+    """The matrix-product kernels also need BLAS (scipy-openblas32)."""
+    return _kernels_for(*tensors) and has_blas()
 
 
 @lru_cache(maxsize=None)
@@ -292,16 +151,12 @@ def linear(x: Tensor, w: Tensor, b: Tensor | None) -> Tensor:
     x = x.reshape(-1, x.shape[-1])
     if _gemm_for(x, w) and (b is None or _kernels_for(b)):
         bias = b if b is not None else _constant(0.0, w.shape[0])
-        y = _kernel("mp_linear", _linear_shape)(x, w, bias, _attrs(float(b is not None)))
+        y = _kernel("mp_linear")(x, w, bias, settings=(float(b is not None),))
     else:
         y = _MATMUL_NT(x, w)
         if b is not None:
             y = ops.bias_add(y, b)
     return y.reshape(*lead, w.shape[0])
-
-
-def _linear_shape(x, w, *_):
-    return [x[0], w[0]]
 
 
 def add_leading(x: Tensor, v: Tensor) -> Tensor:
@@ -337,20 +192,11 @@ def _conv2d_matmul(x: Tensor, w: Tensor, stride: tuple[int, int], padding: tuple
     return out.reshape(b, o, ho, wo)
 
 
-@lru_cache(maxsize=None)
-def _conv_shape(stride, padding):
-    def shape(x, w, *_):
-        return [x[0], w[0], *((n + 2 * p - k) // s + 1 for n, k, s, p in zip(x[2:], w[2:], stride, padding))]
-
-    return shape
-
-
 def _conv_kernel(x: Tensor, w: Tensor, b: Tensor | None, stride, padding, groups: int) -> Tensor:
-    """mp_conv on (B, C, T, H, W) and (O, C/G, kt, kh, kw): im2col blocks + NumPy's OpenBLAS sgemm."""
+    """mp_conv on (B, C, T, H, W) and (O, C/G, kt, kh, kw): im2col blocks + OpenBLAS sgemm."""
     stride, padding = tuple(int(v) for v in stride), tuple(int(v) for v in padding)
     bias = b if b is not None else _constant(0.0, w.shape[0])
-    attrs = _attrs(*stride, *padding, groups, float(b is not None))
-    return _kernel("mp_conv", _conv_shape(stride, padding))(x, w, bias, attrs)
+    return _kernel("mp_conv")(x, w, bias, settings=(*stride, *padding, int(groups), float(b is not None)))
 
 
 def _use_conv_kernel(x: Tensor, w: Tensor, b: Tensor | None) -> bool:
@@ -408,8 +254,8 @@ def cast(x: Tensor, dtype) -> Tensor:
         return x
     if {x.dtype, dtype} == {ms.float16, ms.float32} and kernel_library() is not None:
         if dtype == ms.float32:
-            return _kernel("mp_f16_to_f32")(x, _attrs())
-        return _kernel("mp_f32_to_f16", out_dtype=np.float16)(x, _attrs())
+            return _kernel("mp_f16_to_f32")(x)
+        return _kernel("mp_f32_to_f16")(x)
     return x.astype(dtype)
 
 
@@ -428,7 +274,7 @@ def group_norm(x: Tensor, groups: int, weight: Tensor | None, bias: Tensor | Non
     w = cast(weight, ms.float32) if weight is not None else _constant(1.0, c)
     bb = cast(bias, ms.float32) if bias is not None else _constant(0.0, c)
     if _kernels_for(x):
-        return cast(_kernel("mp_group_norm")(x, w, bb, _attrs(groups, eps)), dt)
+        return cast(_kernel("mp_group_norm")(x, w, bb, settings=(int(groups), float(eps))), dt)
     return cast(ops.group_norm(x, groups, w, bb, eps), dt)
 
 
@@ -444,19 +290,15 @@ def layer_norm(x: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float
     w = cast(weight, ms.float32) if weight is not None else _constant(1.0, d)
     bb = cast(bias, ms.float32) if bias is not None else _constant(0.0, d)
     if _kernels_for(x):
-        return cast(_kernel("mp_layer_norm")(x, w, bb, _attrs(eps)), dt)
+        return cast(_kernel("mp_layer_norm")(x, w, bb, settings=(float(eps),)), dt)
     return cast(_layer_norm_primitive(float(eps))(x, w, bb)[0], dt)
 
 
 def gelu(x: Tensor, approximate: str = "none") -> Tensor:
     # mint.gelu has no CPU kernel; ops.gelu matches torch's exact GELU to 8e-7 but is slow on CPU
     if approximate == "none" and _kernels_for(x):
-        return _kernel("mp_gelu")(x, _attrs())
+        return _kernel("mp_gelu")(x)
     return ops.gelu(x, approximate=approximate)
-
-
-def _half_last(shape, *_):
-    return [*shape[:-1], shape[-1] // 2]
 
 
 def geglu(h: Tensor) -> Tensor:
@@ -464,7 +306,7 @@ def geglu(h: Tensor) -> Tensor:
     views there, every op on them slow)."""
     x, dt = _upcast(h)
     if _kernels_for(x):
-        return cast(_kernel("mp_geglu", _half_last)(x, _attrs()), dt)
+        return cast(_kernel("mp_geglu")(x), dt)
     hidden, gate = ops.chunk(h, 2, axis=-1)
     return hidden * gelu(gate)
 
@@ -473,7 +315,7 @@ def add(a: Tensor, b: Tensor) -> Tensor:
     """a + b for the residual connections: the mp_add kernel on same-shape float32 CPU tensors (MindSpore's add took
     70-150 us right after a kernel, ~200 times per tiny pipeline run), else MindSpore's add."""
     if a.shape == b.shape and _kernels_for(a, b):
-        return _kernel("mp_add")(a, b, _attrs())
+        return _kernel("mp_add")(a, b)
     return a + b
 
 
@@ -483,7 +325,7 @@ def blend(a: Tensor, b: Tensor, alpha: Tensor) -> Tensor:
     if alpha.ndim < a.ndim:
         alpha = alpha.reshape((1,) * (a.ndim - alpha.ndim) + tuple(alpha.shape))
     if _kernels_for(a, b) and a.shape == b.shape and all(n in (1, m) for n, m in zip(alpha.shape, a.shape)):
-        return _kernel("mp_blend")(a, b, alpha, _attrs())
+        return _kernel("mp_blend")(a, b, alpha)
     return b + alpha * (a - b)
 
 
@@ -511,13 +353,8 @@ def permute(x: Tensor, perm) -> Tensor:
     shape, mperm = _merge_axes(x.shape, perm)
     if not _kernels_for(x) or x.size < 2 or not 1 < len(mperm) <= 8:  # the kernel takes up to 8 merged axes
         return x.transpose(perm).contiguous()
-    out = _kernel("mp_permute", _permuted_shape(mperm))(x.reshape(shape), _attrs(*mperm))
+    out = _kernel("mp_permute")(x.reshape(shape), settings=mperm)
     return out.reshape([x.shape[p] for p in perm])
-
-
-@lru_cache(maxsize=None)
-def _permuted_shape(perm):
-    return lambda shape, _attrs: [shape[p] for p in perm]
 
 
 def quick_gelu(x: Tensor) -> Tensor:
@@ -526,7 +363,7 @@ def quick_gelu(x: Tensor) -> Tensor:
 
 def silu(x: Tensor) -> Tensor:
     if _kernels_for(x):
-        return _kernel("mp_silu")(x, _attrs())
+        return _kernel("mp_silu")(x)
     return ops.silu(x)
 
 
@@ -565,10 +402,6 @@ def attention(q: Tensor, k: Tensor, v: Tensor, scale: float, mask: Tensor | None
     return _BATCH_MATMUL(cast(ops.softmax(scores, axis=-1), dt), v)
 
 
-def _attention_shape(q, k, v, *_):
-    return [*q[:-1], v[-1]]
-
-
 def _fused_attention(q: Tensor, k: Tensor, v: Tensor, scale: float, heads: int,
                      mask: Tensor | None = None) -> Tensor | None:
     """The mp_attention kernel on the heads-side-by-side layout (scores in fp32 for half-precision inputs), or None
@@ -579,9 +412,8 @@ def _fused_attention(q: Tensor, k: Tensor, v: Tensor, scale: float, heads: int,
     if not _gemm_for(q32, k32, v32):
         return None
     if mask is None:
-        return cast(_kernel("mp_attention", _attention_shape)(q32, k32, v32, _attrs(scale, heads)), dt)
-    out = _kernel("mp_attention_masked", _attention_shape)(q32, k32, v32, cast(mask, ms.float32),
-                                                             _attrs(scale, heads))
+        return cast(_kernel("mp_attention")(q32, k32, v32, settings=(float(scale), int(heads))), dt)
+    out = _kernel("mp_attention_masked")(q32, k32, v32, cast(mask, ms.float32), settings=(float(scale), int(heads)))
     return cast(out, dt)
 
 
@@ -627,16 +459,11 @@ def interpolate_nearest(x: Tensor, scale_factor: float | None = None, size=None)
         size = tuple(int(s * scale_factor) for s in x.shape[2:])
     factors = tuple(o // i for o, i in zip(size, x.shape[2:]))
     if x.ndim == 4 and _kernels_for(x) and all(f >= 1 and f * i == o for f, i, o in zip(factors, x.shape[2:], size)):
-        return _kernel("mp_upsample_nearest", _resampled_shape(tuple(size)))(x, _attrs(*factors))
+        return _kernel("mp_upsample_nearest")(x, settings=factors)
     dt = x.dtype
     if dt == ms.bfloat16:
         x = cast(x, ms.float32)
     return cast(ops.interpolate(x, size=tuple(size), mode="nearest"), dt)
-
-
-@lru_cache(maxsize=None)
-def _resampled_shape(size):
-    return lambda shape, _settings: [*shape[:-2], *size]
 
 
 def avg_pool2d(x: Tensor, kernel: int, stride: int) -> Tensor:
@@ -652,7 +479,7 @@ def adaptive_avg_pool2d(x: Tensor, size) -> Tensor:
     kernel on CPU; `ops.adaptive_avg_pool2d` matches torch for shrinking and enlarging (2e-7) elsewhere."""
     size = tuple(int(s) for s in size)
     if x.ndim == 4 and _kernels_for(x):
-        return _kernel("mp_adaptive_avg_pool", _resampled_shape(size))(x, _attrs(*size))
+        return _kernel("mp_adaptive_avg_pool")(x, settings=size)
     return ops.adaptive_avg_pool2d(x, size)
 
 

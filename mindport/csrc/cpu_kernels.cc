@@ -1,4 +1,4 @@
-// mindport's fused CPU kernels, called from mindport/backend.py on MindSpore tensors' host memory (ctypes; the
+// mindport's fused CPU kernels, called from mindport/kernels.py on MindSpore tensors' host memory (ctypes; the
 // signature is MindSpore's aot custom-op interface, but PyNative's custom-op launch cost ~90 us a call).
 //
 // Why they exist: on the CPU backend MindSpore's group_norm, LayerNorm, broadcasting elementwise ops, transposes and
@@ -10,13 +10,17 @@
 //
 // Interface (MindSpore aot, CPU): int Fn(int nparam, void **params, int *ndims, int64_t **shapes,
 // const char **dtypes, void *stream, void *extra): params holds the inputs then the output (contiguous float32);
-// 0 means success. dtypes, stream and extra are unused (backend.py passes null).
-// Scalar settings (eps, groups, scale, a permutation) arrive as a small float32 "attrs" tensor, the last input.
+// dtypes, stream and extra are unused (kernels.py passes null). Scalar settings (eps, groups, scale, a permutation)
+// arrive as a small float32 "attrs" tensor, the last input. Status: 0 success, 1 no BLAS, 2 shapes or settings the
+// kernel cannot take. kernels.py checks shapes before calling; each kernel checks again, cheaply, whatever would
+// otherwise make it read or write out of bounds, so a caller's bug is an exception, never a crash.
+// mp_build_key and mp_self_test serve kernels.py's load test of a cached library.
 //
-// Matrix products go to the OpenBLAS that NumPy's wheel bundles (its sgemm runs these shapes 1.6-2x faster than
-// MindSpore's CPU MatMul: 18 against 37 ms for (128, 1152) x (1152, 8192)); the build names the library, symbol and
-// integer width (MP_BLAS_LIB, MP_SGEMM, MP_SET_THREADS, MP_BLASINT). OpenBLAS is set to one thread and each of our
-// pool's threads runs its own block, so no second thread pool spins beside MindSpore's.
+// Matrix products go to scipy-openblas32's OpenBLAS (its sgemm runs these shapes 1.6-2x faster than MindSpore's
+// CPU MatMul: 18 against 37 ms for (128, 1152) x (1152, 8192)); the build names the library, symbol and integer
+// width (MP_BLAS_LIB, MP_SGEMM, MP_SET_THREADS, MP_BLASINT). That copy of OpenBLAS is ours alone (NumPy loads its
+// own), so setting it to one thread leaves NumPy's alone; each of our pool's threads runs its own block, so no
+// second thread pool spins beside MindSpore's.
 
 #include <dlfcn.h>
 #ifdef __F16C__
@@ -30,6 +34,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <functional>
+#include <initializer_list>
 #include <mutex>
 #include <thread>
 #include <vector>
@@ -135,6 +140,27 @@ int64_t numel(int nd, const int64_t *shape) {
   for (int i = 0; i < nd; ++i) n *= shape[i];
   return n;
 }
+
+enum Status { kOk = 0, kNoBlas = 1, kBadShape = 2 };
+#define MP_REQUIRE(cond)           \
+  do {                             \
+    if (!(cond)) return kBadShape; \
+  } while (0)
+
+// Whether shape a (rank na) equals shape b (rank nb), or the listed dims.
+bool same(int na, const int64_t *a, int nb, const int64_t *b) { return na == nb && std::equal(a, a + na, b); }
+bool same(int nd, const int64_t *s, std::initializer_list<int64_t> dims) {
+  return nd == static_cast<int>(dims.size()) && std::equal(dims.begin(), dims.end(), s);
+}
+bool same(int nd, const int64_t *s, const std::vector<int64_t> &dims) {
+  return same(nd, s, static_cast<int>(dims.size()), dims.data());
+}
+// A one-input elementwise call: params x, attrs, y with y shaped like x.
+bool elementwise(int nparam, int *ndims, int64_t **shapes) {
+  return nparam == 3 && same(ndims[0], shapes[0], ndims[2], shapes[2]);
+}
+// Input i (the attrs tensor) holds at least n values.
+bool holds(int *ndims, int64_t **shapes, int i, int64_t n) { return numel(ndims[i], shapes[i]) >= n; }
 
 #ifdef MP_BLAS_LIB
 typedef MP_BLASINT blasint;
@@ -312,7 +338,8 @@ inline uint16_t float_to_half(float f) {
 
 // y[i] = scalar(x[i]) for a whole tensor (params: input, attrs, output), eight at a time through vec8 with F16C.
 template <class In, class Out, class Vec8, class Scalar>
-int convert(void **params, int *ndims, int64_t **shapes, Vec8 vec8, Scalar scalar) {
+int convert(int nparam, void **params, int *ndims, int64_t **shapes, Vec8 vec8, Scalar scalar) {
+  MP_REQUIRE(elementwise(nparam, ndims, shapes));
   const In *x = static_cast<const In *>(params[0]);
   Out *y = static_cast<Out *>(params[2]);
   parallel_blocks(numel(ndims[0], shapes[0]), 8192, [&](int64_t i, int64_t end) {
@@ -329,16 +356,21 @@ int convert(void **params, int *ndims, int64_t **shapes, Vec8 vec8, Scalar scala
 extern "C" {
 
 // GroupNorm over (N, C, *): inputs x, weight (C), bias (C), attrs {groups, eps}; mean and variance in float64.
-int mp_group_norm(int, void **params, int *ndims, int64_t **shapes, const char **, void *, void *) {
+int mp_group_norm(int nparam, void **params, int *ndims, int64_t **shapes, const char **, void *, void *) {
+  MP_REQUIRE(nparam == 5 && ndims[0] >= 2 && holds(ndims, shapes, 3, 2) &&
+             same(ndims[0], shapes[0], ndims[4], shapes[4]));
+  MP_REQUIRE(same(ndims[1], shapes[1], {shapes[0][1]}) && same(ndims[2], shapes[2], {shapes[0][1]}));
   const float *x = static_cast<const float *>(params[0]);
   const float *w = static_cast<const float *>(params[1]);
   const float *b = static_cast<const float *>(params[2]);
   const float *attrs = static_cast<const float *>(params[3]);
   float *y = static_cast<float *>(params[4]);
   const int64_t n = shapes[0][0], c = shapes[0][1];
+  if (numel(ndims[0], shapes[0]) == 0) return kOk;
   const int64_t spatial = numel(ndims[0], shapes[0]) / (n * c);
   const int64_t groups = static_cast<int64_t>(attrs[0]);
   const double eps = attrs[1];
+  MP_REQUIRE(groups >= 1 && c % groups == 0);
   const int64_t cg = c / groups, len = cg * spatial;
   parallel_for(n * groups, [&](int64_t ng) {
     const float *xs = x + ng * len;
@@ -359,13 +391,17 @@ int mp_group_norm(int, void **params, int *ndims, int64_t **shapes, const char *
 }
 
 // LayerNorm over the last axis: inputs x, weight (D), bias (D), attrs {eps}; mean and variance in float64.
-int mp_layer_norm(int, void **params, int *ndims, int64_t **shapes, const char **, void *, void *) {
+int mp_layer_norm(int nparam, void **params, int *ndims, int64_t **shapes, const char **, void *, void *) {
+  MP_REQUIRE(nparam == 5 && ndims[0] >= 1 && holds(ndims, shapes, 3, 1) &&
+             same(ndims[0], shapes[0], ndims[4], shapes[4]));
+  const int64_t d = shapes[0][ndims[0] - 1];
+  MP_REQUIRE(same(ndims[1], shapes[1], {d}) && same(ndims[2], shapes[2], {d}));
+  if (numel(ndims[0], shapes[0]) == 0) return kOk;
   const float *x = static_cast<const float *>(params[0]);
   const float *w = static_cast<const float *>(params[1]);
   const float *b = static_cast<const float *>(params[2]);
   const double eps = static_cast<const float *>(params[3])[0];
   float *y = static_cast<float *>(params[4]);
-  const int64_t d = shapes[0][ndims[0] - 1];
   const int64_t rows = numel(ndims[0], shapes[0]) / d;
   parallel_for(rows, [&](int64_t r) {
     const float *xs = x + r * d;
@@ -380,10 +416,15 @@ int mp_layer_norm(int, void **params, int *ndims, int64_t **shapes, const char *
 }
 
 // GEGLU from the projection's output h (..., 2n): h[..., :n] * gelu(h[..., n:]) -> (..., n). attrs unused.
-int mp_geglu(int, void **params, int *ndims, int64_t **shapes, const char **, void *, void *) {
+int mp_geglu(int nparam, void **params, int *ndims, int64_t **shapes, const char **, void *, void *) {
+  MP_REQUIRE(nparam == 3 && ndims[0] >= 1 && ndims[2] == ndims[0]);
   const float *h = static_cast<const float *>(params[0]);
   float *y = static_cast<float *>(params[2]);
   const int64_t two_n = shapes[0][ndims[0] - 1], n = two_n / 2;
+  std::vector<int64_t> out(shapes[0], shapes[0] + ndims[0]);
+  out.back() = n;
+  MP_REQUIRE(two_n % 2 == 0 && same(ndims[2], shapes[2], out));
+  if (n == 0 || numel(ndims[0], shapes[0]) == 0) return kOk;
   const int64_t rows = numel(ndims[0], shapes[0]) / two_n;
   parallel_for(rows, [&](int64_t r) {
     const float *hs = h + r * two_n;
@@ -396,7 +437,8 @@ int mp_geglu(int, void **params, int *ndims, int64_t **shapes, const char **, vo
 }
 
 // Exact GELU, elementwise. attrs unused.
-int mp_gelu(int, void **params, int *ndims, int64_t **shapes, const char **, void *, void *) {
+int mp_gelu(int nparam, void **params, int *ndims, int64_t **shapes, const char **, void *, void *) {
+  MP_REQUIRE(elementwise(nparam, ndims, shapes));
   const float *x = static_cast<const float *>(params[0]);
   float *y = static_cast<float *>(params[2]);
   parallel_map(x, y, numel(ndims[0], shapes[0]), vgelu);
@@ -404,7 +446,8 @@ int mp_gelu(int, void **params, int *ndims, int64_t **shapes, const char **, voi
 }
 
 // SiLU, elementwise: x / (1 + exp(-x)). attrs unused.
-int mp_silu(int, void **params, int *ndims, int64_t **shapes, const char **, void *, void *) {
+int mp_silu(int nparam, void **params, int *ndims, int64_t **shapes, const char **, void *, void *) {
+  MP_REQUIRE(elementwise(nparam, ndims, shapes));
   const float *x = static_cast<const float *>(params[0]);
   float *y = static_cast<float *>(params[2]);
   parallel_map(x, y, numel(ndims[0], shapes[0]), [](vf v) { return v / (1.0f + vexp(-v)); });
@@ -413,7 +456,9 @@ int mp_silu(int, void **params, int *ndims, int64_t **shapes, const char **, voi
 
 // a + b, same shapes (residual connections: MindSpore's add after one of these kernels took 70-150 us). attrs
 // unused.
-int mp_add(int, void **params, int *ndims, int64_t **shapes, const char **, void *, void *) {
+int mp_add(int nparam, void **params, int *ndims, int64_t **shapes, const char **, void *, void *) {
+  MP_REQUIRE(nparam == 4 && same(ndims[0], shapes[0], ndims[1], shapes[1]) &&
+             same(ndims[0], shapes[0], ndims[3], shapes[3]));
   const float *a = static_cast<const float *>(params[0]);
   const float *b = static_cast<const float *>(params[1]);
   float *y = static_cast<float *>(params[3]);
@@ -427,9 +472,9 @@ int mp_add(int, void **params, int *ndims, int64_t **shapes, const char **, void
 // float16 -> float32 and float32 -> float16 (round to nearest even), elementwise; attrs unused. MindSpore's CPU cast
 // took ~400 us for 30k values: every half-precision model ran through it at each norm, and the kernels below take
 // float32, so half precision on CPU casts here on the way in and out.
-int mp_f16_to_f32(int, void **params, int *ndims, int64_t **shapes, const char **, void *, void *) {
+int mp_f16_to_f32(int nparam, void **params, int *ndims, int64_t **shapes, const char **, void *, void *) {
   return convert<uint16_t, float>(
-      params, ndims, shapes,
+      nparam, params, ndims, shapes,
       [](const uint16_t *x, float *y) {
 #ifdef __F16C__
         _mm256_storeu_ps(y, _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i *>(x))));
@@ -438,9 +483,9 @@ int mp_f16_to_f32(int, void **params, int *ndims, int64_t **shapes, const char *
       half_to_float);
 }
 
-int mp_f32_to_f16(int, void **params, int *ndims, int64_t **shapes, const char **, void *, void *) {
+int mp_f32_to_f16(int nparam, void **params, int *ndims, int64_t **shapes, const char **, void *, void *) {
   return convert<float, uint16_t>(
-      params, ndims, shapes,
+      nparam, params, ndims, shapes,
       [](const float *x, uint16_t *y) {
 #ifdef __F16C__
         _mm_storeu_si128(reinterpret_cast<__m128i *>(y),
@@ -451,7 +496,11 @@ int mp_f32_to_f16(int, void **params, int *ndims, int64_t **shapes, const char *
 }
 
 // alpha * a + (1 - alpha) * b with alpha broadcast: alpha has a's rank, each axis 1 or a's size. attrs unused.
-int mp_blend(int, void **params, int *ndims, int64_t **shapes, const char **, void *, void *) {
+int mp_blend(int nparam, void **params, int *ndims, int64_t **shapes, const char **, void *, void *) {
+  MP_REQUIRE(nparam == 5 && same(ndims[0], shapes[0], ndims[1], shapes[1]) &&
+             same(ndims[0], shapes[0], ndims[4], shapes[4]) && ndims[2] == ndims[0]);
+  for (int i = 0; i < ndims[0]; ++i) MP_REQUIRE(shapes[2][i] == 1 || shapes[2][i] == shapes[0][i]);
+  if (numel(ndims[0], shapes[0]) == 0) return kOk;
   const float *a = static_cast<const float *>(params[0]);
   const float *b = static_cast<const float *>(params[1]);
   const float *alpha = static_cast<const float *>(params[2]);
@@ -483,11 +532,19 @@ int mp_blend(int, void **params, int *ndims, int64_t **shapes, const char **, vo
 
 // Transpose: inputs x (rank k, axes already merged by the caller), attrs {perm[0], ..., perm[k-1]}; output
 // shape = x.shape[perm]. Output rows of the last output axis are gathered from x with that axis' input stride.
-int mp_permute(int, void **params, int *ndims, int64_t **shapes, const char **, void *, void *) {
+int mp_permute(int nparam, void **params, int *ndims, int64_t **shapes, const char **, void *, void *) {
+  const int k = ndims[0];
+  MP_REQUIRE(nparam == 3 && k >= 1 && k <= 8 && holds(ndims, shapes, 1, k) && ndims[2] == k);
   const float *x = static_cast<const float *>(params[0]);
   const float *attrs = static_cast<const float *>(params[1]);
   float *y = static_cast<float *>(params[2]);
-  const int k = ndims[0];
+  bool seen[8] = {};
+  for (int i = 0; i < k; ++i) {  // a permutation of 0..k-1, and y shaped x[perm]
+    const int p = static_cast<int>(attrs[i]);
+    MP_REQUIRE(p >= 0 && p < k && !seen[p] && shapes[2][i] == shapes[0][p]);
+    seen[p] = true;
+  }
+  if (numel(k, shapes[0]) == 0) return kOk;
   int64_t in_stride[8] = {}, out_shape[8] = {}, stride_of_out[8] = {};
   in_stride[k - 1] = 1;
   for (int i = k - 2; i >= 0; --i) in_stride[i] = in_stride[i + 1] * shapes[0][i + 1];
@@ -535,14 +592,21 @@ int mp_permute(int, void **params, int *ndims, int64_t **shapes, const char **, 
 
 // Nearest-neighbour upsampling by integer factors: x (N, C, H, W) -> (N, C, H*fh, W*fw); attrs {fh, fw}. Output row
 // r repeats input row r / fh, each value fw times (what torch's nearest gives for integer scale factors).
-int mp_upsample_nearest(int, void **params, int *ndims, int64_t **shapes, const char **, void *, void *) {
+int mp_upsample_nearest(int nparam, void **params, int *ndims, int64_t **shapes, const char **, void *, void *) {
+  const int nd = ndims[0];
+  MP_REQUIRE(nparam == 3 && nd >= 2 && holds(ndims, shapes, 1, 2));
   const float *x = static_cast<const float *>(params[0]);
   const float *attrs = static_cast<const float *>(params[1]);
   float *y = static_cast<float *>(params[2]);
-  const int nd = ndims[0];
-  const int64_t h = shapes[0][nd - 2], w = shapes[0][nd - 1], planes = numel(nd, shapes[0]) / (h * w);
+  const int64_t h = shapes[0][nd - 2], w = shapes[0][nd - 1];
   const int64_t fh = static_cast<int64_t>(attrs[0]), fw = static_cast<int64_t>(attrs[1]);
   const int64_t ho = h * fh, wo = w * fw;
+  std::vector<int64_t> out(shapes[0], shapes[0] + nd);
+  out[nd - 2] = ho;
+  out[nd - 1] = wo;
+  MP_REQUIRE(fh >= 1 && fw >= 1 && same(ndims[2], shapes[2], out));
+  if (numel(nd, shapes[0]) == 0) return kOk;
+  const int64_t planes = numel(nd, shapes[0]) / (h * w);
   parallel_for(planes * h, [&](int64_t row) {  // one input row -> fh output rows
     const float *xr = x + row * w;
     float *yr = y + (row / h) * ho * wo + (row % h) * fh * wo;
@@ -555,13 +619,19 @@ int mp_upsample_nearest(int, void **params, int *ndims, int64_t **shapes, const 
 
 // Average pooling over (N, C, H, W) windows [floor(i H / Ho), ceil((i + 1) H / Ho)) x (likewise for W): torch's
 // adaptive_avg_pool2d. attrs {Ho, Wo}; a fixed kernel k with stride k and no padding is the case H = k Ho.
-int mp_adaptive_avg_pool(int, void **params, int *ndims, int64_t **shapes, const char **, void *, void *) {
+int mp_adaptive_avg_pool(int nparam, void **params, int *ndims, int64_t **shapes, const char **, void *, void *) {
+  const int nd = ndims[0];
+  MP_REQUIRE(nparam == 3 && nd >= 2 && holds(ndims, shapes, 1, 2));
   const float *x = static_cast<const float *>(params[0]);
   const float *attrs = static_cast<const float *>(params[1]);
   float *y = static_cast<float *>(params[2]);
-  const int nd = ndims[0];
-  const int64_t h = shapes[0][nd - 2], w = shapes[0][nd - 1], planes = numel(nd, shapes[0]) / (h * w);
+  const int64_t h = shapes[0][nd - 2], w = shapes[0][nd - 1];
   const int64_t ho = static_cast<int64_t>(attrs[0]), wo = static_cast<int64_t>(attrs[1]);
+  std::vector<int64_t> out(shapes[0], shapes[0] + nd);
+  out[nd - 2] = ho;
+  out[nd - 1] = wo;
+  MP_REQUIRE(ho >= 1 && wo >= 1 && h >= 1 && w >= 1 && same(ndims[2], shapes[2], out));
+  const int64_t planes = numel(nd, shapes[0]) / (h * w);
   parallel_for(planes * ho, [&](int64_t orow) {
     const int64_t p = orow / ho, i = orow % ho;
     const int64_t r0 = i * h / ho, r1 = ((i + 1) * h + ho - 1) / ho;
@@ -581,14 +651,19 @@ int mp_adaptive_avg_pool(int, void **params, int *ndims, int64_t **shapes, const
 #ifdef MP_BLAS_LIB
 // Linear: x (M, K) @ w (N, K)^T + b (N) -> (M, N); attrs {has_bias}. One sgemm per thread, on a block of rows, or
 // of output columns when N > M (then each thread packs only its slice of the weight).
-int mp_linear(int, void **params, int *, int64_t **shapes, const char **, void *, void *) {
+int mp_linear(int nparam, void **params, int *ndims, int64_t **shapes, const char **, void *, void *) {
+  MP_REQUIRE(nparam == 5 && ndims[0] == 2 && ndims[1] == 2 && shapes[0][1] == shapes[1][1] &&
+             holds(ndims, shapes, 3, 1));
+  MP_REQUIRE(same(ndims[2], shapes[2], {shapes[1][0]}) && same(ndims[4], shapes[4], {shapes[0][0], shapes[1][0]}));
   const float *x = static_cast<const float *>(params[0]);
   const float *w = static_cast<const float *>(params[1]);
   const float *b = static_cast<const float *>(params[2]);
   const bool has_bias = static_cast<const float *>(params[3])[0] != 0.0f;
   float *y = static_cast<float *>(params[4]);
-  if (!sgemm()) return 1;
   const int64_t m = shapes[0][0], k = shapes[0][1], n = shapes[1][0];
+  if (m * n == 0) return kOk;
+  MP_REQUIRE(k >= 1);
+  if (!sgemm()) return kNoBlas;
   const bool by_rows = m >= n;
   const int64_t extent = by_rows ? m : n, parts = std::min<int64_t>(threads(), std::max<int64_t>(1, extent / 16));
   parallel_for(parts, [&](int64_t part) {
@@ -612,18 +687,32 @@ int mp_linear(int, void **params, int *, int64_t **shapes, const char **, void *
 // optional additive mask (MG, MH, MQ, Lk) broadcast (MG in {1, G}, MH in {1, H}, MQ in {1, Lq}). Jobs are (group,
 // head, block of queries): the scores of one block live in a thread-local buffer (at most 2^20 floats), never as
 // a whole (G, H, Lq, Lk) tensor.
-static int attention(void **params, int *ndims, int64_t **shapes, const float *mask, const int64_t *mshape,
-                     const float *attrs, float *y) {
+static int attention(void **params, int *ndims, int64_t **shapes, bool masked) {
+  const int nq = ndims[0], a = masked ? 4 : 3;  // a: the attrs' index; the output's is a + 1
+  MP_REQUIRE(nq >= 2 && ndims[1] == nq && ndims[2] == nq && holds(ndims, shapes, a, 2));
+  for (int i = 0; i < nq - 2; ++i) MP_REQUIRE(shapes[1][i] == shapes[0][i] && shapes[2][i] == shapes[0][i]);
   const float *q = static_cast<const float *>(params[0]);
   const float *k = static_cast<const float *>(params[1]);
   const float *v = static_cast<const float *>(params[2]);
+  const float *mask = masked ? static_cast<const float *>(params[3]) : nullptr;
+  const int64_t *mshape = masked ? shapes[3] : nullptr;
+  const float *attrs = static_cast<const float *>(params[a]);
+  float *y = static_cast<float *>(params[a + 1]);
   const float scale = attrs[0];
   const int64_t heads = static_cast<int64_t>(attrs[1]);
-  if (!sgemm()) return 1;
-  const int nq = ndims[0];
   const int64_t lq = shapes[0][nq - 2], qrow = shapes[0][nq - 1], lk = shapes[1][nq - 2], vrow = shapes[2][nq - 1];
+  std::vector<int64_t> out(shapes[0], shapes[0] + nq);
+  out.back() = vrow;
+  MP_REQUIRE(shapes[1][nq - 1] == qrow && shapes[2][nq - 2] == lk && same(ndims[a + 1], shapes[a + 1], out));
+  MP_REQUIRE(heads >= 1 && qrow % heads == 0 && vrow % heads == 0);
+  if (numel(nq, shapes[0]) == 0 || vrow == 0) return kOk;
+  MP_REQUIRE(lk >= 1);
   const int64_t d = qrow / heads, dv = vrow / heads;
   const int64_t groups = numel(nq, shapes[0]) / (lq * qrow);
+  MP_REQUIRE(!masked || (ndims[3] == 4 && (mshape[0] == 1 || mshape[0] == groups) &&
+                         (mshape[1] == 1 || mshape[1] == heads) && (mshape[2] == 1 || mshape[2] == lq) &&
+                         mshape[3] == lk));
+  if (!sgemm()) return kNoBlas;
   const int64_t block = std::max<int64_t>(1, std::min<int64_t>(lq, (1 << 20) / lk));
   const int64_t blocks = (lq + block - 1) / block;
   parallel_for(groups * heads * blocks, [&](int64_t job) {
@@ -651,15 +740,15 @@ static int attention(void **params, int *ndims, int64_t **shapes, const float *m
 }
 
 // inputs q, k, v, attrs {scale, heads}
-int mp_attention(int, void **params, int *ndims, int64_t **shapes, const char **, void *, void *) {
-  return attention(params, ndims, shapes, nullptr, nullptr, static_cast<const float *>(params[3]),
-                   static_cast<float *>(params[4]));
+int mp_attention(int nparam, void **params, int *ndims, int64_t **shapes, const char **, void *, void *) {
+  MP_REQUIRE(nparam == 5);
+  return attention(params, ndims, shapes, false);
 }
 
 // inputs q, k, v, mask (MG, MH, MQ, Lk), attrs {scale, heads}
-int mp_attention_masked(int, void **params, int *ndims, int64_t **shapes, const char **, void *, void *) {
-  return attention(params, ndims, shapes, static_cast<const float *>(params[3]), shapes[3],
-                   static_cast<const float *>(params[4]), static_cast<float *>(params[5]));
+int mp_attention_masked(int nparam, void **params, int *ndims, int64_t **shapes, const char **, void *, void *) {
+  MP_REQUIRE(nparam == 6);
+  return attention(params, ndims, shapes, true);
 }
 
 // 3x3, stride 1, one group, 2D: Winograd F(2x2, 3x3) (Lavin & Gray 2015): each 2x2 output tile from a 4x4 input
@@ -783,18 +872,25 @@ static void conv_temporal(const float *x, const float *w, const float *bias, boo
 // w (O, C / G, kt, kh, kw), bias (O) -> (B, O, To, Ho, Wo); attrs {st, sh, sw, pt, ph, pw, groups, has_bias}.
 // Jobs are (batch, block of output rows): the block's im2col columns (C/G * kt*kh*kw, rows * Wo) are built in a
 // thread-local buffer (at most ~2^21 floats) and one sgemm per group writes the output block in place (NCHW).
-int mp_conv(int, void **params, int *, int64_t **shapes, const char **, void *, void *) {
+int mp_conv(int nparam, void **params, int *ndims, int64_t **shapes, const char **, void *, void *) {
+  MP_REQUIRE(nparam == 5 && ndims[0] == 5 && ndims[1] == 5 && holds(ndims, shapes, 3, 8));
   const float *x = static_cast<const float *>(params[0]);
   const float *w = static_cast<const float *>(params[1]);
   const float *bias = static_cast<const float *>(params[2]);
   const float *at = static_cast<const float *>(params[3]);
   float *y = static_cast<float *>(params[4]);
-  if (!sgemm()) return 1;
   const int64_t nb = shapes[0][0], c = shapes[0][1], t = shapes[0][2], h = shapes[0][3], wd = shapes[0][4];
   const int64_t o = shapes[1][0], cg = shapes[1][1], kt = shapes[1][2], kh = shapes[1][3], kw = shapes[1][4];
   const int64_t st = at[0], sh = at[1], sw = at[2], pt = at[3], ph = at[4], pw = at[5], groups = at[6];
   const bool has_bias = at[7] != 0.0f;
+  MP_REQUIRE(groups >= 1 && c == cg * groups && o % groups == 0 && same(ndims[2], shapes[2], {o}));
+  MP_REQUIRE(st >= 1 && sh >= 1 && sw >= 1 && pt >= 0 && ph >= 0 && pw >= 0 && kt >= 1 && kh >= 1 && kw >= 1);
+  MP_REQUIRE(t + 2 * pt >= kt && h + 2 * ph >= kh && wd + 2 * pw >= kw);
   const int64_t to = (t + 2 * pt - kt) / st + 1, ho = (h + 2 * ph - kh) / sh + 1, wo = (wd + 2 * pw - kw) / sw + 1;
+  MP_REQUIRE(same(ndims[4], shapes[4], {nb, o, to, ho, wo}));
+  if (nb * o == 0) return kOk;
+  MP_REQUIRE(cg >= 1 && t >= 1 && h >= 1 && wd >= 1);
+  if (!sgemm()) return kNoBlas;
   const int64_t og = o / groups, kdim = cg * kt * kh * kw, out_rows = to * ho, plane = out_rows * wo;
   const bool pointwise = kdim == c && groups == 1 && st == 1 && sh == 1 && sw == 1 && pt == 0 && ph == 0 && pw == 0;
   if (kt > 1 && kh == 1 && kw == 1 && st == 1 && sh == 1 && sw == 1 && ph == 0 && pw == 0 && groups == 1) {
@@ -863,5 +959,63 @@ int mp_conv(int, void **params, int *, int64_t **shapes, const char **, void *, 
   return 0;
 }
 #endif
+
+#ifndef MP_BUILD_KEY
+#define MP_BUILD_KEY "unkeyed"
+#endif
+
+// The key kernels.py compiled this library for (a hash of source, compiler, flags and the native instruction sets):
+// a cached file that answers another key was built from other source or for another machine.
+const char *mp_build_key() { return MP_BUILD_KEY; }
+
+static int call(int (*fn)(int, void **, int *, int64_t **, const char **, void *, void *),
+                std::vector<void *> params, std::vector<std::vector<int64_t>> shapes) {
+  std::vector<int> nd;
+  std::vector<int64_t *> dims;
+  for (auto &s : shapes) {
+    nd.push_back(static_cast<int>(s.size()));
+    dims.push_back(s.data());
+  }
+  return fn(static_cast<int>(params.size()), params.data(), nd.data(), dims.data(), nullptr, nullptr, nullptr);
+}
+
+// The load test's self-test (kernels.py runs it in a subprocess before loading the library): a few kernels on tiny
+// inputs against scalar arithmetic (vector bodies and tails, the half casts, the thread pool, BLAS), and a shape
+// error that must be refused. 0 = pass, else the number of the first failing check.
+int mp_self_test() {
+  float x[11], y[11], attrs[2] = {1e-5f, 0.0f};
+  uint16_t half[11];
+  for (int i = 0; i < 11; ++i) x[i] = 0.75f * static_cast<float>(i - 5);  // exact in float16
+  if (call(mp_silu, {x, attrs, y}, {{11}, {1}, {11}}) != kOk) return 1;
+  for (int i = 0; i < 11; ++i)
+    if (std::fabs(y[i] - x[i] / (1.0f + std::exp(-x[i]))) > 1e-5f) return 1;
+  if (call(mp_gelu, {x, attrs, y}, {{11}, {1}, {11}}) != kOk) return 2;
+  for (int i = 0; i < 11; ++i)
+    if (std::fabs(y[i] - 0.5f * x[i] * std::erfc(-x[i] * 0.70710678f)) > 1e-5f) return 2;
+  if (call(mp_f32_to_f16, {x, attrs, half}, {{11}, {1}, {11}}) != kOk ||
+      call(mp_f16_to_f32, {half, attrs, y}, {{11}, {1}, {11}}) != kOk || !std::equal(x, x + 11, y))
+    return 3;
+  float ones[11], zeros[11] = {};
+  std::fill(ones, ones + 11, 1.0f);
+  if (call(mp_layer_norm, {x, ones, zeros, attrs, y}, {{1, 11}, {11}, {11}, {1}, {1, 11}}) != kOk) return 4;
+  double var = 0.0;  // x has mean 0
+  for (int i = 0; i < 11; ++i) var += x[i] * x[i] / 11.0;
+  for (int i = 0; i < 11; ++i)
+    if (std::fabs(y[i] - x[i] / std::sqrt(var + 1e-5)) > 1e-5) return 4;
+  if (call(mp_add, {x, x, attrs, y}, {{11}, {10}, {1}, {11}}) != kBadShape) return 5;
+#ifdef MP_BLAS_LIB
+  // x as (2, 3) @ x[2:8] as (2, 3)^T + 1 -> (2, 2)
+  float bias[2] = {1.0f, 1.0f}, z[4];
+  attrs[0] = 1.0f;
+  if (call(mp_linear, {x, x + 2, bias, attrs, z}, {{2, 3}, {2, 3}, {2}, {1}, {2, 2}}) != kOk) return 6;
+  for (int i = 0; i < 2; ++i)
+    for (int j = 0; j < 2; ++j) {
+      float ref = 1.0f;
+      for (int k = 0; k < 3; ++k) ref += x[i * 3 + k] * x[2 + j * 3 + k];
+      if (std::fabs(z[i * 2 + j] - ref) > 1e-5f) return 6;
+    }
+#endif
+  return 0;
+}
 
 }  // extern "C"
