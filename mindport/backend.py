@@ -7,7 +7,7 @@ live in kernels.py (imported from here, never importing back); this module decid
 What `import mindport.backend` does, and nothing more (nothing is compiled or loaded: the kernel library is built or
 load-tested on the first kernel call):
 1. warns if the installed MindSpore is outside the tested 2.8-2.10;
-2. on the CPU target, sets MindSpore's context `pynative_synchronize=True` (PyNative launches ops synchronously;
+2. on the CPU target, calls `mindspore.runtime.launch_blocking()` (PyNative launches ops synchronously;
    `configure_cpu_launch` says why): opt out with MINDPORT_PYNATIVE_ASYNC=1;
 3. reads MINDPORT_ATTENTION_CHUNK and creates three MindSpore matmul primitives (no settings change).
 Settings read later, at first use: MINDPORT_KERNELS=0 (no kernels: MindSpore ops only), MINDPORT_CONV
@@ -85,10 +85,14 @@ def init_context() -> None:
 def configure_cpu_launch() -> None:
     """On CPU, PyNative's asynchronous op launch costs more than it saves (measured: tiny SVD pipeline 6-10 s async,
     1.3 s synchronous, on 2 cores): launch synchronously unless MINDPORT_PYNATIVE_ASYNC=1. The kernels read their
-    inputs' memory, so they learn the mode: under asynchronous launch they wait for the ops before them."""
+    inputs' memory, so they learn the mode: under asynchronous launch they wait for the ops before them.
+    `ms.runtime.launch_blocking()` is what `set_context(pynative_synchronize=True)` became (deprecated, with a
+    warning, since 2.8); it cannot be undone in a process, and `get_context` does not report it."""
+    blocking = bool(ms.get_context("pynative_synchronize"))  # the caller's own setting
     if ms.get_context("device_target") == "CPU" and os.environ.get("MINDPORT_PYNATIVE_ASYNC") != "1":
-        ms.set_context(pynative_synchronize=True)
-    kernels.set_synchronous_launch(bool(ms.get_context("pynative_synchronize")))
+        ms.runtime.launch_blocking()
+        blocking = True
+    kernels.set_synchronous_launch(blocking)
 
 
 configure_cpu_launch()

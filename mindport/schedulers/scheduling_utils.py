@@ -136,7 +136,7 @@ def _like(values: np.ndarray, ref, dtype=None):
         target = ref.dtype if dtype is None else dtype
         if target == ms.bfloat16:
             return _MsTensor(values.astype(np.float32)).astype(ms.bfloat16)
-        return _MsTensor(values.astype(ms.dtype_to_nptype(target)))
+        return _MsTensor(values, dtype=target)  # converted from float64 directly, as numpy astype does
     target = np.asarray(ref).dtype if dtype is None else dtype
     if not np.issubdtype(target, np.floating):
         target = np.float32
