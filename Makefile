@@ -26,7 +26,7 @@ test-slow: $(STAMP)
 	$(BIN)/python -m pytest -q -p no:cacheprovider -m slow
 
 reports: $(STAMP)
-	$(BIN)/python -m parity.reports
+	$(BIN)/python -m parity.make_reports
 
 # Released architectures (random weights, reduced size; not CI: about two hours on 2 cores): build, compare each
 # component at full size (fp32, fp16), then the pipelines through the harness, then the README summary. The

@@ -226,18 +226,12 @@ def _pipeline_runner(root: str, side: str):
     """A function that loads the tiny pipeline at `root` (mindport converts on load) and runs it end to end. The
     mindport side imports neither torch nor diffusers (building the fixture does: the parent builds it), so its
     process holds MindSpore alone, as a user's does."""
-    from parity.fixtures import fixture_run_settings
-    from parity.harness import adapter_for
+    from parity.adapter import adapter_for, quiet_reference_libraries
 
     root = Path(root)
     adapter = adapter_for(json.loads((root / "model_index.json").read_text())["_class_name"])
-    unet_cfg = json.loads((root / "unet" / "config.json").read_text())
-    settings = {**adapter.default_settings(unet_cfg), **fixture_run_settings(root), "seed": 0, "steps": PIPELINE_STEPS}
-    settings.setdefault("frames", settings.get("num_frames"))
-    kwargs = adapter.call_kwargs(settings)
+    kwargs = adapter.call_kwargs({**adapter.settings(root), "seed": 0, "steps": PIPELINE_STEPS})
     if side == "torch":
-        from parity.harness import quiet_reference_libraries
-
         quiet_reference_libraries()
         return lambda: adapter.run_reference(adapter.load_reference(root), dict(kwargs))
     return lambda: adapter.run_ours(adapter.load_ours(root, side), dict(kwargs))

@@ -66,6 +66,7 @@ MODELS = (
     Model("UNetSpatioTemporalConditionModel", "unet_spatio_temporal_condition", "svd"),
     Model("AutoencoderKLTemporalDecoder", "autoencoder_kl_temporal_decoder", "svd"),
     Model("CLIPVisionModelWithProjection", "clip", "svd"),
+    Model("CLIPVisionModel", "clip", "svd"),
     Model("AutoencoderKL", "autoencoder_kl", "sd"),
     Model("CLIPTextModel", "clip", "sd"),
     Model("CLIPTextModelWithProjection", "clip", "sd"),

@@ -11,7 +11,6 @@ import mmap
 import os
 import struct
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 
@@ -237,7 +236,3 @@ def save_arrays(path, arrays: dict[str, np.ndarray], metadata: dict | None = Non
 def load_safetensors(path) -> dict[str, np.ndarray]:
     refs, _ = read_header(path)
     return {k: np.array(r.load()) for k, r in refs.items()}
-
-
-def is_safetensors(path) -> bool:
-    return Path(path).suffix == ".safetensors"

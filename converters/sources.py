@@ -304,10 +304,6 @@ def open_component(folder, variant: str | None = None, read: bool = True) -> Com
     return src
 
 
-def is_converted_folder(path) -> bool:
-    return (Path(path) / MANIFEST).exists()
-
-
 def file_records(files: list[Path], root: Path) -> list[dict]:
     out = []
     for f in files:

@@ -25,3 +25,9 @@ class CLIPVisionModelWithProjectionConverter(ArchitectureConverter):
         # transformers nests nothing for a vision-only config, but a full CLIPConfig carries `vision_config`
         cfg = dict(config.get("vision_config") or config)
         return {k: v for k, v in cfg.items() if not k.startswith("_")}
+
+
+class CLIPVisionModelConverter(CLIPVisionModelWithProjectionConverter):
+    """The vision tower without the projection (Wan 2.1 I2V's image encoder): the same module paths."""
+
+    class_name = "CLIPVisionModel"

@@ -113,7 +113,7 @@ def cmd_generate(a) -> int:
 
 
 def cmd_inspect(a) -> int:
-    from mindport.inspect import describe
+    from mindport.describe import describe
 
     info = describe(a.path)
     print(json.dumps(info, indent=2) if a.json else info["text"])

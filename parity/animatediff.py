@@ -9,18 +9,8 @@ variance draw per step (`step`).
 
 from __future__ import annotations
 
-import numpy as np
-
-from .adapter_utils import (
-    patch_randn,
-    preset_run,
-    run_ours_with_callback,
-    run_reference_with_callback,
-)
+from .adapter import PipelineAdapter, vae_scale_factor
 from .fixtures import randomise, write_tiny_clip_vocab
-
-PIPELINE = "AnimateDiffPipeline"
-COMPONENTS = ("text_encoder", "unet", "vae")
 
 PROMPT = "the cat walking at night"
 NEGATIVE_PROMPT = "a dog, static"
@@ -43,7 +33,7 @@ PRESETS: dict[str, dict] = {
                         motion_max_seq_length=8),
         "vae": dict(block_out_channels=(16, 32), layers_per_block=1, norm_num_groups=8),
         "text": dict(hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4),
-        "run": dict(height=16, width=16, num_frames=4, guidance_scale=7.5),
+        "run": dict(height=16, width=16, frames=4, guidance_scale=7.5),
     },
     "animatediff-tiny-3level": {
         "unet": dict(block_out_channels=(16, 32, 32), layers_per_block=1, attention_head_dim=1, cross_attention_dim=24,
@@ -54,7 +44,7 @@ PRESETS: dict[str, dict] = {
                         motion_transformer_layers_per_block=2, motion_max_seq_length=6),
         "vae": dict(block_out_channels=(16, 16, 16), layers_per_block=1, norm_num_groups=8),
         "text": dict(hidden_size=24, intermediate_size=30, num_hidden_layers=1, num_attention_heads=2),
-        "run": dict(height=24, width=40, num_frames=6, guidance_scale=6.0, eta=0.5, decode_chunk_size=4),
+        "run": dict(height=24, width=40, frames=6, guidance_scale=6.0, eta=0.5, decode_chunk_size=4),
     },
     "animatediff-tiny-nomid": {
         "unet": dict(block_out_channels=(32, 32), layers_per_block=2, attention_head_dim=(4, 1), cross_attention_dim=16,
@@ -64,7 +54,7 @@ PRESETS: dict[str, dict] = {
                         use_motion_mid_block=False, motion_max_seq_length=24),
         "vae": dict(block_out_channels=(16,), layers_per_block=1, norm_num_groups=8),
         "text": dict(hidden_size=16, intermediate_size=24, num_hidden_layers=2, num_attention_heads=2),
-        "run": dict(height=16, width=8, num_frames=3, guidance_scale=4.0),
+        "run": dict(height=16, width=8, frames=3, guidance_scale=4.0),
     },
 }
 
@@ -108,72 +98,48 @@ def make_components(spec: dict, seed: int) -> dict:
                 scheduler=scheduler)
 
 
-def make_fixture(spec: dict, seed: int):
-    """A tiny AnimateDiffPipeline (diffusers): the pipeline builds its UNetMotionModel from the UNet2D + adapter."""
-    from diffusers import AnimateDiffPipeline
+class AnimateDiffAdapter(PipelineAdapter):
+    pipeline = "AnimateDiffPipeline"
+    presets = PRESETS
 
-    return AnimateDiffPipeline(**make_components(spec, seed))
+    def make_fixture(self, spec: dict, seed: int):
+        """A tiny AnimateDiffPipeline (diffusers): the pipeline builds its UNetMotionModel from the UNet2D + adapter."""
+        from diffusers import AnimateDiffPipeline
 
+        return AnimateDiffPipeline(**make_components(spec, seed))
 
-def load_reference(src):
-    import torch
-    from diffusers import AnimateDiffPipeline
+    def noise_modules(self):
+        """The initial latents and (eta > 0) DDIM's variance noise."""
+        from diffusers.pipelines.animatediff import pipeline_animatediff as ref_pipe
+        from diffusers.schedulers import scheduling_ddim as ref_ddim
 
-    pipe = AnimateDiffPipeline.from_pretrained(str(src), torch_dtype=torch.float32)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
+        from mindport.pipelines import animatediff as our_pipe
+        from mindport.schedulers import scheduling_ddim as our_ddim
 
+        return (ref_pipe, ref_ddim), (our_pipe, our_ddim)
 
-def load_ours(converted, dtype):
-    from mindport import AnimateDiffPipeline
+    def call_kwargs(self, settings: dict) -> dict:
+        """Identical arguments for both pipelines: a prompt and a negative prompt with guidance."""
+        return dict(
+            prompt=PROMPT,
+            negative_prompt=NEGATIVE_PROMPT,
+            height=settings["height"],
+            width=settings["width"],
+            num_frames=settings["frames"],
+            num_inference_steps=settings["steps"],
+            guidance_scale=float(settings.get("guidance_scale", 7.5)),
+            eta=float(settings.get("eta", 0.0)),
+            decode_chunk_size=settings.get("decode_chunk_size") or settings["frames"],
+            output_type="np",
+        )
 
-    pipe = AnimateDiffPipeline.from_pretrained(str(converted), mindspore_dtype=dtype)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
-
-
-def patch_noise(noise):
-    """Every random draw of both pipelines through the shared noise source: the initial latents and (eta > 0) DDIM's
-    variance noise. Returns an undo function."""
-    from diffusers.pipelines.animatediff import pipeline_animatediff as ref_pipe
-    from diffusers.schedulers import scheduling_ddim as ref_ddim
-
-    from mindport.pipelines import animatediff as our_pipe
-    from mindport.schedulers import scheduling_ddim as our_ddim
-
-    return patch_randn(noise, (ref_pipe, ref_ddim), (our_pipe, our_ddim))
-
-
-def call_kwargs(settings: dict) -> dict:
-    """Identical arguments for both pipelines: a prompt and a negative prompt with guidance."""
-    run = preset_run(settings)
-    return dict(
-        prompt=PROMPT,
-        negative_prompt=NEGATIVE_PROMPT,
-        height=settings["height"],
-        width=settings["width"],
-        num_frames=settings["frames"],
-        num_inference_steps=settings["steps"],
-        guidance_scale=float(run.get("guidance_scale", 7.5)),
-        eta=float(run.get("eta", 0.0)),
-        decode_chunk_size=settings.get("decode_chunk_size") or run.get("decode_chunk_size") or settings["frames"],
-        output_type="np",
-    )
+    def default_settings(self, config) -> dict:
+        """diffusers' defaults: the UNet's sample_size times the VAE factor (512 for SD 1.5; when the config has
+        none, the VAE's own sample_size, else 512), 16 frames (fewer if the motion modules hold fewer positions)."""
+        unet, vae = config("unet"), config("vae")
+        size = unet.get("sample_size")
+        size = size * vae_scale_factor(vae) if size else (vae.get("sample_size") or 512)
+        return {"height": size, "width": size, "frames": min(16, unet.get("motion_max_seq_length") or 32)}
 
 
-def run_reference(pipe, kwargs, callback=None) -> np.ndarray:
-    """`callback(step, latents) -> numpy array or None` sees the latents (B, C, F, h, w) after every step (numpy) and
-    may replace them."""
-    return np.asarray(run_reference_with_callback(pipe, kwargs, callback).frames, dtype=np.float32)
-
-
-def run_ours(pipe, kwargs, callback=None) -> np.ndarray:
-    """`callback(step, latents) -> numpy array or None`: replaces the latents after a step (re-synchronisation)."""
-    return np.asarray(run_ours_with_callback(pipe, kwargs, callback)[0], dtype=np.float32)
-
-
-def default_settings(unet_config: dict) -> dict:
-    """diffusers' defaults: sample_size * 8 pixels (512 for SD 1.5), 16 frames (fewer if the motion modules hold
-    fewer positions)."""
-    size = (unet_config.get("sample_size") or 64) * 8
-    return {"height": size, "width": size, "frames": min(16, unet_config.get("motion_max_seq_length", 32))}
+ADAPTER = AnimateDiffAdapter()

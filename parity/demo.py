@@ -7,12 +7,10 @@ import shutil
 import sys
 from pathlib import Path
 
-# (fixture preset, output folder name, pipeline label)
-DEMOS = [
-    ("svd-tiny", "svd", "Stable Video Diffusion"),
-    ("animatediff-tiny", "animatediff", "AnimateDiff"),
-    ("i2vgen-xl-tiny", "i2vgen-xl", "I2VGen-XL"),
-]
+from converters.registry import PIPELINES
+
+# every registered pipeline on its first fixture preset: (preset, output folder name, pipeline label)
+DEMOS = [(row.fixtures[0], row.fixtures[0].removesuffix("-tiny"), row.label) for row in PIPELINES]
 
 
 def run_demo(out: Path) -> bool:
@@ -20,8 +18,9 @@ def run_demo(out: Path) -> bool:
     from mindport.loading import convert_checkpoint
     from mindport.utils import export_to_gif, export_to_video
 
+    from .adapter import adapter_for
     from .fixtures import build
-    from .harness import adapter_for, run_parity
+    from .harness import run_parity
 
     backend.init_context()
     out = Path(out)

@@ -16,6 +16,10 @@ from pathlib import Path
 import numpy as np
 import PIL.Image
 
+from converters.registry import pipeline_for_fixture
+
+from .adapter import FIXTURE_META, adapter_for, check_run_settings, quiet_reference_libraries
+
 CACHE = Path(os.environ.get("MINDPORT_CACHE", Path(__file__).resolve().parent.parent / "build" / "fixtures"))
 
 def randomise(module, seed: int, vector_std: float = 0.1):
@@ -51,21 +55,15 @@ def _key(preset: str, spec: dict, seed: int) -> str:
 
 
 def build(preset: str, seed: int = 0, cache: Path | None = None) -> Path:
-    """A tiny random-weight pipeline folder in diffusers layout (cached by preset, seed and library versions)."""
-    from .harness import ADAPTER_MODULES, adapter_for
-
-    known = []
-    for pipeline, module in ADAPTER_MODULES.items():
-        try:
-            adapter = adapter_for(pipeline)
-        except ModuleNotFoundError as e:  # an adapter not written yet
-            if e.name != module:
-                raise
-            continue
-        if preset in adapter.PRESETS:
-            return cached_build(preset, adapter.PRESETS[preset], seed, adapter.make_fixture, cache)
-        known += list(adapter.PRESETS)
-    raise ValueError(f"unknown fixture preset {preset!r}; expected one of {', '.join(known)}")
+    """A tiny random-weight pipeline folder in diffusers layout (cached by preset, seed and library versions); the
+    presets are the registry's fixtures, defined in each pipeline's parity adapter."""
+    adapter = adapter_for(pipeline_for_fixture(preset).name)
+    if preset not in adapter.presets:
+        raise ValueError(f"fixture preset {preset!r} is registered for {adapter.pipeline} but parity/"
+                         f"{adapter.row.adapter}.py does not define it; defined: {', '.join(adapter.presets)}")
+    spec = adapter.presets[preset]
+    check_run_settings(preset, spec.get("run", {}))
+    return cached_build(preset, spec, seed, adapter.make_fixture, cache)
 
 
 def cached_build(preset: str, spec: dict, seed: int, make_pipeline, cache: Path | None = None,
@@ -78,8 +76,6 @@ def cached_build(preset: str, spec: dict, seed: int, make_pipeline, cache: Path 
     out = cache / f"{preset}-{_key(preset, spec, seed)}"
     if (out / "model_index.json").exists():
         return out
-    from .harness import quiet_reference_libraries
-
     quiet_reference_libraries()
     pipe = make_pipeline(spec, seed)
     tmp = cache / f".{out.name}.tmp-{os.getpid()}"
@@ -91,7 +87,7 @@ def cached_build(preset: str, spec: dict, seed: int, make_pipeline, cache: Path 
             for v in variants:
                 copy.deepcopy(comp).to(torch.float16).save_pretrained(tmp / name, variant=v, safe_serialization=True)
     pipe.save_pretrained(tmp, safe_serialization=True)
-    (tmp / "mindport_fixture.json").write_text(json.dumps({"preset": preset, "seed": seed, "spec": spec}, default=list))
+    (tmp / FIXTURE_META).write_text(json.dumps({"preset": preset, "seed": seed, "spec": spec}, default=list))
     try:
         os.replace(tmp, out)
     except OSError:  # built concurrently by another process: keep theirs
@@ -119,14 +115,6 @@ def write_tiny_clip_vocab(folder) -> tuple[Path, int]:
     (folder / "vocab.json").write_text(json.dumps(vocab))
     (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n")
     return folder, len(vocab)
-
-
-def fixture_run_settings(path) -> dict:
-    """The parity settings a tiny fixture was built for (empty for other checkpoints)."""
-    meta = Path(path) / "mindport_fixture.json"
-    if meta.exists():
-        return dict(json.loads(meta.read_text())["spec"].get("run", {}))
-    return {}
 
 
 def synthetic_image(width: int, height: int, seed: int = 0) -> PIL.Image.Image:

@@ -7,7 +7,6 @@ import gc
 import platform
 import tempfile
 import time
-from importlib import import_module
 from pathlib import Path
 
 import numpy as np
@@ -27,26 +26,11 @@ from .compare import (
     frame_metrics,
     step_matrix,
 )
-from .fixtures import fixture_run_settings
+from .adapter import adapter_for, quiet_reference_libraries
 from .memory import PeakMemory
 from .noise import SharedNoise
-from .report import write_reports
+from .report_writer import write_reports
 from .store import ActivationStore
-
-# pipeline class -> adapter module (how to build, call and seed both sides)
-ADAPTER_MODULES = {
-    "StableVideoDiffusionPipeline": "parity.svd",
-    "AnimateDiffPipeline": "parity.animatediff",
-    "I2VGenXLPipeline": "parity.i2vgen_xl",
-}
-
-
-def adapter_for(pipeline: str, where: str = ""):
-    if pipeline not in ADAPTER_MODULES:
-        raise ConversionError(f"{where}: pipeline {pipeline!r} is not supported by parity; "
-                              f"supported: {', '.join(ADAPTER_MODULES)}")
-    return import_module(ADAPTER_MODULES[pipeline])
-
 
 def versions() -> dict:
     import diffusers
@@ -57,17 +41,6 @@ def versions() -> dict:
     return {"mindspore": mindspore.__version__, "torch": torch.__version__, "diffusers": diffusers.__version__,
             "transformers": transformers.__version__, "numpy": np.__version__, "python": platform.python_version(),
             "machine": f"{platform.machine()} {platform.system()}"}
-
-
-def quiet_reference_libraries() -> None:
-    """diffusers/transformers log warnings and progress bars on every load; the harness reports what matters."""
-    import diffusers
-    import transformers
-
-    diffusers.utils.logging.set_verbosity_error()
-    diffusers.utils.logging.disable_progress_bar()
-    transformers.utils.logging.set_verbosity_error()
-    transformers.utils.logging.disable_progress_bar()
 
 
 def run_parity(src, out, converted=None, steps: int = 3, frames: int | None = None, dtype: str = "fp32",
@@ -104,14 +77,10 @@ def run_parity(src, out, converted=None, steps: int = 3, frames: int | None = No
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
 
-    # 1. settings: explicit flags, else what a tiny fixture was built for, else the UNet config's defaults
-    unet_cfg = read_json(root / "unet" / "config.json")
-    defaults = {**adapter.default_settings(unet_cfg), **fixture_run_settings(root)}
+    # 1. settings: explicit flags, else what a tiny fixture was built for, else diffusers' defaults for the configs
     settings = {
         "pipeline": pipeline, "source": str(src), "dtype": dtype, "seed": seed, "steps": steps,
-        "frames": frames or defaults["frames"],
-        "height": height or defaults["height"], "width": width or defaults["width"],
-        "decode_chunk_size": decode_chunk_size,
+        **adapter.settings(root, frames=frames, height=height, width=width, decode_chunk_size=decode_chunk_size),
         "bars": {**BARS[dtype], "module_rule": f"max({FLOOR_FACTOR:g} x noise floor, {FLOOR_MIN:g})" if dtype == "fp32"
                  else f"{BARS[dtype]['module']:g} (fp16 against PyTorch fp32)"},
         "reference": "PyTorch fp32 (diffusers)", "floor": "PyTorch float64 vs float32, same inputs" if floor else None,
@@ -119,8 +88,8 @@ def run_parity(src, out, converted=None, steps: int = 3, frames: int | None = No
     }
     if base_report is not None:
         baseline_mod.check_settings(settings, base_report, baseline)
-    components = adapter.COMPONENTS
-    denoiser = getattr(adapter, "DENOISER", "unet")
+    components = adapter.components
+    denoiser = adapter.denoiser
     timings: dict[str, float] = {}
 
     def timed(name, fn, *args):

@@ -21,15 +21,8 @@ import types
 
 import numpy as np
 
-from .adapter_utils import patch_randn, preset_run, run_ours_with_callback
-from .fixtures import (
-    randomise,
-    synthetic_image,
-    write_tiny_clip_vocab,
-)
-
-PIPELINE = "I2VGenXLPipeline"
-COMPONENTS = ("text_encoder", "image_encoder", "unet", "vae")
+from .adapter import PipelineAdapter, vae_scale_factor
+from .fixtures import randomise, synthetic_image, write_tiny_clip_vocab
 
 PROMPT = "the cat in a hat"
 NEGATIVE_PROMPT = "blurry, static"
@@ -79,52 +72,6 @@ PRESETS: dict[str, dict] = {
 }
 
 
-def make_fixture(spec: dict, seed: int):
-    """A tiny I2VGenXLPipeline (diffusers, random weights), with a DDIM scheduler configured as the released
-    checkpoint's (v-prediction, zero-SNR rescaled cosine betas, leading spacing)."""
-    import tempfile
-
-    import torch
-    from diffusers import AutoencoderKL, DDIMScheduler, I2VGenXLPipeline, I2VGenXLUNet
-    from transformers import (
-        CLIPImageProcessor,
-        CLIPTextConfig,
-        CLIPTextModel,
-        CLIPTokenizer,
-        CLIPVisionConfig,
-        CLIPVisionModelWithProjection,
-    )
-
-    torch.manual_seed(seed)
-    u = spec["unet"]
-    unet = I2VGenXLUNet(sample_size=8, in_channels=4, out_channels=4, norm_num_groups=32, **u)
-    vae = AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4, sample_size=32, scaling_factor=0.18125,
-                        down_block_types=("DownEncoderBlock2D",) * len(spec["vae"]["block_out_channels"]),
-                        up_block_types=("UpDecoderBlock2D",) * len(spec["vae"]["block_out_channels"]), **spec["vae"])
-    with tempfile.TemporaryDirectory() as tmp:
-        folder, vocab_size = write_tiny_clip_vocab(tmp)
-        tokenizer = CLIPTokenizer.from_pretrained(str(folder), model_max_length=16)
-    text_encoder = CLIPTextModel(CLIPTextConfig(
-        vocab_size=vocab_size, max_position_embeddings=16, projection_dim=u["cross_attention_dim"],
-        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
-        **{"hidden_act": "gelu", **spec["text"]}))
-    image_encoder = CLIPVisionModelWithProjection(CLIPVisionConfig(
-        projection_dim=u["cross_attention_dim"], hidden_act="gelu", **spec["vision"]))
-    for i, m in enumerate((unet, vae, text_encoder, image_encoder)):
-        randomise(m, seed * 10 + i)
-    size = spec["vision"]["image_size"]
-    feature_extractor = CLIPImageProcessor(crop_size={"height": size, "width": size}, size={"shortest_edge": size},
-                                           do_center_crop=True, do_normalize=True, do_resize=True, do_rescale=True,
-                                           resample=3)
-    scheduler = DDIMScheduler(
-        num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2", beta_start=0.0001, beta_end=0.02,
-        clip_sample=False, prediction_type="v_prediction", rescale_betas_zero_snr=True, steps_offset=1,
-        timestep_spacing="leading", **spec.get("scheduler", {}),
-    )
-    return I2VGenXLPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, image_encoder=image_encoder,
-                            feature_extractor=feature_extractor, unet=unet, scheduler=scheduler)
-
-
 def expose_text_model(text_encoder) -> None:
     """Give a transformers-5 CLIPTextModel the `text_model.final_layer_norm` path diffusers' I2VGenXLPipeline uses:
     a plain (unregistered) attribute holding the encoder's own final_layer_norm. No-op when it already has one."""
@@ -132,102 +79,132 @@ def expose_text_model(text_encoder) -> None:
         text_encoder.text_model = types.SimpleNamespace(final_layer_norm=text_encoder.final_layer_norm)
 
 
-def load_reference(src):
-    import torch
-    from diffusers import I2VGenXLPipeline
+class I2VGenXLAdapter(PipelineAdapter):
+    pipeline = "I2VGenXLPipeline"
+    presets = PRESETS
 
-    pipe = I2VGenXLPipeline.from_pretrained(str(src), torch_dtype=torch.float32)
-    expose_text_model(pipe.text_encoder)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
+    def make_fixture(self, spec: dict, seed: int):
+        """A tiny I2VGenXLPipeline (diffusers, random weights), with a DDIM scheduler configured as the released
+        checkpoint's (v-prediction, zero-SNR rescaled cosine betas, leading spacing)."""
+        import tempfile
 
+        import torch
+        from diffusers import AutoencoderKL, DDIMScheduler, I2VGenXLPipeline, I2VGenXLUNet
+        from transformers import (
+            CLIPImageProcessor,
+            CLIPTextConfig,
+            CLIPTextModel,
+            CLIPTokenizer,
+            CLIPVisionConfig,
+            CLIPVisionModelWithProjection,
+        )
 
-def load_ours(converted, dtype):
-    from mindport import I2VGenXLPipeline
+        torch.manual_seed(seed)
+        u = spec["unet"]
+        unet = I2VGenXLUNet(sample_size=8, in_channels=4, out_channels=4, norm_num_groups=32, **u)
+        vae = AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4, sample_size=32, scaling_factor=0.18125,
+                            down_block_types=("DownEncoderBlock2D",) * len(spec["vae"]["block_out_channels"]),
+                            up_block_types=("UpDecoderBlock2D",) * len(spec["vae"]["block_out_channels"]), **spec["vae"])
+        with tempfile.TemporaryDirectory() as tmp:
+            folder, vocab_size = write_tiny_clip_vocab(tmp)
+            tokenizer = CLIPTokenizer.from_pretrained(str(folder), model_max_length=16)
+        text_encoder = CLIPTextModel(CLIPTextConfig(
+            vocab_size=vocab_size, max_position_embeddings=16, projection_dim=u["cross_attention_dim"],
+            bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+            **{"hidden_act": "gelu", **spec["text"]}))
+        image_encoder = CLIPVisionModelWithProjection(CLIPVisionConfig(
+            projection_dim=u["cross_attention_dim"], hidden_act="gelu", **spec["vision"]))
+        for i, m in enumerate((unet, vae, text_encoder, image_encoder)):
+            randomise(m, seed * 10 + i)
+        size = spec["vision"]["image_size"]
+        feature_extractor = CLIPImageProcessor(crop_size={"height": size, "width": size}, size={"shortest_edge": size},
+                                               do_center_crop=True, do_normalize=True, do_resize=True, do_rescale=True,
+                                               resample=3)
+        scheduler = DDIMScheduler(
+            num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2", beta_start=0.0001, beta_end=0.02,
+            clip_sample=False, prediction_type="v_prediction", rescale_betas_zero_snr=True, steps_offset=1,
+            timestep_spacing="leading", **spec.get("scheduler", {}),
+        )
+        return I2VGenXLPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, image_encoder=image_encoder,
+                                feature_extractor=feature_extractor, unet=unet, scheduler=scheduler)
 
-    pipe = I2VGenXLPipeline.from_pretrained(str(converted), mindspore_dtype=dtype)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
+    def load_reference(self, src):
+        pipe = super().load_reference(src)
+        expose_text_model(pipe.text_encoder)
+        return pipe
 
+    def noise_modules(self):
+        """The VAE posterior sample, the initial latents and (eta > 0) DDIM's variance noise."""
+        from diffusers.models.autoencoders import vae as ref_vae
+        from diffusers.pipelines.deprecated.i2vgen_xl import pipeline_i2vgen_xl as ref_pipe
+        from diffusers.schedulers import scheduling_ddim as ref_ddim
 
-def patch_noise(noise):
-    """Every random draw of both pipelines through the shared noise source: the VAE posterior sample, the initial
-    latents and (eta > 0) DDIM's variance noise. Returns an undo function."""
-    from diffusers.models.autoencoders import vae as ref_vae
-    from diffusers.pipelines.deprecated.i2vgen_xl import pipeline_i2vgen_xl as ref_pipe
-    from diffusers.schedulers import scheduling_ddim as ref_ddim
+        from mindport.pipelines import i2vgen_xl as our_pipe
+        from mindport.schedulers import scheduling_ddim as our_ddim
 
-    from mindport.pipelines import i2vgen_xl as our_pipe
-    from mindport.schedulers import scheduling_ddim as our_ddim
+        return (ref_vae, ref_pipe, ref_ddim), (our_pipe, our_ddim)
 
-    return patch_randn(noise, (ref_vae, ref_pipe, ref_ddim), (our_pipe, our_ddim))
+    def call_kwargs(self, settings: dict) -> dict:
+        """Identical arguments for both pipelines; the image is synthesised from the seed (larger than the output,
+        and of another aspect ratio, so both centre crops and resizes do work)."""
+        w, h = settings["width"], settings["height"]
+        return dict(
+            prompt=PROMPT,
+            negative_prompt=NEGATIVE_PROMPT,
+            image=synthetic_image(w + w // 2 + 3, h + h // 3 + 1, settings["seed"]),
+            height=h,
+            width=w,
+            target_fps=16,
+            num_frames=settings["frames"],
+            num_inference_steps=settings["steps"],
+            guidance_scale=float(settings.get("guidance_scale", 9.0)),
+            eta=float(settings.get("eta", 0.0)),
+            decode_chunk_size=settings.get("decode_chunk_size") or 1,
+            output_type="np",
+        )
 
+    def run_reference(self, pipe, kwargs, callback=None) -> np.ndarray:
+        """`callback(step, latents) -> numpy array or None` sees the latents (B, C, F, h, w) after every step (numpy) and
+        may replace them."""
+        import torch
 
-def call_kwargs(settings: dict) -> dict:
-    """Identical arguments for both pipelines; the image is synthesised from the seed (larger than the output, and
-    of another aspect ratio, so both centre crops and resizes do work)."""
-    run = preset_run(settings)
-    w, h = settings["width"], settings["height"]
-    return dict(
-        prompt=PROMPT,
-        negative_prompt=NEGATIVE_PROMPT,
-        image=synthetic_image(w + w // 2 + 3, h + h // 3 + 1, settings["seed"]),
-        height=h,
-        width=w,
-        target_fps=16,
-        num_frames=settings["frames"],
-        num_inference_steps=settings["steps"],
-        guidance_scale=float(run.get("guidance_scale", 9.0)),
-        eta=float(run.get("eta", 0.0)),
-        decode_chunk_size=settings.get("decode_chunk_size") or run.get("decode_chunk_size") or 1,
-        output_type="np",
-    )
-
-
-def run_reference(pipe, kwargs, callback=None) -> np.ndarray:
-    """`callback(step, latents) -> numpy array or None` sees the latents (B, C, F, h, w) after every step (numpy) and
-    may replace them."""
-    import torch
-
-    frames = kwargs["num_frames"]
-    if callback is not None:
-        step = pipe.scheduler.step
-        count = [0]
-
-        @functools.wraps(step)
-        def recording_step(*args, **kw):
-            out = step(*args, **kw)
-            prev = out.prev_sample if hasattr(out, "prev_sample") else out[0]
-            bf, c, h, w = prev.shape
-            lat = prev.detach().float().numpy().reshape(bf // frames, frames, c, h, w).transpose(0, 2, 1, 3, 4)
-            new = callback(count[0], np.ascontiguousarray(lat))
-            count[0] += 1
-            if new is None:
-                return out
-            new = torch.from_numpy(np.ascontiguousarray(np.asarray(new).transpose(0, 2, 1, 3, 4).reshape(bf, c, h, w)))
-            if hasattr(out, "prev_sample"):
-                out.prev_sample = new.to(prev.dtype)
-                return out
-            return (new.to(prev.dtype), *out[1:])
-
-        pipe.scheduler.step = recording_step
-    try:
-        with torch.no_grad():
-            out = pipe(**kwargs, return_dict=True)
-    finally:
+        frames = kwargs["num_frames"]
         if callback is not None:
-            del pipe.scheduler.step
-    return np.asarray(out.frames, dtype=np.float32)
+            step = pipe.scheduler.step
+            count = [0]
+
+            @functools.wraps(step)
+            def recording_step(*args, **kw):
+                out = step(*args, **kw)
+                prev = out.prev_sample if hasattr(out, "prev_sample") else out[0]
+                bf, c, h, w = prev.shape
+                lat = prev.detach().float().numpy().reshape(bf // frames, frames, c, h, w).transpose(0, 2, 1, 3, 4)
+                new = callback(count[0], np.ascontiguousarray(lat))
+                count[0] += 1
+                if new is None:
+                    return out
+                new = torch.from_numpy(np.ascontiguousarray(np.asarray(new).transpose(0, 2, 1, 3, 4).reshape(bf, c, h, w)))
+                if hasattr(out, "prev_sample"):
+                    out.prev_sample = new.to(prev.dtype)
+                    return out
+                return (new.to(prev.dtype), *out[1:])
+
+            pipe.scheduler.step = recording_step
+        try:
+            with torch.no_grad():
+                out = pipe(**kwargs, return_dict=True)
+        finally:
+            if callback is not None:
+                del pipe.scheduler.step
+        return np.asarray(out.frames, dtype=np.float32)
+
+    def default_settings(self, config) -> dict:
+        """diffusers: the UNet's sample_size times the VAE factor; the pipeline's call defaults (704 x 1280) when
+        the config has none; 16 frames."""
+        size = config("unet").get("sample_size")
+        factor = vae_scale_factor(config("vae"))
+        height, width = (size * factor, size * factor) if size else (704, 1280)
+        return {"height": height, "width": width, "frames": 16}
 
 
-def run_ours(pipe, kwargs, callback=None) -> np.ndarray:
-    """`callback(step, latents) -> numpy array or None`: replaces the latents after a step (re-synchronisation)."""
-    return np.asarray(run_ours_with_callback(pipe, kwargs, callback)[0], dtype=np.float32)
-
-
-def default_settings(unet_config: dict) -> dict:
-    """diffusers' defaults (704 x 1280, 16 frames) unless the UNet config names a sample size."""
-    s = unet_config.get("sample_size")
-    if s:
-        return {"height": s * 8, "width": s * 8, "frames": 16}
-    return {"height": 704, "width": 1280, "frames": 16}
+ADAPTER = I2VGenXLAdapter()

@@ -3,17 +3,8 @@ them with identical arguments."""
 
 from __future__ import annotations
 
-import numpy as np
-
-from .adapter_utils import (
-    patch_randn,
-    run_ours_with_callback,
-    run_reference_with_callback,
-)
+from .adapter import PipelineAdapter, vae_scale_factor
 from .fixtures import randomise, synthetic_image
-
-PIPELINE = "StableVideoDiffusionPipeline"
-COMPONENTS = ("image_encoder", "vae", "unet")
 
 # Named tiny SVD configs. `run` holds the parity settings (pixels, frames) that fit the config.
 PRESETS: dict[str, dict] = {
@@ -45,107 +36,88 @@ PRESETS: dict[str, dict] = {
 }
 
 
-def make_fixture(spec: dict, seed: int):
-    """A tiny StableVideoDiffusionPipeline (diffusers, random weights)."""
-    import torch
-    from diffusers import (
-        AutoencoderKLTemporalDecoder,
-        EulerDiscreteScheduler,
-        StableVideoDiffusionPipeline,
-        UNetSpatioTemporalConditionModel,
-    )
-    from transformers import (
-        CLIPImageProcessor,
-        CLIPVisionConfig,
-        CLIPVisionModelWithProjection,
-    )
+class StableVideoDiffusionAdapter(PipelineAdapter):
+    pipeline = "StableVideoDiffusionPipeline"
+    presets = PRESETS
+    returns_frames = True
 
-    torch.manual_seed(seed)
-    u = spec["unet"]
-    unet = UNetSpatioTemporalConditionModel(
-        sample_size=8, in_channels=8, out_channels=4, addition_time_embed_dim=8,
-        projection_class_embeddings_input_dim=24, **u,
-    )
-    vae = AutoencoderKLTemporalDecoder(
-        in_channels=3, out_channels=3, latent_channels=4, sample_size=32,
-        down_block_types=("DownEncoderBlock2D",) * len(spec["vae"]["block_out_channels"]), **spec["vae"],
-    )
-    c = spec["clip"]
-    clip = CLIPVisionModelWithProjection(CLIPVisionConfig(
-        image_size=224, projection_dim=u["cross_attention_dim"], hidden_act="gelu", **c,
-    ))
-    for i, m in enumerate((unet, vae, clip)):
-        randomise(m, seed * 10 + i)
-    scheduler = EulerDiscreteScheduler(
-        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", interpolation_type="linear",
-        num_train_timesteps=1000, prediction_type="v_prediction", sigma_max=700.0, sigma_min=0.002,
-        steps_offset=1, timestep_spacing="leading", timestep_type="continuous", use_karras_sigmas=True,
-    )
-    fe = CLIPImageProcessor(crop_size=224, size={"shortest_edge": 224}, do_center_crop=True, do_normalize=True,
-                            do_resize=True, do_rescale=True, resample=3)
-    return StableVideoDiffusionPipeline(vae=vae, image_encoder=clip, unet=unet, scheduler=scheduler, feature_extractor=fe)
+    def make_fixture(self, spec: dict, seed: int):
+        """A tiny StableVideoDiffusionPipeline (diffusers, random weights)."""
+        import torch
+        from diffusers import (
+            AutoencoderKLTemporalDecoder,
+            EulerDiscreteScheduler,
+            StableVideoDiffusionPipeline,
+            UNetSpatioTemporalConditionModel,
+        )
+        from transformers import (
+            CLIPImageProcessor,
+            CLIPVisionConfig,
+            CLIPVisionModelWithProjection,
+        )
 
+        torch.manual_seed(seed)
+        u = spec["unet"]
+        unet = UNetSpatioTemporalConditionModel(
+            sample_size=8, in_channels=8, out_channels=4, addition_time_embed_dim=8,
+            projection_class_embeddings_input_dim=24, **u,
+        )
+        vae = AutoencoderKLTemporalDecoder(
+            in_channels=3, out_channels=3, latent_channels=4, sample_size=32,
+            down_block_types=("DownEncoderBlock2D",) * len(spec["vae"]["block_out_channels"]), **spec["vae"],
+        )
+        c = spec["clip"]
+        clip = CLIPVisionModelWithProjection(CLIPVisionConfig(
+            image_size=224, projection_dim=u["cross_attention_dim"], hidden_act="gelu", **c,
+        ))
+        for i, m in enumerate((unet, vae, clip)):
+            randomise(m, seed * 10 + i)
+        scheduler = EulerDiscreteScheduler(
+            beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", interpolation_type="linear",
+            num_train_timesteps=1000, prediction_type="v_prediction", sigma_max=700.0, sigma_min=0.002,
+            steps_offset=1, timestep_spacing="leading", timestep_type="continuous", use_karras_sigmas=True,
+        )
+        fe = CLIPImageProcessor(crop_size=224, size={"shortest_edge": 224}, do_center_crop=True, do_normalize=True,
+                                do_resize=True, do_rescale=True, resample=3)
+        return StableVideoDiffusionPipeline(vae=vae, image_encoder=clip, unet=unet, scheduler=scheduler,
+                                            feature_extractor=fe)
 
-def load_reference(src):
-    import torch
-    from diffusers import StableVideoDiffusionPipeline
+    def noise_modules(self):
+        """The noise augmentation, then the initial latents (and the Euler scheduler's churn noise, which SVD's
+        settings never draw)."""
+        from diffusers.pipelines.stable_video_diffusion import pipeline_stable_video_diffusion as ref_pipe
+        from diffusers.schedulers import scheduling_euler_discrete as ref_euler
 
-    pipe = StableVideoDiffusionPipeline.from_pretrained(str(src), torch_dtype=torch.float32)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
+        from mindport.pipelines import stable_video_diffusion as our_pipe
+        from mindport.schedulers import scheduling_euler_discrete as our_euler
 
+        return (ref_pipe, ref_euler), (our_pipe, our_euler)
 
-def load_ours(converted, dtype):
-    from mindport import StableVideoDiffusionPipeline
+    def call_kwargs(self, settings: dict) -> dict:
+        """Identical arguments for both pipelines; the image is synthesised from the seed."""
+        return dict(
+            image=synthetic_image(settings["width"], settings["height"], settings["seed"]),
+            height=settings["height"],
+            width=settings["width"],
+            num_frames=settings["frames"],
+            num_inference_steps=settings["steps"],
+            min_guidance_scale=settings.get("min_guidance_scale", 1.0),
+            max_guidance_scale=settings.get("max_guidance_scale", 3.0),
+            decode_chunk_size=settings.get("decode_chunk_size") or settings["frames"],
+            motion_bucket_id=127,
+            fps=7,
+            noise_aug_strength=0.02,
+            output_type="np",
+        )
 
-    pipe = StableVideoDiffusionPipeline.from_pretrained(str(converted), mindspore_dtype=dtype)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
-
-
-def patch_noise(noise):
-    """Every random draw of both pipelines through the shared noise source: the noise augmentation, then the initial
-    latents (and the Euler scheduler's churn noise, which SVD's settings never draw). Returns an undo function."""
-    from diffusers.pipelines.stable_video_diffusion import (
-        pipeline_stable_video_diffusion as ref_pipe,
-    )
-    from diffusers.schedulers import scheduling_euler_discrete as ref_euler
-
-    from mindport.pipelines import stable_video_diffusion as our_pipe
-    from mindport.schedulers import scheduling_euler_discrete as our_euler
-
-    return patch_randn(noise, (ref_pipe, ref_euler), (our_pipe, our_euler))
-
-
-def call_kwargs(settings: dict) -> dict:
-    """Identical arguments for both pipelines; the image is synthesised from the seed."""
-    return dict(
-        image=synthetic_image(settings["width"], settings["height"], settings["seed"]),
-        height=settings["height"],
-        width=settings["width"],
-        num_frames=settings["frames"],
-        num_inference_steps=settings["steps"],
-        min_guidance_scale=settings.get("min_guidance_scale", 1.0),
-        max_guidance_scale=settings.get("max_guidance_scale", 3.0),
-        decode_chunk_size=settings.get("decode_chunk_size") or settings["frames"],
-        motion_bucket_id=127,
-        fps=7,
-        noise_aug_strength=0.02,
-        output_type="np",
-    )
+    def default_settings(self, config) -> dict:
+        """diffusers: the UNet's sample_size times the VAE factor (the pipeline's call defaults, 576 x 1024, when the
+        config has none) and the UNet's num_frames (its class default, 25, when null)."""
+        unet = config("unet")
+        size = unet.get("sample_size")
+        factor = vae_scale_factor(config("vae"))
+        height, width = (size * factor, size * factor) if size else (576, 1024)
+        return {"height": height, "width": width, "frames": unet.get("num_frames") or 25}
 
 
-def run_reference(pipe, kwargs, callback=None) -> np.ndarray:
-    """`callback(step, latents) -> numpy array or None` sees the latents after every step (numpy) and may replace
-    them."""
-    return np.asarray(run_reference_with_callback(pipe, kwargs, callback).frames, dtype=np.float32)
-
-
-def run_ours(pipe, kwargs, callback=None) -> np.ndarray:
-    """`callback(step, latents) -> numpy array or None`: replaces the latents after a step (re-synchronisation)."""
-    return np.asarray(run_ours_with_callback(pipe, kwargs, callback), dtype=np.float32)
-
-
-def default_settings(unet_config: dict) -> dict:
-    return {"height": unet_config.get("sample_size", 8) * 8, "width": unet_config.get("sample_size", 8) * 8,
-            "frames": unet_config.get("num_frames", 3)}
+ADAPTER = StableVideoDiffusionAdapter()

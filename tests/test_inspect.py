@@ -11,7 +11,7 @@ torch = pytest.importorskip("torch")
 
 from converters.safetensors_io import load_safetensors, save_arrays  # noqa: E402
 from mindport.cli import main  # noqa: E402
-from mindport.inspect import describe  # noqa: E402
+from mindport.describe import describe  # noqa: E402
 from mindport.loading import convert_checkpoint  # noqa: E402
 from parity.fixtures import build  # noqa: E402
 

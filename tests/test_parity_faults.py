@@ -11,7 +11,7 @@ import pytest
 from converters.safetensors_io import load_safetensors, save_arrays
 from mindport.cli import main
 from mindport.loading import convert_checkpoint
-from parity import svd as svd_adapter
+from parity.svd import ADAPTER as svd_adapter
 from parity.fixtures import build
 from parity.harness import run_parity
 

@@ -14,8 +14,9 @@ import PIL.Image
 import pytest
 
 from parity.compare import frame_metrics
-from parity.html import render_html, write_html
-from parity.report import amplification, fmt_ssim, markdown, write_reports
+from parity.report_html import render_html, write_html
+from parity.report_format import amplification, fmt_ssim
+from parity.report_writer import markdown, write_reports
 
 ROOT = Path(__file__).resolve().parent.parent
 SECTIONS = ["summary", "gates", "frames", "depth", "steps", "isolation", "weights", "baseline", "modules", "run"]

@@ -16,7 +16,7 @@ from matplotlib import colormaps
 from matplotlib.colors import LogNorm
 from matplotlib.figure import Figure
 
-from .report import (NOT_MEASURED, amp_label, amplification, describe_divergence, fmt, fmt_db, fmt_ssim, gain,
+from .report_format import (NOT_MEASURED, amp_label, amplification, describe_divergence, fmt, fmt_db, fmt_ssim, gain,
                      gate_measure, ratio, run_lines, side_by_side_gif, step_block_worst, strip_image, weight_mismatches,
                      worst_rows)
 
@@ -98,7 +98,7 @@ def _for_log(*columns) -> tuple[list[np.ndarray], float]:
     return [np.where(a == 0, zero_at, a) for a in arrays], zero_at
 
 
-def _table(header: list[str], rows: list[list[str]], row_classes: list[str] | None = None, wide=False) -> str:
+def md_table(header: list[str], rows: list[list[str]], row_classes: list[str] | None = None, wide=False) -> str:
     """Cells are HTML already (escape text before); a leading '#' marks a number (right-aligned, monospace), a
     leading '`' a module path (monospace)."""
     numeric = [bool(rows) and rows[0][i].startswith("#") for i in range(len(header))]
@@ -341,7 +341,7 @@ def _gates(report: dict) -> str:
     rows = [[escape(g["name"]), _ok(g["passed"]), escape(str(g.get("detail", ""))), "#" + gate_measure(g)]
             for g in gates]
     return _section("gates", "Gates (non-network checks)",
-                    _table(["gate", "result", "detail", "worst"], rows, ["" if g["passed"] else "bad" for g in gates]))
+                    md_table(["gate", "result", "detail", "worst"], rows, ["" if g["passed"] else "bad" for g in gates]))
 
 
 def _frames(report: dict, ref: np.ndarray, ours: np.ndarray) -> str:
@@ -369,7 +369,7 @@ def _frames(report: dict, ref: np.ndarray, ours: np.ndarray) -> str:
                  "#" + fmt_ssim(p.get("ssim")), "#" + fmt(p.get("rel_l2"))]
                 for p in f.get("per_frame", [])]
         if rows:
-            parts.append(_table(["video", "frame", "PSNR (dB)", "SSIM", "relative L2"], rows))
+            parts.append(md_table(["video", "frame", "PSNR (dB)", "SSIM", "relative L2"], rows))
     else:
         parts.append(_missing())
     return _section("frames", "Frames", "".join(parts))
@@ -390,7 +390,7 @@ def _module_table(rows: list[dict], with_bounds: bool) -> str:
         c.append(_ok(r["passed"]) + (f" {escape(r['error'])}" if r.get("error") else ""))
         cells.append(c)
         classes.append("bad" if not r["passed"] else "warn" if q is not None and q > 0.5 else "")
-    return _table(header, cells, classes, wide=True)
+    return md_table(header, cells, classes, wide=True)
 
 
 def _modules(report: dict) -> str:
@@ -426,7 +426,7 @@ def _isolation(report: dict) -> str:
     rows = [[escape(b["component"]), "`" + escape(b["module"]), "#" + fmt(b["introduced_rel_l2"]),
              "#" + fmt(b.get("inherited_rel_l2")), "#" + fmt(b.get("floor")), "#" + fmt(b.get("bound")),
              "#" + _ratio(b.get("ratio")), _ok(b.get("passed"))] for b in blocks[:20]]
-    table = _table(["component", "block", "introduced rel L2", "inherited rel L2", "floor", "bound",
+    table = md_table(["component", "block", "introduced rel L2", "inherited rel L2", "floor", "bound",
                     "introduced / bound", "result"], rows,
                    ["" if b.get("passed", True) else "bad" for b in blocks[:20]])
     return _section("isolation", "Isolation (teacher forcing)",
@@ -444,7 +444,7 @@ def _steps(report: dict) -> str:
              "reference before every step, so a step's error is not the drift of the steps before it. Grey: the block "
              "did not run at that step.</p>")
     return _section("steps", "Step x block", intro + img + "<details><summary>Worst cell per block</summary>" +
-                    _table(["block", "worst step", "relative L2", "steps run"], rows) + "</details>")
+                    md_table(["block", "worst step", "relative L2", "steps run"], rows) + "</details>")
 
 
 def _weights(report: dict) -> str:
@@ -456,7 +456,7 @@ def _weights(report: dict) -> str:
             f"tensors perturbed one at a time ({_secs(wc.get('seconds'))}); {len(mism)} moved a module other than "
             "the one they map to.</p>")
     if mism:
-        body += _table(["component", "tensor", "expected module", "first moved"],
+        body += md_table(["component", "tensor", "expected module", "first moved"],
                        [[escape(m["component"]), "`" + escape(m["tensor"]), "`" + escape(m["expected_module"]),
                          "`" + escape(str(m.get("first_moved")))] for m in mism], ["bad"] * len(mism))
     return _section("weights", "Weight mapping check", body)
@@ -470,7 +470,7 @@ def _baseline(report: dict) -> str:
     body = (f"<p>{_ok(base.get('passed'))} against <code>{escape(str(base.get('path', '?')))}</code>: "
             f"{len(regs)} regressions.</p>")
     if regs:
-        body += _table(["component", "module", "rel L2", "baseline rel L2", "allowed"],
+        body += md_table(["component", "module", "rel L2", "baseline rel L2", "allowed"],
                        [[escape(r["component"]), "`" + escape(r["module"]), "#" + fmt(r["rel_l2"]),
                          "#" + fmt(r.get("baseline_rel_l2")), "#" + fmt(r.get("allowed"))] for r in regs],
                        ["bad"] * len(regs))
@@ -488,12 +488,12 @@ def _run(report: dict) -> str:
         rows = [[escape(r["side"]), escape(r["label"]),
                  "`" + escape(", ".join(f"#{d['order']} {d['who']} {d['shape']}" for d in r["draws"]))]
                 for r in noise["runs"]]
-        parts.append("<h3>Noise draw log</h3>" + _table(["side", "run", "draws (order, caller, shape)"], rows))
+        parts.append("<h3>Noise draw log</h3>" + md_table(["side", "run", "draws (order, caller, shape)"], rows))
         for m in noise.get("mismatches") or []:
             parts.append(f'<p class="no">{escape(str(m))}</p>')
     extra = {k: v for k, v in s.items() if k not in HEADER_SETTINGS}
     if extra:
-        parts.append("<h3>Other settings</h3>" + _table(["setting", "value"], [
+        parts.append("<h3>Other settings</h3>" + md_table(["setting", "value"], [
             [escape(k), "`" + escape(json.dumps(v) if isinstance(v, (dict, list)) else str(v))]
             for k, v in extra.items()]))
     return _section("run", "Run", "".join(parts))

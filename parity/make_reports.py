@@ -1,6 +1,6 @@
 """`make reports`: regenerate the committed parity reports in reports/ and the summary table README shows.
 
-    python -m parity.reports            # every (preset, dtype) in CASES
+    python -m parity.make_reports            # every (preset, dtype) in CASES
 """
 
 from __future__ import annotations
@@ -57,7 +57,7 @@ def main() -> int:
 
     backend.init_context()
     results = {}
-    only = sys.argv[1:]  # optional report-name prefixes, e.g. `python -m parity.reports svd`
+    only = sys.argv[1:]  # optional report-name prefixes, e.g. `python -m parity.make_reports svd`
     for name, preset, dtype, steps in CASES:
         if only and not any(name.startswith(o) for o in only):
             continue
