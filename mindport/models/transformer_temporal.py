@@ -86,10 +86,11 @@ class TransformerSpatioTemporalModel(nn.Cell):
 
 
 class TransformerTemporalModel(nn.Cell):
-    """Transformer across frames (diffusers' `TransformerTemporalModel`, used by I2VGen-XL): every pixel's F frames
-    form one sequence. GroupNorm (eps 1e-6) over (B, C, F, H, W), `proj_in` to num_attention_heads *
-    attention_head_dim, BasicTransformerBlocks (two self-attentions by default: `double_self_attention`), `proj_out`,
-    residual. Input and output are (B*F, C, H, W)."""
+    """Transformer across frames (diffusers' `TransformerTemporalModel`, used by I2VGen-XL, and, returning the tensor
+    itself, AnimateDiff's `AnimateDiffTransformer3D`): every pixel's F frames form one sequence. GroupNorm (eps 1e-6)
+    over (B, C, F, H, W), `proj_in` to num_attention_heads * attention_head_dim, BasicTransformerBlocks (two
+    self-attentions by default: `double_self_attention`; AnimateDiff adds sinusoidal frame positions before each
+    attention), `proj_out`, residual. Input and output are (B*F, C, H, W)."""
 
     def __init__(self, num_attention_heads: int = 16, attention_head_dim: int = 88, in_channels: int | None = None,
                  out_channels: int | None = None, num_layers: int = 1, dropout: float = 0.0,
@@ -99,11 +100,12 @@ class TransformerTemporalModel(nn.Cell):
                  num_positional_embeddings: int | None = None):
         super().__init__()
         if in_channels is None:
-            raise ValueError("TransformerTemporalModel: in_channels must be given (continuous inputs only)")
+            raise ValueError(f"{type(self).__name__}: in_channels must be given (continuous inputs only)")
         self.num_attention_heads = num_attention_heads
         self.attention_head_dim = attention_head_dim
         inner_dim = num_attention_heads * attention_head_dim
         self.in_channels = in_channels
+        self.num_positional_embeddings = num_positional_embeddings
 
         self.norm = GroupNorm(norm_num_groups, in_channels, eps=1e-6)
         self.proj_in = Linear(in_channels, inner_dim)
@@ -118,10 +120,14 @@ class TransformerTemporalModel(nn.Cell):
         ])
         self.proj_out = Linear(inner_dim, in_channels)
 
-    def construct(self, hidden_states: Tensor, encoder_hidden_states: Tensor | None = None, timestep=None,
-                  class_labels=None, num_frames: int = 1, cross_attention_kwargs: dict | None = None,
-                  return_dict: bool = True):
+    def attend_frames(self, hidden_states: Tensor, encoder_hidden_states: Tensor | None, num_frames: int) -> Tensor:
+        """(B*F, C, H, W) -> (B*F, C, H, W): the whole module (both classes' forward)."""
         bf, channel, height, width = hidden_states.shape
+        if num_frames < 1 or bf % num_frames:
+            raise ValueError(f"{type(self).__name__}: batch*frames={bf} is not a multiple of num_frames={num_frames}")
+        if self.num_positional_embeddings is not None and num_frames > self.num_positional_embeddings:
+            raise ValueError(f"{type(self).__name__}: num_frames={num_frames} exceeds the module's max sequence "
+                             f"length {self.num_positional_embeddings}")
         b = bf // num_frames
         residual = hidden_states
 
@@ -139,7 +145,12 @@ class TransformerTemporalModel(nn.Cell):
         # 4. back: (B*H*W, F, C) -> (B, H, W, F, C) -> (B, F, C, H, W) -> (B*F, C, H, W), + residual
         hidden_states = self.proj_out(hidden_states)
         hidden_states = backend.permute(hidden_states.reshape(b, height, width, num_frames, channel), (0, 3, 4, 1, 2))
-        output = backend.add(hidden_states.reshape(bf, channel, height, width), residual)
+        return backend.add(hidden_states.reshape(bf, channel, height, width), residual)
+
+    def construct(self, hidden_states: Tensor, encoder_hidden_states: Tensor | None = None, timestep=None,
+                  class_labels=None, num_frames: int = 1, cross_attention_kwargs: dict | None = None,
+                  return_dict: bool = True):
+        output = self.attend_frames(hidden_states, encoder_hidden_states, num_frames)
         if not return_dict:
             return (output,)
         return Output(sample=output)

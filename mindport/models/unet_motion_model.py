@@ -19,12 +19,12 @@ import mindspore as ms
 from mindspore import Tensor, nn, ops
 
 from .. import backend
-from ..layers import Conv2d, GroupNorm, Linear, SiLU
+from ..layers import Conv2d, GroupNorm, SiLU
 from ..modeling import Config, ModelMixin, Output, per_entry
-from .attention import BasicTransformerBlock
 from .embeddings import TimestepEmbedding, Timesteps, timesteps_1d
 from .resnet import Downsample2D, ResnetBlock2D, Upsample2D
 from .transformer_2d import Transformer2DModel
+from .transformer_temporal import TransformerTemporalModel
 
 DOWN_BLOCK_TYPES = ("CrossAttnDownBlockMotion", "DownBlockMotion")
 UP_BLOCK_TYPES = ("CrossAttnUpBlockMotion", "UpBlockMotion")
@@ -42,67 +42,13 @@ def _keep_init_args(cell, args: dict) -> None:
 # ----------------------------------------------------------------------------------------------------------------
 
 
-class AnimateDiffTransformer3D(nn.Cell):
-    """Attention across frames at every pixel. (B*F, C, H, W) -> GroupNorm (eps 1e-6, over C, F, H, W jointly) ->
-    (B*H*W, F, C) -> proj_in -> BasicTransformerBlocks (two self-attentions by default, each preceded by the
-    sinusoidal position embedding) -> proj_out -> (B*F, C, H, W) + residual."""
-
-    def __init__(self, num_attention_heads: int = 16, attention_head_dim: int = 88, in_channels: int | None = None,
-                 out_channels: int | None = None, num_layers: int = 1, dropout: float = 0.0,
-                 norm_num_groups: int = 32, cross_attention_dim: int | None = None, attention_bias: bool = False,
-                 sample_size: int | None = None, activation_fn: str = "geglu", norm_elementwise_affine: bool = True,
-                 double_self_attention: bool = True, positional_embeddings: str | None = None,
-                 num_positional_embeddings: int | None = None):
-        super().__init__()
-        if in_channels is None:
-            raise ValueError("AnimateDiffTransformer3D: in_channels is required")
-        inner_dim = num_attention_heads * attention_head_dim
-        self.in_channels = in_channels
-        self.num_positional_embeddings = num_positional_embeddings
-        self.norm = GroupNorm(norm_num_groups, in_channels, eps=1e-6)
-        self.proj_in = Linear(in_channels, inner_dim)
-        self.transformer_blocks = nn.CellList([
-            BasicTransformerBlock(inner_dim, num_attention_heads, attention_head_dim, dropout=dropout,
-                                  cross_attention_dim=cross_attention_dim, activation_fn=activation_fn,
-                                  attention_bias=attention_bias, double_self_attention=double_self_attention,
-                                  norm_elementwise_affine=norm_elementwise_affine,
-                                  positional_embeddings=positional_embeddings,
-                                  num_positional_embeddings=num_positional_embeddings)
-            for _ in range(num_layers)
-        ])
-        self.proj_out = Linear(inner_dim, in_channels)
+class AnimateDiffTransformer3D(TransformerTemporalModel):
+    """diffusers' `AnimateDiffTransformer3D`: the module `TransformerTemporalModel` is (same parameters, same names;
+    the motion blocks build it with sinusoidal frame positions), returning the (B*F, C, H, W) tensor itself."""
 
     def construct(self, hidden_states: Tensor, encoder_hidden_states: Tensor | None = None, timestep=None,
                   class_labels=None, num_frames: int = 1, cross_attention_kwargs: dict | None = None) -> Tensor:
-        batch_frames, channel, height, width = hidden_states.shape
-        if batch_frames % num_frames:
-            raise ValueError(f"AnimateDiffTransformer3D: batch*frames={batch_frames} is not a multiple of "
-                             f"num_frames={num_frames}")
-        if self.num_positional_embeddings is not None and num_frames > self.num_positional_embeddings:
-            raise ValueError(f"AnimateDiffTransformer3D: num_frames={num_frames} exceeds the motion module's "
-                             f"max sequence length {self.num_positional_embeddings}")
-        batch = batch_frames // num_frames
-        residual = hidden_states
-
-        # 1. unfold frames: (B*F, C, H, W) -> (B, C, F, H, W); GroupNorm over (C/G, F, H, W)
-        hidden_states = hidden_states.reshape(batch, num_frames, channel, height, width)
-        hidden_states = backend.permute(hidden_states, (0, 2, 1, 3, 4))
-        hidden_states = self.norm(hidden_states)
-        # 2. one sequence per pixel: (B, C, F, H, W) -> (B, H, W, F, C) -> (B*H*W, F, C)
-        hidden_states = backend.permute(hidden_states, (0, 3, 4, 2, 1))
-        hidden_states = hidden_states.reshape(batch * height * width, num_frames, channel)
-        hidden_states = self.proj_in(hidden_states)
-
-        # 3. transformer blocks over time: (B*H*W, F, inner)
-        for block in self.transformer_blocks:
-            hidden_states = block(hidden_states, encoder_hidden_states=encoder_hidden_states)
-
-        # 4. back: (B*H*W, F, C) -> (B, H, W, F, C) -> (B, F, C, H, W) -> (B*F, C, H, W), + residual
-        hidden_states = self.proj_out(hidden_states)
-        hidden_states = hidden_states.reshape(batch, height, width, num_frames, channel)
-        hidden_states = backend.permute(hidden_states, (0, 3, 4, 1, 2))
-        hidden_states = hidden_states.reshape(batch_frames, channel, height, width)
-        return backend.add(hidden_states, residual)
+        return self.attend_frames(hidden_states, encoder_hidden_states, num_frames)
 
 
 def _motion_transformer(channels: int, heads: int, layers: int, groups: int, max_seq_length: int,
@@ -147,6 +93,8 @@ class MotionAdapter(ModelMixin):
     stored when `conv_in_channels` is set. Has no forward of its own."""
 
     diffusers_class = "MotionAdapter"
+    # null reads as off in diffusers (`if use_motion_mid_block:`): no mid-block motion modules
+    nullable_config = frozenset({"use_motion_mid_block"})
 
     def __init__(self, block_out_channels=(320, 640, 1280, 1280), motion_layers_per_block=2,
                  motion_transformer_layers_per_block=1, motion_mid_block_layers_per_block: int = 1,
@@ -485,6 +433,9 @@ class UNetMotionModel(ModelMixin):
     Build it from a config, or from an SD 1.5 `UNet2DConditionModel` plus a `MotionAdapter` with `from_unet2d`."""
 
     diffusers_class = "UNetMotionModel"
+    # diffusers reads these null as off (`if x:`): no linear projections; the plain SD mid block, no motion modules
+    nullable_config = frozenset({"use_linear_projection", "use_motion_mid_block"})
+    config_choices = {"act_fn": ("silu", "swish", "gelu")}
 
     def __init__(self, sample_size: int | None = None, in_channels: int = 4, out_channels: int = 4,
                  down_block_types=("CrossAttnDownBlockMotion", "CrossAttnDownBlockMotion", "CrossAttnDownBlockMotion",
@@ -521,6 +472,12 @@ class UNetMotionModel(ModelMixin):
                                       "not ported; expected None")
         if addition_embed_type not in (None, "text_time"):
             raise ValueError(f"UNetMotionModel: addition_embed_type={addition_embed_type!r}; expected None or 'text_time'")
+        if addition_embed_type == "text_time":
+            for key, value in (("addition_time_embed_dim", addition_time_embed_dim),
+                               ("projection_class_embeddings_input_dim", projection_class_embeddings_input_dim)):
+                if value is None:
+                    raise ValueError(f"UNetMotionModel: addition_embed_type='text_time' needs {key} (an integer); "
+                                     "it is null")
         for name, v in (("transformer_layers_per_block", transformer_layers_per_block),
                         ("temporal_transformer_layers_per_block", temporal_transformer_layers_per_block)):
             reverse = (reverse_transformer_layers_per_block if name.startswith("transformer")
@@ -720,16 +677,6 @@ class UNetMotionModel(ModelMixin):
                 p.set_dtype(dtype)
             p.set_data(src.astype(dtype))
         self.set_train(False)
-
-    def load_motion_modules(self, motion_adapter: MotionAdapter) -> None:
-        """Replace the motion modules' parameters with the adapter's (same names below the block)."""
-        src = {k: v for k, v in motion_adapter.parameters_and_names() if ".motion_modules." in k}
-        params = {k: v for k, v in self.parameters_and_names() if ".motion_modules." in k}
-        if set(src) != set(params):
-            diff = sorted(set(src) ^ set(params))
-            raise ValueError(f"UNetMotionModel.load_motion_modules: adapter and UNet motion modules differ: {diff[:5]}")
-        for name, p in params.items():
-            p.set_data(src[name].astype(p.dtype))
 
     # -- forward ---------------------------------------------------------------------------------------------------
     def construct(self, sample, timestep, encoder_hidden_states, timestep_cond=None, attention_mask=None,
