@@ -55,16 +55,54 @@ class Config(dict):
             raise AttributeError(f"config has no field {name!r}") from e
 
 
+def _expected(default) -> str:
+    """What a config field holds, described from diffusers' default (for the one-line null errors)."""
+    if isinstance(default, bool):
+        return "true or false"
+    if isinstance(default, int):
+        return "an integer"
+    if isinstance(default, float):
+        return "a number"
+    if isinstance(default, str):
+        return "a string"
+    if isinstance(default, (list, tuple)):
+        return "a list" if default and isinstance(default[0], str) else "a value or a list of values"
+    return "a value"
+
+
+def check_null_config(cls, config: dict) -> None:
+    """Configs as diffusers writes them hold nulls: a field whose diffusers default is None (e.g. `sample_size`), or
+    one the class lists in `nullable_config` (diffusers gives None a meaning there, mostly "off"), may be null. Any
+    other null field is one diffusers cannot build (or run) a model with: refuse it in one line, naming the field,
+    what it should hold and diffusers' default (or the valid choices)."""
+    params = inspect.signature(cls.__init__).parameters
+    for key, value in config.items():
+        p = params.get(key)
+        if value is not None or p is None or p.default is None or p.default is inspect.Parameter.empty \
+                or key in cls.nullable_config:
+            continue
+        choices = cls.config_choices.get(key)
+        what = (f"one of {', '.join(json.dumps(c) for c in choices)}" if choices
+                else f"{_expected(p.default)} (diffusers' default: {json.dumps(p.default)})")
+        raise ValueError(f"{cls.__name__}: config field {key!r} is null, which diffusers cannot build the model with; "
+                         f"expected {what}")
+
+
 class ModelMixin(nn.Cell):
     """Base of every ported model. Subclasses take diffusers' config fields as keyword arguments."""
 
     config_name = "config.json"
     # diffusers / transformers class name this cell ports (used by converters and model_index.json)
     diffusers_class: str = ""
+    # fields with a non-None default that a config may still set to null (see check_null_config)
+    nullable_config: frozenset = frozenset()
+    # fields with a closed set of values: a null one is refused naming them
+    config_choices: dict = {}
 
     @classmethod
     def from_config(cls, config: dict, **overrides):
         config = {**dict(config), **overrides}
+        check_null_config(cls, config)
         sig = inspect.signature(cls.__init__)
         accepts_any = any(p.kind is p.VAR_KEYWORD for p in sig.parameters.values())
         kwargs = {k: v for k, v in config.items() if not k.startswith("_") and (accepts_any or k in sig.parameters)}
@@ -139,3 +177,13 @@ class ModelMixin(nn.Cell):
         cfg = {"_class_name": self.diffusers_class, **dict(self.config)}
         Path(folder).mkdir(parents=True, exist_ok=True)
         (Path(folder) / self.config_name).write_text(json.dumps(cfg, indent=2, sort_keys=True))
+
+
+def required_config(model, key: str, owner: str):
+    """A config value a caller cannot do without (a pipeline's `vae.config.scaling_factor`): one line when it is
+    null (diffusers builds such a model, then fails on the arithmetic)."""
+    value = model.config.get(key)
+    if value is None:
+        raise ValueError(f"{owner}: {type(model).__name__} config field {key!r} is null; expected a number "
+                         "(e.g. 0.18215, diffusers' default) in its config.json")
+    return value

@@ -19,6 +19,12 @@ from .vae import (
 
 class AutoencoderKL(ModelMixin):
     diffusers_class = "AutoencoderKL"
+    # diffusers builds with these null: the switches mean off (no quant convs, no mid-block attention, no upcast);
+    # scaling_factor is the pipeline's business (it needs one). sample_size is not here: diffusers' tiling setup
+    # divides it, so a null one is refused.
+    nullable_config = frozenset({"scaling_factor", "force_upcast", "use_quant_conv", "use_post_quant_conv",
+                                 "mid_block_add_attention"})
+    config_choices = {"act_fn": ("silu", "swish", "gelu")}
 
     def __init__(self, in_channels: int = 3, out_channels: int = 3, down_block_types=("DownEncoderBlock2D",),
                  up_block_types=("UpDecoderBlock2D",), block_out_channels=(64,), layers_per_block: int = 1,

@@ -20,6 +20,8 @@ from .vae import (
 
 class AutoencoderKLTemporalDecoder(ModelMixin):
     diffusers_class = "AutoencoderKLTemporalDecoder"
+    # unused by the model (diffusers builds with them null; a pipeline needs scaling_factor, force_upcast null = off)
+    nullable_config = frozenset({"sample_size", "scaling_factor", "force_upcast"})
 
     def __init__(self, in_channels: int = 3, out_channels: int = 3, down_block_types=("DownEncoderBlock2D",),
                  block_out_channels=(64,), layers_per_block: int = 1, latent_channels: int = 4,

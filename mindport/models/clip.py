@@ -179,6 +179,9 @@ class CLIPVisionModel(ModelMixin):
     """transformers' CLIPVisionModel: embeddings -> pre_layrnorm -> encoder; pooler = post_layernorm([CLS])."""
 
     diffusers_class = "CLIPVisionModel"
+    # transformers builds and runs with it null (inference has no dropout)
+    nullable_config = frozenset({"attention_dropout"})
+    config_choices = {"hidden_act": ("quick_gelu", "gelu")}
 
     def __init__(
         self,
@@ -226,6 +229,8 @@ class CLIPVisionModelWithProjection(ModelMixin):
     [, hidden_states when output_hidden_states=True])."""
 
     diffusers_class = "CLIPVisionModelWithProjection"
+    nullable_config = frozenset({"attention_dropout"})
+    config_choices = {"hidden_act": ("quick_gelu", "gelu")}
 
     def __init__(
         self,
@@ -309,6 +314,9 @@ class CLIPTextModel(ModelMixin):
     argmax of the ids when eos_token_id == 2 (legacy configs), else the first id equal to eos_token_id."""
 
     diffusers_class = "CLIPTextModel"
+    # transformers builds and runs with these null (unused by the text tower's forward); eos_token_id is needed
+    nullable_config = frozenset({"attention_dropout", "pad_token_id", "bos_token_id", "projection_dim"})
+    config_choices = {"hidden_act": ("quick_gelu", "gelu")}
 
     def __init__(
         self,
@@ -362,6 +370,8 @@ class CLIPTextModelWithProjection(ModelMixin):
     last_hidden_state[, hidden_states])."""
 
     diffusers_class = "CLIPTextModelWithProjection"
+    nullable_config = frozenset({"attention_dropout", "pad_token_id", "bos_token_id"})
+    config_choices = {"hidden_act": ("quick_gelu", "gelu")}
 
     def __init__(
         self,

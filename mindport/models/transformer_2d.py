@@ -27,6 +27,9 @@ class Transformer2DModel(ModelMixin):
     BasicTransformerBlocks on the H*W tokens -> proj_out -> residual. Input and output are (B, C, H, W)."""
 
     diffusers_class = "Transformer2DModel"
+    # switches diffusers reads null as off
+    nullable_config = frozenset({"use_linear_projection", "only_cross_attention", "double_self_attention",
+                                 "upcast_attention"})
 
     def __init__(self, num_attention_heads: int = 16, attention_head_dim: int = 88, in_channels: int | None = None,
                  out_channels: int | None = None, num_layers: int = 1, dropout: float = 0.0,

@@ -45,6 +45,15 @@ class UNet2DConditionModel(ModelMixin):
     embeddings -> Output(sample=(B, C_out, H, W)). Config fields and defaults as diffusers (SD 1.x defaults)."""
 
     diffusers_class = "UNet2DConditionModel"
+    # non-None defaults diffusers builds and runs with when null: switches read as off (as `if x:` does there),
+    # mid_block_type null means no mid block, attention_type null the default attention; resnet_skip_time_act,
+    # resnet_out_scale_factor and addition_embed_type_num_heads only serve blocks / embeddings that are not ported
+    nullable_config = frozenset({"center_input_sample", "flip_sin_to_cos", "mid_block_type", "dual_cross_attention",
+                                 "use_linear_projection", "upcast_attention", "resnet_skip_time_act",
+                                 "resnet_out_scale_factor", "attention_type", "class_embeddings_concat",
+                                 "addition_embed_type_num_heads"})
+    config_choices = {"resnet_time_scale_shift": ("default", "scale_shift"), "time_embedding_type": ("positional",),
+                      "act_fn": ("silu", "swish", "gelu")}
 
     def __init__(self, sample_size=None, in_channels: int = 4, out_channels: int = 4,
                  center_input_sample: bool = False, flip_sin_to_cos: bool = True, freq_shift: int = 0,
@@ -69,7 +78,10 @@ class UNet2DConditionModel(ModelMixin):
                  class_embeddings_concat: bool = False, mid_block_only_cross_attention: bool | None = None,
                  cross_attention_norm: str | None = None, addition_embed_type_num_heads: int = 64):
         super().__init__()
-        # 0. options: refuse what is not ported, check list lengths (diffusers' _check_config)
+        # 0. nulls that mean a default (as diffusers reads them); refuse what is not ported; check list lengths
+        #    (diffusers' _check_config)
+        attention_type = "default" if attention_type is None else attention_type
+        dual_cross_attention = bool(dual_cross_attention)
         n = len(down_block_types)
         self._refuse_unported(time_embedding_type, class_embed_type, addition_embed_type, encoder_hid_dim,
                               encoder_hid_dim_type, mid_block_type, dual_cross_attention, attention_type)
@@ -96,6 +108,13 @@ class UNet2DConditionModel(ModelMixin):
         self.addition_embed_type = addition_embed_type
 
         heads = per_entry(attention_head_dim, n, "attention_head_dim")  # number of heads (see above)
+        attn_levels = [i for i, t in enumerate(down_block_types) if "CrossAttn" in t]
+        attn_levels += [n - 1] if mid_block_type is not None else []
+        attn_levels += [n - 1 - i for i, t in enumerate(up_block_types) if "CrossAttn" in t]
+        for i in sorted(set(attn_levels)):
+            if heads[i] is None:
+                raise ValueError(f"UNet2DConditionModel: attention_head_dim[{i}] is null, but level {i} has attention; "
+                                 "expected the number of heads there (an integer)")
         cross_dims = per_entry(cross_attention_dim, n, "cross_attention_dim")
         layers = per_entry(layers_per_block, n, "layers_per_block")
         tlayers = per_entry(transformer_layers_per_block, n, "transformer_layers_per_block")
@@ -119,6 +138,11 @@ class UNet2DConditionModel(ModelMixin):
         self.class_embedding = self._class_embedding(class_embed_type, num_class_embeds, act_fn, time_embed_dim, c0,
                                                      projection_class_embeddings_input_dim)
         if addition_embed_type == "text_time":
+            for key, value in (("addition_time_embed_dim", addition_time_embed_dim),
+                               ("projection_class_embeddings_input_dim", projection_class_embeddings_input_dim)):
+                if value is None:
+                    raise ValueError(f"UNet2DConditionModel: addition_embed_type='text_time' needs {key} (an integer); "
+                                     "it is null")
             self.add_time_proj = Timesteps(addition_time_embed_dim, flip_sin_to_cos, freq_shift)
             self.add_embedding = TimestepEmbedding(projection_class_embeddings_input_dim, time_embed_dim)
         self.time_embed_act = get_activation(time_embedding_act_fn) if time_embedding_act_fn is not None else None

@@ -18,6 +18,8 @@ class UNetSpatioTemporalConditionModel(ModelMixin):
     (fps, motion bucket, noise augmentation) -> (B, F, C_out, H, W)."""
 
     diffusers_class = "UNetSpatioTemporalConditionModel"
+    # diffusers builds and runs with these null (the pipeline then needs num_frames passed)
+    nullable_config = frozenset({"num_frames"})
 
     def __init__(self, sample_size: int | None = None, in_channels: int = 8, out_channels: int = 4,
                  down_block_types=("CrossAttnDownBlockSpatioTemporal", "CrossAttnDownBlockSpatioTemporal",
