@@ -7,7 +7,7 @@ import torch
 import mindspore as ms
 from mindspore import Tensor
 
-from mindport import backend
+from mindport import backend, kernels
 
 from helpers import assert_close
 
@@ -336,3 +336,76 @@ def test_half_precision_inputs_run_the_kernels_in_float32(rng, ops_path):
     assert out.dtype == ms.float16
     lin = t(h).float() @ t(lw).float().T
     assert_close(out, torch.nn.functional.silu(lin.half().float()).half(), rel_l2=1e-3, where="fp16 linear + silu")
+
+
+# (kernel, input shapes, settings): caller bugs each kernel must refuse (a ValueError naming it and the shapes)
+BAD_SHAPES = [
+    ("mp_linear", [(4, 8), (3, 7), (3,)], (0.0,)),  # K differs
+    ("mp_linear", [(2, 4, 8), (3, 8), (3,)], (0.0,)),  # x not 2D
+    ("mp_linear", [(4, 8), (3, 8), (2,)], (1.0,)),  # bias length
+    ("mp_linear", [(4, 8), (3, 8)], (0.0,)),  # an input missing
+    ("mp_attention", [(2, 5, 16), (2, 6, 8), (2, 6, 16)], (0.5, 2)),  # q and k rows differ
+    ("mp_attention", [(2, 5, 16), (2, 6, 16), (2, 7, 16)], (0.5, 2)),  # k and v lengths differ
+    ("mp_attention", [(2, 5, 16), (3, 6, 16), (3, 6, 16)], (0.5, 2)),  # batch differs
+    ("mp_attention", [(2, 5, 16), (2, 6, 16), (2, 6, 10)], (0.5, 4)),  # heads do not divide v's rows
+    ("mp_attention_masked", [(2, 5, 16), (2, 6, 16), (2, 6, 16), (2, 1, 5, 5)], (0.5, 2)),  # mask's Lk
+    ("mp_attention_masked", [(2, 5, 16), (2, 6, 16), (2, 6, 16), (3, 1, 5, 6)], (0.5, 2)),  # mask's batch
+    ("mp_conv", [(1, 4, 1, 5, 5), (6, 3, 1, 3, 3), (6,)], (1, 1, 1, 0, 1, 1, 1, 0.0)),  # input channels
+    ("mp_conv", [(1, 4, 1, 5, 5), (5, 2, 1, 3, 3), (5,)], (1, 1, 1, 0, 1, 1, 2, 0.0)),  # O not divisible by groups
+    ("mp_conv", [(1, 4, 1, 2, 2), (6, 4, 1, 3, 3), (6,)], (1, 1, 1, 0, 0, 0, 1, 0.0)),  # kernel > input
+    ("mp_conv", [(1, 4, 5, 5), (6, 4, 3, 3), (6,)], (1, 1, 1, 0, 1, 1, 1, 0.0)),  # 4D, not 5D
+    ("mp_conv", [(1, 4, 1, 5, 5), (6, 4, 1, 3, 3), (4,)], (1, 1, 1, 0, 1, 1, 1, 1.0)),  # bias length
+    ("mp_group_norm", [(2, 6, 4), (6,), (6,)], (4, 1e-5)),  # groups do not divide C
+    ("mp_group_norm", [(2, 6, 4), (5,), (6,)], (3, 1e-5)),  # weight length
+    ("mp_layer_norm", [(3, 8), (8,), (7,)], (1e-5,)),  # bias length
+    ("mp_add", [(3, 4), (4, 3)], ()),
+    ("mp_blend", [(2, 3, 4), (2, 3, 4), (2, 2, 1)], ()),  # alpha axis neither 1 nor a's
+    ("mp_blend", [(2, 3, 4), (2, 3, 4), (3, 4)], ()),  # alpha's rank
+    ("mp_geglu", [(3, 7)], ()),  # odd last axis
+    ("mp_permute", [(2, 3, 4)], (0, 2, 2)),  # not a permutation
+    ("mp_permute", [(2, 3)], (1, 0, 2)),  # more axes than x
+    ("mp_upsample_nearest", [(1, 2, 3, 3)], (0, 2)),
+    ("mp_adaptive_avg_pool", [(1, 2, 3, 3)], (0, 2)),
+]
+
+
+@pytest.mark.parametrize("name, shapes, settings", BAD_SHAPES)
+def test_kernels_refuse_shapes_they_cannot_take(name, shapes, settings):
+    inputs = [Tensor(np.zeros(s, np.float32)) for s in shapes]
+    with pytest.raises(ValueError, match=name) as caught:
+        kernels.kernel(name)(*inputs, settings=settings)
+    assert str(tuple(tuple(s) for s in shapes)) in str(caught.value)
+
+
+@pytest.mark.parametrize("name, shapes, settings", BAD_SHAPES)
+def test_cpp_kernels_check_shapes_too(name, shapes, settings):
+    """Called directly (past the Python rules), each kernel returns status 2 instead of reading out of bounds."""
+    import ctypes
+
+    bufs = [np.zeros(int(np.prod(s)) + 64, np.float32) for s in shapes]
+    bufs += [np.array(settings or (0.0,), np.float32), np.zeros(int(np.prod(shapes[0])) + 64, np.float32)]
+    every = [*shapes, (max(1, len(settings)),), shapes[0]]  # output declared as the first input's shape
+    ptrs = (ctypes.c_void_p * len(bufs))(*[b.ctypes.data for b in bufs])
+    ndims = (ctypes.c_int * len(every))(*[len(s) for s in every])
+    rows = [(ctypes.c_int64 * max(1, len(s)))(*s) for s in every]
+    dims = (ctypes.POINTER(ctypes.c_int64) * len(every))(*rows)
+    assert kernels.kernel(name).fn(len(bufs), ptrs, ndims, dims, None, None, None) == kernels.BAD_SHAPE
+
+
+def test_kernel_status_becomes_an_exception_and_dtypes_are_checked():
+    lax = kernels.Kernel("mp_add")
+    lax.spec = kernels._Spec(2, 0, lambda a, b, settings: a)  # a rule that checks nothing: C++ must refuse
+    with pytest.raises(ValueError, match="mp_add rejected input shapes"):
+        lax(Tensor(np.zeros((3, 4), np.float32)), Tensor(np.zeros((4, 3), np.float32)))
+    for dtype in (np.float64, np.int32, np.uint8):
+        with pytest.raises(ValueError, match="mp_silu takes Float32"):
+            kernels.kernel("mp_silu")(Tensor(np.zeros(5, dtype)))
+
+
+def test_empty_tensors_do_not_reach_the_kernels():
+    out = kernels.kernel("mp_group_norm")(Tensor(np.zeros((0, 4, 3), np.float32)), Tensor(np.ones(4, np.float32)),
+                                          Tensor(np.zeros(4, np.float32)), settings=(2, 1e-5))
+    assert out.shape == (0, 4, 3)
+    with pytest.raises(ValueError, match="an input is empty"):  # K = 0 would give a non-empty output
+        kernels.kernel("mp_linear")(Tensor(np.zeros((3, 0), np.float32)), Tensor(np.zeros((2, 0), np.float32)),
+                                    Tensor(np.zeros(2, np.float32)), settings=(1.0,))
