@@ -75,6 +75,7 @@ MODELS = (
     Model("MotionAdapter", "unet_motion_model", "animatediff"),
     Model("UNetMotionModel", "unet_motion_model", "animatediff"),
     Model("I2VGenXLUNet", "unet_i2vgen_xl", "i2vgen_xl"),
+    Model("WanTransformer3DModel", "transformer_wan", "wan"),
 )
 
 SCHEDULERS = (

@@ -81,7 +81,7 @@ def build(name: str, seed: int = 0, cache: Path | None = None, log=print) -> Pat
     out = cache / f"{name}-seed{seed}-v{BUILD_VERSION}"
     if (out / "model_index.json").exists():
         return out
-    from ..harness import quiet_reference_libraries
+    from ..adapter import quiet_reference_libraries
 
     quiet_reference_libraries()
     tmp = cache / f".{out.name}.tmp-{os.getpid()}"

@@ -142,7 +142,7 @@ def run_component(name: str, component: str, dtype: str = "fp32", seed: int = 0,
 
     from mindport.models import model_class
 
-    from ..harness import quiet_reference_libraries
+    from ..adapter import quiet_reference_libraries
 
     if dtype not in BARS:
         raise ValueError(f"dtype {dtype!r} is not supported; expected one of {', '.join(BARS)}")
