@@ -47,7 +47,7 @@ from mindspore import Tensor
 
 KERNEL_SOURCE = Path(__file__).resolve().parent / "csrc" / "cpu_kernels.cc"
 KERNEL_FLAGS = ("-O3", "-march=native", "-fopenmp-simd", "-pthread", "-shared", "-fPIC", "-std=c++17")
-CHECK_TIMEOUT_S = 60  # the load test takes ~0.1 s; a hung child must not hang the caller
+CHECK_TIMEOUT_S = 60  # the load test takes ~30 ms; a hung child must not hang the caller
 
 
 @lru_cache(maxsize=None)
@@ -144,6 +144,7 @@ if status:
 """
 
 _checked: set[str] = set()  # libraries this process has load-tested (and then loaded: a path is never re-read)
+_with_blas: dict[str, bool] = {}  # library path -> built with the matrix-product kernels
 
 
 def _expected_symbols(with_blas: bool) -> list[str]:
@@ -195,7 +196,8 @@ def _build(compiler: str, flags: list[str], key: str, lib: Path, with_blas: bool
 
 
 def library_path() -> tuple[Path, str, list[str]]:
-    """(the cache file for this machine, compiler and source, its key, the compile flags). Probes the compiler."""
+    """(cache file, key, compile flags) of the library for this source, compiler, BLAS and CPU. Probes the
+    compiler (once per process)."""
     compiler = os.environ.get("CXX", "g++")
     flags = [*KERNEL_FLAGS, *_blas_flags()]
     key = cache_key(compiler, flags)
@@ -211,30 +213,33 @@ def kernel_library() -> str | None:
         return None
     compiler = os.environ.get("CXX", "g++")
     if shutil.which(compiler) is None:
-        warnings.warn(f"mindport: no C++ compiler ({compiler!r}) to build the fused CPU kernels; running MindSpore's "
-                      "slower CPU ops instead (install g++ or set CXX)", stacklevel=2)
-        return None
-    problem = None
+        return _fall_back(f"no C++ compiler ({compiler!r}) to build the fused CPU kernels", "install g++ or set CXX")
     try:
+        lib, key, flags = library_path()
+    except (OSError, subprocess.CalledProcessError) as e:
+        return _fall_back(f"building the fused CPU kernels failed ({_first_error(e)})")
+    with_blas = blas() is not None
+    problem = load_test(lib, key, with_blas) if lib.exists() else None
+    if problem or not lib.exists():  # a missing or failing cached file: build (once)
         try:
-            lib, key, flags = library_path()
-        except (OSError, subprocess.CalledProcessError) as e:
-            raise BuildError(_first_error(e)) from e
-        with_blas = blas() is not None
-        problem = load_test(lib, key, with_blas) if lib.exists() else None
-        if problem or not lib.exists():
-            _build(compiler, flags, key, lib, with_blas)  # a missing or failing cached file: build (once)
-    except BuildError as e:
-        cached = f"the cached {lib.name} failed its load test ({problem}), and " if problem else ""
-        warnings.warn(f"mindport: {cached}building the fused CPU kernels failed ({e}); running MindSpore's slower "
-                      "CPU ops instead", stacklevel=2)
-        return None
+            _build(compiler, flags, key, lib, with_blas)
+        except BuildError as e:
+            cached = f"the cached {lib.name} failed its load test ({problem}), and " if problem else ""
+            return _fall_back(f"{cached}building the fused CPU kernels failed ({e})")
+    _with_blas[str(lib)] = with_blas
     return str(lib)
 
 
+def _fall_back(why: str, hint: str = "") -> None:
+    warnings.warn(f"mindport: {why}; running MindSpore's slower CPU ops instead" + (f" ({hint})" if hint else ""),
+                  stacklevel=3)
+    return None
+
+
 def has_blas() -> bool:
-    """Whether the loaded library has the matrix-product kernels."""
-    return kernel_library() is not None and blas() is not None
+    """Whether the matrix-product kernels can run: the library was built with them and BLAS still loads."""
+    lib = kernel_library()
+    return lib is not None and _with_blas.get(lib, False) and blas() is not None
 
 
 # ----------------------------------------------------------------------------------------------------------------
