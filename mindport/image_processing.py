@@ -246,6 +246,35 @@ def default_height_width(image, height=None, width=None, vae_scale_factor: int =
     return height - height % vae_scale_factor, width - width % vae_scale_factor
 
 
+def _pixel_pair(size, scale: int = 1) -> tuple[int, int]:
+    """A config `sample_size`, an int or [height, width], as (height, width) times `scale`."""
+    h, w = (size, size) if isinstance(size, (int, float)) else tuple(size)
+    return int(h) * scale, int(w) * scale
+
+
+def pipeline_output_size(height, width, unet, vae_scale_factor: int, fallback=None, vae=None,
+                         owner: str = "pipeline") -> tuple[int, int]:
+    """The (height, width) a pipeline generates when `height` / `width` are not given: as diffusers, the UNet's
+    `sample_size` (an int or [h, w], in latent pixels) times the VAE scale factor. A config saved with diffusers'
+    defaults has `"sample_size": null` (diffusers' pipelines then fail on `None * vae_scale_factor`); then the
+    pipeline's documented default `fallback` ((height, width) in pixels) is used, else the VAE's own `sample_size`
+    (pixels), else the caller is asked for both sizes."""
+    if height and width:
+        return int(height), int(width)
+    sample_size = unet.config.get("sample_size")
+    vae_size = vae.config.get("sample_size") if vae is not None else None
+    if sample_size is not None:
+        default = _pixel_pair(sample_size, vae_scale_factor)
+    elif fallback is not None:
+        default = tuple(fallback)
+    elif vae_size is not None:
+        default = _pixel_pair(vae_size)
+    else:
+        raise ValueError(f"{owner}: unet.config.sample_size and vae.config.sample_size are null, so there is no "
+                         "default size; pass height and width")
+    return int(height or default[0]), int(width or default[1])
+
+
 def resize(image, height: int, width: int, resample: str = "lanczos", reducing_gap=None):
     """diffusers `VaeImageProcessor.resize` (resize_mode "default"): PIL images with Pillow's filter (LANCZOS by
     default, as diffusers' VideoProcessor/VaeImageProcessor are configured); (B, C, H, W) arrays with torch's
@@ -318,6 +347,7 @@ __all__ = [
     "bicubic_matrix",
     "clip_normalize",
     "default_height_width",
+    "pipeline_output_size",
     "denormalize",
     "gaussian_blur_matrix",
     "normalize",

@@ -22,6 +22,8 @@ import numpy as np
 from mindspore import Tensor, ops
 
 from .. import backend
+from .. import image_processing as ip
+from ..modeling import required_config
 from ..models.unet_2d_condition import UNet2DConditionModel
 from ..models.unet_motion_model import MotionAdapter, UNetMotionModel
 from ..utils import randn
@@ -129,7 +131,7 @@ class AnimateDiffPipeline(DiffusionPipeline):
     # 3. decoding -------------------------------------------------------------------------------------------------
     def decode_latents(self, latents: Tensor, decode_chunk_size: int = 16) -> np.ndarray:
         """(B, C, F, h, w) latents -> (B, 3, F, H, W) float32 video in [-1, 1], `decode_chunk_size` frames at a time."""
-        latents = latents * (1.0 / float(self.vae.config.scaling_factor))
+        latents = latents * (1.0 / float(required_config(self.vae, "scaling_factor", "AnimateDiffPipeline")))
         b, c, f, h, w = latents.shape
         # (B, C, F, h, w) -> (B*F, C, h, w)
         latents = backend.permute(latents, (0, 2, 1, 3, 4)).reshape(b * f, c, h, w)
@@ -165,6 +167,8 @@ class AnimateDiffPipeline(DiffusionPipeline):
                              f"{list(CALLBACK_TENSOR_INPUTS)}")
         if output_type not in OUTPUT_TYPES:
             raise ValueError(f"output_type {output_type!r} is not supported; expected one of {list(OUTPUT_TYPES)}")
+        if output_type != "latent":  # decoding divides by it: refuse a null one before denoising
+            required_config(self.vae, "scaling_factor", "AnimateDiffPipeline")
         if num_frames < 1:
             raise ValueError(f"`num_frames` must be at least 1, got {num_frames}")
         limit = self.unet.config.motion_max_seq_length
@@ -197,10 +201,9 @@ class AnimateDiffPipeline(DiffusionPipeline):
         decode_chunk_size: int = 16,
     ):
         # 0. defaults and checks
-        if not (height and width) and not self.unet.config.sample_size:
-            raise ValueError("the UNet config has no sample_size; pass `height` and `width`")
-        height = height or self.unet.config.sample_size * self.vae_scale_factor
-        width = width or self.unet.config.sample_size * self.vae_scale_factor
+        # (a config saved with diffusers' defaults has sample_size null: the VAE's sample_size, in pixels, then)
+        height, width = ip.pipeline_output_size(height, width, self.unet, self.vae_scale_factor, vae=self.vae,
+                                                owner="AnimateDiffPipeline")
         num_frames = 16 if num_frames is None else int(num_frames)
         num_videos_per_prompt = num_videos_per_prompt or 1
         self.check_inputs(prompt, height, width, negative_prompt, prompt_embeds, negative_prompt_embeds,

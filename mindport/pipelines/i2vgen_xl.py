@@ -26,6 +26,7 @@ from mindspore import Tensor, ops
 
 from .. import backend
 from .. import image_processing as ip
+from ..modeling import required_config
 from ..utils import randn
 from .pipeline_utils import DiffusionPipeline, PipelineOutput, encode_text
 from .stable_video_diffusion import postprocess_video
@@ -48,7 +49,7 @@ def _as_pil_list(image) -> list:
 
 def _crop_size(feature_extractor: dict) -> tuple[int, int]:
     """(width, height) of the CLIP input from preprocessor_config.json's crop_size (dict or int; default 224)."""
-    cs = feature_extractor.get("crop_size", 224)
+    cs = feature_extractor.get("crop_size") or 224  # absent or null: CLIPImageProcessor's default 224 x 224
     if isinstance(cs, dict):
         return int(cs["width"]), int(cs["height"])
     return int(cs), int(cs)
@@ -105,8 +106,8 @@ class I2VGenXLPipeline(DiffusionPipeline):
     def _encode_image(self, images: list, num_videos_per_prompt: int) -> Tensor:
         """PIL images at the CLIP crop size -> (B*n [x2], 1, D) image embeddings (zeros first under guidance)."""
         pixels = ip.to_nchw(ip.pil_to_numpy(images))
-        mean = self.feature_extractor.get("image_mean", ip.CLIP_MEAN)
-        std = self.feature_extractor.get("image_std", ip.CLIP_STD)
+        mean = self.feature_extractor.get("image_mean") or ip.CLIP_MEAN  # absent or null: OpenAI CLIP's
+        std = self.feature_extractor.get("image_std") or ip.CLIP_STD
         pixels = ip.clip_normalize(pixels, mean, std)
         emb = self.image_encoder(Tensor(pixels).astype(self.image_encoder.dtype)).image_embeds  # (B, D)
         emb = ops.repeat_interleave(emb.expand_dims(1), num_videos_per_prompt, 0)
@@ -120,7 +121,8 @@ class I2VGenXLPipeline(DiffusionPipeline):
         constant frames (k / (F-1)) for k = 1..F-1."""
         posterior = self.vae.encode(Tensor(pixels).astype(dtype)).latent_dist
         latents = posterior.sample(noise=randn(generator, posterior.mean.shape))
-        latents = (latents * float(self.vae.config.scaling_factor)).expand_dims(2)  # (B, 4, 1, h, w)
+        scale = float(required_config(self.vae, "scaling_factor", "I2VGenXLPipeline"))
+        latents = (latents * scale).expand_dims(2)  # (B, 4, 1, h, w)
         if num_frames > 1:
             b, c, _, h, w = latents.shape
             ramp = np.asarray([(k + 1) / (num_frames - 1) for k in range(num_frames - 1)], np.float64)
@@ -134,7 +136,7 @@ class I2VGenXLPipeline(DiffusionPipeline):
     # 3. decoding -------------------------------------------------------------------------------------------------------
     def decode_latents(self, latents: Tensor, decode_chunk_size: int | None = None) -> np.ndarray:
         """(B, C, F, h, w) -> (B, 3, F, H, W) float32 frames in [-1, 1]."""
-        latents = latents * (1 / float(self.vae.config.scaling_factor))
+        latents = latents * (1 / float(required_config(self.vae, "scaling_factor", "I2VGenXLPipeline")))
         b, c, f, h, w = latents.shape
         latents = backend.permute(latents, (0, 2, 1, 3, 4)).reshape(b * f, c, h, w).astype(self.vae.dtype)
         if decode_chunk_size is None:
@@ -193,8 +195,10 @@ class I2VGenXLPipeline(DiffusionPipeline):
         callback_on_step_end_tensor_inputs=("latents",),
     ):
         # 0. defaults and checks
-        height = height or self.unet.config.sample_size * self.vae_scale_factor
-        width = width or self.unet.config.sample_size * self.vae_scale_factor
+        # (a config saved with diffusers' defaults has sample_size null: the documented 704 x 1280 then)
+        height, width = ip.pipeline_output_size(height, width, self.unet, self.vae_scale_factor, fallback=(704, 1280),
+                                                owner="I2VGenXLPipeline")
+        required_config(self.vae, "scaling_factor", "I2VGenXLPipeline")  # the image latents are scaled by it
         images = self.check_inputs(prompt, image, height, width, negative_prompt, prompt_embeds,
                                    negative_prompt_embeds, output_type, decode_chunk_size)
         batch = 1 if isinstance(prompt, str) else len(prompt) if isinstance(prompt, list) else prompt_embeds.shape[0]

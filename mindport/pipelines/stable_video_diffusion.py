@@ -12,6 +12,7 @@ from mindspore import Tensor, ops
 
 from .. import backend
 from .. import image_processing as ip
+from ..modeling import required_config
 from ..utils import randn
 from .pipeline_utils import DiffusionPipeline, PipelineOutput
 
@@ -46,8 +47,9 @@ class StableVideoDiffusionPipeline(DiffusionPipeline):
         pixels = ip.pil_to_numpy(images).transpose(0, 3, 1, 2)  # (B, H, W, 3) -> (B, 3, H, W), [0, 1]
         pixels = ip.resize_with_antialiasing(pixels * 2.0 - 1.0, (224, 224))
         pixels = (pixels + 1.0) / 2.0
-        mean = np.asarray(self.feature_extractor.get("image_mean", ip.CLIP_MEAN), np.float32).reshape(1, 3, 1, 1)
-        std = np.asarray(self.feature_extractor.get("image_std", ip.CLIP_STD), np.float32).reshape(1, 3, 1, 1)
+        # (absent or null: CLIPImageProcessor's OpenAI CLIP defaults)
+        mean = np.asarray(self.feature_extractor.get("image_mean") or ip.CLIP_MEAN, np.float32).reshape(1, 3, 1, 1)
+        std = np.asarray(self.feature_extractor.get("image_std") or ip.CLIP_STD, np.float32).reshape(1, 3, 1, 1)
         pixels = ((pixels - mean) / std).astype(np.float32)
         dtype = self.image_encoder.dtype
         emb = self.image_encoder(Tensor(pixels).astype(dtype)).image_embeds  # (B, D)
@@ -79,7 +81,7 @@ class StableVideoDiffusionPipeline(DiffusionPipeline):
     def decode_latents(self, latents: Tensor, num_frames: int, decode_chunk_size: int = 14) -> Tensor:
         # (B, F, C, h, w) -> (B*F, C, h, w), decoded `decode_chunk_size` frames at a time
         latents = latents.reshape(-1, *latents.shape[2:])
-        latents = latents / self.vae.config.scaling_factor
+        latents = latents / required_config(self.vae, "scaling_factor", "StableVideoDiffusionPipeline")
         frames = []
         for i in range(0, latents.shape[0], decode_chunk_size):
             chunk = latents[i : i + decode_chunk_size]
@@ -112,14 +114,19 @@ class StableVideoDiffusionPipeline(DiffusionPipeline):
         return_dict: bool = False,
     ):
         # 0. defaults and checks
-        height = height or self.unet.config.sample_size * self.vae_scale_factor
-        width = width or self.unet.config.sample_size * self.vae_scale_factor
-        num_frames = num_frames if num_frames is not None else self.unet.config.num_frames
+        # (a config saved with diffusers' defaults has sample_size null: the documented 576 x 1024 then)
+        height, width = ip.pipeline_output_size(height, width, self.unet, self.vae_scale_factor, fallback=(576, 1024),
+                                                owner="StableVideoDiffusionPipeline")
+        num_frames = num_frames if num_frames is not None else self.unet.config.get("num_frames")
+        if num_frames is None:
+            raise ValueError("StableVideoDiffusionPipeline: unet.config.num_frames is null; pass num_frames")
         decode_chunk_size = decode_chunk_size if decode_chunk_size is not None else num_frames
         if height % 8 or width % 8:
             raise ValueError(f"`height` and `width` have to be divisible by 8 but are {height} and {width}")
         if output_type not in ("pil", "np", "latent"):
             raise ValueError(f"output_type {output_type!r} is not supported; expected 'pil', 'np' or 'latent'")
+        if output_type != "latent":  # decoding divides by it: refuse a null one before denoising
+            required_config(self.vae, "scaling_factor", "StableVideoDiffusionPipeline")
         images = _as_image_list(image)
         batch = len(images)
         do_cfg = max_guidance_scale > 1
