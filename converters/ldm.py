@@ -36,7 +36,10 @@ from __future__ import annotations
 
 import re
 
+import json
+
 from .base import Rule
+from .errors import ConversionError
 
 UNET = "model.diffusion_model."
 VAE = "first_stage_model."
@@ -49,6 +52,39 @@ UNET_RESNET_LEAVES = (("in_layers.0", "norm1"), ("in_layers.2", "conv1"), ("emb_
 VAE_RESNET_LEAVES = (("norm1", "norm1"), ("conv1", "conv1"), ("norm2", "norm2"), ("conv2", "conv2"),
                      ("nin_shortcut", "conv_shortcut"))
 VAE_ATTENTION_LEAVES = (("norm", "group_norm"), ("q", "to_q"), ("k", "to_k"), ("v", "to_v"), ("proj_out", "to_out.0"))
+
+
+# diffusers' defaults (0.42) of the config fields the row generators read: a config that leaves a field out (older
+# files; a class saved with its defaults writes them all) means this value
+ROW_DEFAULTS = {
+    "UNet2DConditionModel": {
+        "block_out_channels": (320, 640, 1280, 1280), "layers_per_block": 2,
+        "down_block_types": ("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
+        "up_block_types": ("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+    },
+    "UNetSpatioTemporalConditionModel": {
+        "block_out_channels": (320, 640, 1280, 1280), "layers_per_block": 2,
+        "down_block_types": ("CrossAttnDownBlockSpatioTemporal", "CrossAttnDownBlockSpatioTemporal",
+                             "CrossAttnDownBlockSpatioTemporal", "DownBlockSpatioTemporal"),
+        "up_block_types": ("UpBlockSpatioTemporal", "CrossAttnUpBlockSpatioTemporal", "CrossAttnUpBlockSpatioTemporal",
+                           "CrossAttnUpBlockSpatioTemporal"),
+    },
+    "AutoencoderKL": {"block_out_channels": (64,), "layers_per_block": 1},
+    "AutoencoderKLTemporalDecoder": {"block_out_channels": (64,), "layers_per_block": 1},
+}
+
+
+def config_field(config: dict, key: str, class_name: str):
+    """A config field the rows depend on: diffusers' default when absent; a null one is refused (diffusers cannot
+    build the model with it either), naming the field and the default."""
+    default = ROW_DEFAULTS[class_name][key]
+    if key not in config:
+        return default
+    value = config[key]
+    if value is None:
+        raise ConversionError(f"{class_name} config field {key!r} is null (diffusers cannot build the model with "
+                              f"it); expected a value like diffusers' default {json.dumps(default)}")
+    return value
 
 
 def leaf_rows(src: str, dst: str, leaves, reason: str, transform: str = "identity") -> list[Rule]:
@@ -66,13 +102,15 @@ def per_level(value, n: int) -> list:
     return list(value) if isinstance(value, (list, tuple)) else [value] * n
 
 
-def unet_rows(config: dict, resnet_rows, attention_rows, prefix: str = UNET) -> list[Rule]:
+def unet_rows(config: dict, resnet_rows, attention_rows, prefix: str = UNET,
+              class_name: str = "UNet2DConditionModel") -> list[Rule]:
     """The LDM UNet's block arithmetic. `resnet_rows(src, dst)` and `attention_rows(src, dst)` give the rows of one
-    ResBlock / transformer (SD: plain, SVD: with their temporal halves)."""
-    n = len(config["block_out_channels"])
-    layers = per_level(config.get("layers_per_block", 2), n)
-    down_attn = ["CrossAttn" in t for t in config["down_block_types"]]
-    up_attn = ["CrossAttn" in t for t in config["up_block_types"]]
+    ResBlock / transformer (SD: plain, SVD: with their temporal halves). Fields absent from `config` take
+    `class_name`'s diffusers defaults."""
+    n = len(config_field(config, "block_out_channels", class_name))
+    layers = per_level(config_field(config, "layers_per_block", class_name), n)
+    down_attn = ["CrossAttn" in t for t in config_field(config, "down_block_types", class_name)]
+    up_attn = ["CrossAttn" in t for t in config_field(config, "up_block_types", class_name)]
     p = prefix
     rows = leaf_rows(f"{p}time_embed", "time_embedding", (("0", "linear_1"), ("2", "linear_2")), "LDM time_embed Sequential")
     rows += leaf_rows(f"{p}input_blocks.0", "", (("0", "conv_in"),), "LDM input_blocks.0 is conv_in")
@@ -119,8 +157,9 @@ def sd_unet_rows(config: dict) -> list[Rule]:
 def vae_rows(config: dict, decoder_resnet_rows=None, prefix: str = VAE, temporal_decoder: bool = False) -> list[Rule]:
     """LDM AutoencoderKL rows. `decoder_resnet_rows(src, dst)` overrides the decoder's ResnetBlock rows (SVD's
     VideoResBlock); `temporal_decoder` maps SVD's AE3DConv `conv_out.time_mix_conv` and has no post_quant_conv."""
-    n = len(config["block_out_channels"])
-    layers = config.get("layers_per_block", 2)
+    class_name = "AutoencoderKLTemporalDecoder" if temporal_decoder else "AutoencoderKL"
+    n = len(config_field(config, "block_out_channels", class_name))
+    layers = config_field(config, "layers_per_block", class_name)
     p = prefix
 
     def resnet(src, dst):

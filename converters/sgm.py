@@ -64,7 +64,7 @@ def svd_unet_rows(config: dict) -> list[Rule]:
             _mix_row(f"{src}.time_mixer", f"{dst}.time_mixer"),
         ]
 
-    rows = unet_rows(config, resnet, attention)
+    rows = unet_rows(config, resnet, attention, class_name="UNetSpatioTemporalConditionModel")
     rows += leaf_rows("model.diffusion_model.label_emb.0", "add_embedding", (("0", "linear_1"), ("2", "linear_2")),
                       "label_emb (num_classes='sequential') is the added-time-ids embedding")
     return rows

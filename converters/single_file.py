@@ -188,7 +188,11 @@ def split_single_file(path: Path, tensors: dict, layout: Layout, config_dir=None
             raise ConversionError(f"{config_dir}/{name}/config.json: holds a {got}, but the {layout.name} layout's "
                                   f"{name} is a {cls}")
         src = ComponentSource(path.parent, config, cls, [path], parts[name])
-        src.converter = LayoutConverter(cls, rows(config))
+        try:
+            src.converter = LayoutConverter(cls, rows(config))
+        except ConversionError as e:  # the rows read the config: name the file it came from
+            where = f"{config_dir}/{name}/config.json" if config_dir is not None else f"built-in {name} config"
+            raise ConversionError(f"{where}: {e}") from None
         sources[name] = src
     return SingleFile(layout, sources, dropped, index, plain)
 
