@@ -74,18 +74,19 @@ def check_null_config(cls, config: dict) -> None:
     """Configs as diffusers writes them hold nulls: a field whose diffusers default is None (e.g. `sample_size`), or
     one the class lists in `nullable_config` (diffusers gives None a meaning there, mostly "off"), may be null. Any
     other null field is one diffusers cannot build (or run) a model with: refuse it in one line, naming the field,
-    what it should hold and diffusers' default (or the valid choices)."""
+    what it should hold and diffusers' (transformers') default or the valid choices."""
     params = inspect.signature(cls.__init__).parameters
     for key, value in config.items():
         p = params.get(key)
         if value is not None or p is None or p.default is None or p.default is inspect.Parameter.empty \
                 or key in cls.nullable_config:
             continue
+        lib = cls.config_library
         choices = cls.config_choices.get(key)
         what = (f"one of {', '.join(json.dumps(c) for c in choices)}" if choices
-                else f"{_expected(p.default)} (diffusers' default: {json.dumps(p.default)})")
-        raise ValueError(f"{cls.__name__}: config field {key!r} is null, which diffusers cannot build the model with; "
-                         f"expected {what}")
+                else f"{_expected(p.default)} ({lib}' default: {json.dumps(p.default)})")
+        raise ValueError(f"{cls.__name__}: config field {key!r} is null ({lib} cannot build or run the model with "
+                         f"it); expected {what}")
 
 
 class ModelMixin(nn.Cell):
@@ -98,6 +99,8 @@ class ModelMixin(nn.Cell):
     nullable_config: frozenset = frozenset()
     # fields with a closed set of values: a null one is refused naming them
     config_choices: dict = {}
+    # whose config conventions (and defaults) the class follows
+    config_library: str = "diffusers"
 
     @classmethod
     def from_config(cls, config: dict, **overrides):
@@ -108,12 +111,14 @@ class ModelMixin(nn.Cell):
         kwargs = {k: v for k, v in config.items() if not k.startswith("_") and (accepts_any or k in sig.parameters)}
         with backend.shared_parameter_load():
             model = cls(**kwargs)
-        full = {k: v for k, v in config.items() if not k.startswith("_")}
-        for name, p in sig.parameters.items():
-            if name != "self" and p.default is not inspect.Parameter.empty and p.kind is not p.VAR_KEYWORD:
-                full.setdefault(name, p.default)
-        model.config = Config(full)
+        model.config = Config({**cls.config_defaults(), **{k: v for k, v in config.items() if not k.startswith("_")}})
         return model
+
+    @classmethod
+    def config_defaults(cls) -> dict:
+        """{field: default} of every config field: what a config that leaves a field out means (diffusers')."""
+        return {name: p.default for name, p in inspect.signature(cls.__init__).parameters.items()
+                if name != "self" and p.default is not inspect.Parameter.empty and p.kind is not p.VAR_KEYWORD}
 
     # -- parameters ------------------------------------------------------------------------------------------------
     def parameter_spec(self) -> dict[str, tuple[tuple[int, ...], str]]:

@@ -182,6 +182,7 @@ class CLIPVisionModel(ModelMixin):
     # transformers builds and runs with it null (inference has no dropout)
     nullable_config = frozenset({"attention_dropout"})
     config_choices = {"hidden_act": ("quick_gelu", "gelu")}
+    config_library = "transformers"
 
     def __init__(
         self,
@@ -231,6 +232,7 @@ class CLIPVisionModelWithProjection(ModelMixin):
     diffusers_class = "CLIPVisionModelWithProjection"
     nullable_config = frozenset({"attention_dropout"})
     config_choices = {"hidden_act": ("quick_gelu", "gelu")}
+    config_library = "transformers"
 
     def __init__(
         self,
@@ -317,6 +319,7 @@ class CLIPTextModel(ModelMixin):
     # transformers builds and runs with these null (unused by the text tower's forward); eos_token_id is needed
     nullable_config = frozenset({"attention_dropout", "pad_token_id", "bos_token_id", "projection_dim"})
     config_choices = {"hidden_act": ("quick_gelu", "gelu")}
+    config_library = "transformers"
 
     def __init__(
         self,
@@ -372,6 +375,7 @@ class CLIPTextModelWithProjection(ModelMixin):
     diffusers_class = "CLIPTextModelWithProjection"
     nullable_config = frozenset({"attention_dropout", "pad_token_id", "bos_token_id"})
     config_choices = {"hidden_act": ("quick_gelu", "gelu")}
+    config_library = "transformers"
 
     def __init__(
         self,

@@ -611,20 +611,24 @@ class UNetMotionModel(ModelMixin):
 
     @classmethod
     def config_from_unet2d(cls, unet_config: dict, adapter_config: dict | None = None) -> dict:
-        config = dict(unet_config)
+        """diffusers' `from_unet2d` config: the UNet's (fields it leaves out at UNet2DConditionModel's defaults), block
+        types mapped to their motion versions, the motion fields from the adapter's (likewise completed)."""
+        from .unet_2d_condition import UNet2DConditionModel
+
+        config = {**UNet2DConditionModel.config_defaults(), **unet_config}
         config["down_block_types"] = ["CrossAttnDownBlockMotion" if "CrossAttn" in t else "DownBlockMotion"
                                       for t in config["down_block_types"]]
         config["up_block_types"] = ["CrossAttnUpBlockMotion" if "CrossAttn" in t else "UpBlockMotion"
                                     for t in config["up_block_types"]]
         if adapter_config is not None:
-            a = adapter_config
+            a = {**MotionAdapter.config_defaults(), **adapter_config}
             config.update(
                 motion_num_attention_heads=a["motion_num_attention_heads"],
                 motion_max_seq_length=a["motion_max_seq_length"],
                 use_motion_mid_block=a["use_motion_mid_block"],
                 layers_per_block=a["motion_layers_per_block"],
-                temporal_transformer_layers_per_mid_block=a.get("motion_transformer_layers_per_mid_block", 1),
-                temporal_transformer_layers_per_block=a.get("motion_transformer_layers_per_block", 1),
+                temporal_transformer_layers_per_mid_block=a["motion_transformer_layers_per_mid_block"],
+                temporal_transformer_layers_per_block=a["motion_transformer_layers_per_block"],
             )
             if a.get("conv_in_channels"):
                 config["in_channels"] = a["conv_in_channels"]
