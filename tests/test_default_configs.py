@@ -24,6 +24,8 @@ torch = pytest.importorskip("torch")
 diffusers = pytest.importorskip("diffusers")
 transformers = pytest.importorskip("transformers")
 
+from mindspore import Tensor  # noqa: E402
+
 from converters import ConversionError, converter_for  # noqa: E402
 from converters.ldm import sd_unet_rows, vae_rows  # noqa: E402
 from converters.sgm import svd_unet_rows, svd_vae_rows  # noqa: E402
@@ -200,6 +202,22 @@ def test_saved_config_loads_and_matches_diffusers(name, nulls, tmp_path):
     assert {k for k in _nulls(name) if nulls and k in written} <= {k for k, v in written.items() if v is None}
     x = _inputs(name)
     assert_close(_ours_forward(ours, x), _torch_forward(ref, x), where=f"{name} ({'nulls' if nulls else 'defaults'})")
+
+
+def test_transformer_2d_nulls_match_diffusers(tmp_path):
+    """The spatial transformer on its own: switches null (no attention biases, no norm affines, conv projections),
+    attention_type null."""
+    config = {**_nulls("Transformer2DModel"), "num_attention_heads": 2, "attention_head_dim": 8, "norm_num_groups": 4,
+              "in_channels": 16, "cross_attention_dim": 12}  # (a null in_channels is the discrete variant: not ported)
+    torch.manual_seed(0)
+    ref = randomise(diffusers.Transformer2DModel(**config).eval(), 0)
+    ours = _roundtrip(ref, "Transformer2DModel", tmp_path)
+    rng = np.random.Generator(np.random.PCG64(1))
+    x, ctx = rng.standard_normal((2, 16, 4, 3)).astype(np.float32), rng.standard_normal((2, 5, 12)).astype(np.float32)
+    with torch.no_grad():
+        expected = ref(torch.from_numpy(x), encoder_hidden_states=torch.from_numpy(ctx)).sample
+    got = ours(Tensor(x), encoder_hidden_states=Tensor(ctx)).sample
+    assert_close(got, expected, where="Transformer2DModel (nulls)")
 
 
 def test_motion_adapter_nulls_and_from_unet2d(tmp_path):

@@ -27,9 +27,10 @@ class Transformer2DModel(ModelMixin):
     BasicTransformerBlocks on the H*W tokens -> proj_out -> residual. Input and output are (B, C, H, W)."""
 
     diffusers_class = "Transformer2DModel"
-    # switches diffusers reads null as off
+    # diffusers builds and runs with these null: switches read as off (no attention biases, no norm affines too),
+    # attention_type null is the default attention
     nullable_config = frozenset({"use_linear_projection", "only_cross_attention", "double_self_attention",
-                                 "upcast_attention"})
+                                 "upcast_attention", "attention_bias", "norm_elementwise_affine", "attention_type"})
 
     def __init__(self, num_attention_heads: int = 16, attention_head_dim: int = 88, in_channels: int | None = None,
                  out_channels: int | None = None, num_layers: int = 1, dropout: float = 0.0,
@@ -42,6 +43,7 @@ class Transformer2DModel(ModelMixin):
                  caption_channels: int | None = None, interpolation_scale: float | None = None,
                  use_additional_conditions: bool | None = None):
         super().__init__()
+        attention_type = "default" if attention_type is None else attention_type  # as diffusers reads a null one
         # 0. only the continuous-input variant is ported
         if in_channels is None or patch_size is not None or num_vector_embeds is not None:
             raise NotImplementedError(
