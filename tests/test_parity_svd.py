@@ -49,3 +49,19 @@ def test_parity_bad_input(tmp_path, capsys):
     assert "no such file or folder" in capsys.readouterr().err
     assert main(["parity", str(build("svd-tiny")), "--steps", "0", "--out", str(tmp_path / "r")]) == 2
     assert "--steps" in capsys.readouterr().err
+
+
+def test_parity_on_a_unet_config_with_null_sample_size(tmp_path, capsys):
+    """`UNetSpatioTemporalConditionModel()` saves `"sample_size": null`; parity runs (it used to die with a
+    TypeError in the adapter's default settings) and takes the sizes given on the command line."""
+    src = tmp_path / "svd"
+    shutil.copytree(build("svd-tiny"), src)
+    (src / "mindport_fixture.json").unlink()
+    cfg_path = src / "unet" / "config.json"
+    cfg_path.write_text(json.dumps({**json.loads(cfg_path.read_text()), "sample_size": None}))
+    out = tmp_path / "report"
+    code = main(["parity", str(src), "--frames", "3", "--height", "32", "--width", "40", "--steps", "1", "--no-floor",
+                 "--no-isolation", "--weight-samples", "0", "--out", str(out)])
+    report = json.loads((out / "report.json").read_text())
+    assert code == 0, capsys.readouterr().out + json.dumps(report["first_divergence"])
+    assert (report["settings"]["frames"], report["settings"]["height"], report["settings"]["width"]) == (3, 32, 40)

@@ -151,3 +151,37 @@ def test_committed_reports_ran_their_declared_settings(name):
         settings = json.loads(path.read_text())["settings"]
         for key, value in adapter.presets[name]["run"].items():
             assert settings.get(key) == value, (str(path), key, settings.get(key), value)
+
+
+@pytest.mark.parametrize("pipeline, configs, expected", [
+    # configs as the classes save their defaults: sample_size null -> the pipeline's call defaults
+    ("StableVideoDiffusionPipeline", {"unet": {"sample_size": None, "num_frames": None}, "vae": {}},
+     {"height": 576, "width": 1024, "frames": 25}),
+    ("StableVideoDiffusionPipeline", {"unet": {"sample_size": 12, "num_frames": 14},
+                                      "vae": {"block_out_channels": [8, 8, 8]}}, {"height": 48, "width": 48, "frames": 14}),
+    ("I2VGenXLPipeline", {"unet": {"sample_size": None}, "vae": {"block_out_channels": None}},
+     {"height": 704, "width": 1280, "frames": 16}),
+    ("AnimateDiffPipeline", {"unet": {"sample_size": None, "motion_max_seq_length": None}, "vae": {"sample_size": 256}},
+     {"height": 256, "width": 256, "frames": 16}),
+    ("AnimateDiffPipeline", {"unet": {"sample_size": 8, "motion_max_seq_length": 6},
+                             "vae": {"block_out_channels": [4, 4]}}, {"height": 16, "width": 16, "frames": 6}),
+    ("AnimateDiffPipeline", {}, {"height": 512, "width": 512, "frames": 16}),  # no configs at all
+])
+def test_default_settings_from_configs_with_nulls(pipeline, configs, expected, tmp_path):
+    pytest.importorskip("torch")
+    from parity.adapter import adapter_for
+
+    for component, config in configs.items():
+        (tmp_path / component).mkdir()
+        (tmp_path / component / "config.json").write_text(json.dumps(config))
+    settings = adapter_for(pipeline).settings(tmp_path)
+    assert {k: settings[k] for k in expected} == expected
+
+
+def test_bad_run_sizes_are_refused(tmp_path):
+    pytest.importorskip("torch")
+    from converters import ConversionError
+    from parity.adapter import adapter_for
+
+    with pytest.raises(ConversionError, match="frames 0 for AnimateDiffPipeline: expected a positive integer"):
+        adapter_for("AnimateDiffPipeline").settings(tmp_path, frames=0)
