@@ -373,6 +373,7 @@ BAD_SHAPE = 2  # the C++ kernels' status for shapes or settings they cannot take
 # ----------------------------------------------------------------------------------------------------------------
 
 _synchronous_launch = False
+_synchronize_armed = False
 
 
 def set_synchronous_launch(synchronous: bool) -> None:
@@ -380,6 +381,16 @@ def set_synchronous_launch(synchronous: bool) -> None:
     for the ops that write its inputs."""
     global _synchronous_launch
     _synchronous_launch = synchronous
+
+
+def _wait_for_launched_ops() -> None:
+    """ms.runtime.synchronize(), called twice the first time: on CPU (2.8) its first call in a process only logs
+    "CPU device is not supported" and returns; later calls wait."""
+    global _synchronize_armed
+    if not _synchronize_armed:
+        ms.runtime.synchronize()
+        _synchronize_armed = True
+    ms.runtime.synchronize()
 
 
 @lru_cache(maxsize=None)
@@ -422,7 +433,7 @@ class Kernel:
         if n:  # else the output is empty: nothing to compute
             inputs = [t if t.is_contiguous() else t.contiguous() for t in inputs]
             if not _synchronous_launch:  # ops launched asynchronously may not have written their outputs yet
-                ms.runtime.synchronize()
+                _wait_for_launched_ops()
             ptrs = (ctypes.c_void_p * n)(*[t.data_ptr() for t in inputs], _attrs(*settings).data_ptr(),
                                          result.data_ptr())
             status = self.fn(n, ptrs, ndims, dims, None, None, None)
