@@ -184,11 +184,11 @@ class ModelMixin(nn.Cell):
         (Path(folder) / self.config_name).write_text(json.dumps(cfg, indent=2, sort_keys=True))
 
 
-def required_config(model, key: str, owner: str):
+def required_config(model, key: str, owner: str, expected: str = "a number (diffusers' default 0.18215)"):
     """A config value a caller cannot do without (a pipeline's `vae.config.scaling_factor`): one line when it is
     null (diffusers builds such a model, then fails on the arithmetic)."""
     value = model.config.get(key)
     if value is None:
-        raise ValueError(f"{owner}: {type(model).__name__} config field {key!r} is null; expected a number "
-                         "(e.g. 0.18215, diffusers' default) in its config.json")
+        raise ValueError(f"{owner}: {type(model).__name__} config field {key!r} is null; expected {expected} in its "
+                         "config.json")
     return value

@@ -361,18 +361,22 @@ def test_pipeline_output_size_follows_sample_size_then_fallbacks():
         size(None, None, _stub(sample_size=None), 8, vae=_stub(sample_size=None), owner="AnimateDiffPipeline")
 
 
-def test_svd_pipeline_null_num_frames_and_scaling_factor():
-    from mindport.pipelines.stable_video_diffusion import StableVideoDiffusionPipeline
+@pytest.mark.parametrize("pipeline", ["stable_video_diffusion.StableVideoDiffusionPipeline",
+                                      "animatediff.AnimateDiffPipeline", "i2vgen_xl.I2VGenXLPipeline"])
+def test_pipelines_refuse_a_null_scaling_factor_before_denoising(pipeline):
+    import importlib
 
-    image = np.zeros((16, 16, 3), np.float32)
-    vae = _stub(block_out_channels=[32, 64], scaling_factor=0.18215, force_upcast=None, sample_size=None)
-    pipe = StableVideoDiffusionPipeline(vae=vae, image_encoder=None, unet=_stub(sample_size=None, num_frames=None),
-                                        scheduler=None)
-    with pytest.raises(ValueError, match="unet.config.num_frames is null; pass num_frames"):
-        pipe(image)
-    pipe.vae = _stub(block_out_channels=[32, 64], scaling_factor=None)
-    with pytest.raises(ValueError, match="config field 'scaling_factor' is null"):
-        pipe(image, num_frames=2)
+    module, name = pipeline.split(".")
+    cls = getattr(importlib.import_module(f"mindport.pipelines.{module}"), name)
+    pipe = cls.__new__(cls)  # no components are reached before the check
+    pipe.vae = _stub(block_out_channels=[32, 64], scaling_factor=None, sample_size=None)
+    pipe.unet = _stub(sample_size=None, num_frames=None, motion_max_seq_length=32, in_channels=4)
+    pipe.vae_scale_factor, pipe._guidance_scale = 2, 1.0
+    kwargs = dict(image=np.zeros((16, 16, 3), np.float32)) if "AnimateDiff" not in name else dict(prompt="a")
+    if "I2VGen" in name:
+        kwargs["prompt"] = "a"
+    with pytest.raises(ValueError, match=f"{name}: .* config field 'scaling_factor' is null"):
+        pipe(height=16, width=16, num_frames=2, **kwargs)
 
 
 def test_i2vgen_crop_size_null_is_clip_default():

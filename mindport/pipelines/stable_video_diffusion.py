@@ -117,9 +117,8 @@ class StableVideoDiffusionPipeline(DiffusionPipeline):
         # (a config saved with diffusers' defaults has sample_size null: the documented 576 x 1024 then)
         height, width = ip.pipeline_output_size(height, width, self.unet, self.vae_scale_factor, fallback=(576, 1024),
                                                 owner="StableVideoDiffusionPipeline")
-        num_frames = num_frames if num_frames is not None else self.unet.config.get("num_frames")
-        if num_frames is None:
-            raise ValueError("StableVideoDiffusionPipeline: unet.config.num_frames is null; pass num_frames")
+        if num_frames is None:  # the UNet's; null there: UNetSpatioTemporalConditionModel's default, 25
+            num_frames = self.unet.config.get("num_frames") or 25
         decode_chunk_size = decode_chunk_size if decode_chunk_size is not None else num_frames
         if height % 8 or width % 8:
             raise ValueError(f"`height` and `width` have to be divisible by 8 but are {height} and {width}")
