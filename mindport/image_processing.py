@@ -252,8 +252,8 @@ def _pixel_pair(size, scale: int = 1) -> tuple[int, int]:
     return int(h) * scale, int(w) * scale
 
 
-def pipeline_output_size(height, width, unet, vae_scale_factor: int, fallback=None, vae=None,
-                         owner: str = "pipeline") -> tuple[int, int]:
+def pipeline_output_size(height, width, unet_config: dict, vae_scale_factor: int, fallback=None,
+                         vae_config: dict | None = None, owner: str = "pipeline") -> tuple[int, int]:
     """The (height, width) a pipeline generates when `height` / `width` are not given: as diffusers, the UNet's
     `sample_size` (an int or [h, w], in latent pixels) times the VAE scale factor. A config saved with diffusers'
     defaults has `"sample_size": null` (diffusers' pipelines then fail on `None * vae_scale_factor`); then the
@@ -261,8 +261,8 @@ def pipeline_output_size(height, width, unet, vae_scale_factor: int, fallback=No
     (pixels), else the caller is asked for both sizes."""
     if height and width:
         return int(height), int(width)
-    sample_size = unet.config.get("sample_size")
-    vae_size = vae.config.get("sample_size") if vae is not None else None
+    sample_size = unet_config.get("sample_size")
+    vae_size = (vae_config or {}).get("sample_size")
     if sample_size is not None:
         default = _pixel_pair(sample_size, vae_scale_factor)
     elif fallback is not None:

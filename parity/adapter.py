@@ -69,8 +69,10 @@ class PipelineAdapter:
             return read_json(path) if path.exists() else {}
 
         explicit = {"frames": frames, "height": height, "width": width, "decode_chunk_size": decode_chunk_size}
-        out = {"decode_chunk_size": None, **self.default_settings(config), **fixture_run_settings(root)}
+        out = {"decode_chunk_size": None, **fixture_run_settings(root)}
         out.update({k: v for k, v in explicit.items() if v is not None})
+        if not {"frames", "height", "width"} <= set(out):  # only then: a folder may have no size of its own
+            out = {**self.default_settings(config), **out}
         for key in ("frames", "height", "width"):
             if not isinstance(out[key], int) or out[key] < 1:
                 raise ConversionError(f"{key} {out[key]!r} for {self.pipeline}: expected a positive integer")

@@ -9,6 +9,8 @@ variance draw per step (`step`).
 
 from __future__ import annotations
 
+from mindport.image_processing import pipeline_output_size
+
 from .adapter import PipelineAdapter, vae_scale_factor
 from .fixtures import randomise, write_tiny_clip_vocab
 
@@ -134,12 +136,12 @@ class AnimateDiffAdapter(PipelineAdapter):
         )
 
     def default_settings(self, config) -> dict:
-        """diffusers' defaults: the UNet's sample_size times the VAE factor (512 for SD 1.5; when the config has
-        none, the VAE's own sample_size, else 512), 16 frames (fewer if the motion modules hold fewer positions)."""
+        """As the pipeline: the UNet's sample_size times the VAE factor (512 for SD 1.5; the VAE's own sample_size
+        when null), 16 frames (fewer if the motion modules hold fewer positions)."""
         unet, vae = config("unet"), config("vae")
-        size = unet.get("sample_size")
-        size = size * vae_scale_factor(vae) if size else (vae.get("sample_size") or 512)
-        return {"height": size, "width": size, "frames": min(16, unet.get("motion_max_seq_length") or 32)}
+        height, width = pipeline_output_size(None, None, unet, vae_scale_factor(vae), vae_config=vae,
+                                             owner="mindport parity (--height, --width)")
+        return {"height": height, "width": width, "frames": min(16, unet.get("motion_max_seq_length") or 32)}
 
 
 ADAPTER = AnimateDiffAdapter()

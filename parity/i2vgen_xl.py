@@ -21,6 +21,8 @@ import types
 
 import numpy as np
 
+from mindport.image_processing import pipeline_output_size
+
 from .adapter import PipelineAdapter, vae_scale_factor
 from .fixtures import randomise, synthetic_image, write_tiny_clip_vocab
 
@@ -199,11 +201,9 @@ class I2VGenXLAdapter(PipelineAdapter):
         return np.asarray(out.frames, dtype=np.float32)
 
     def default_settings(self, config) -> dict:
-        """diffusers: the UNet's sample_size times the VAE factor; the pipeline's call defaults (704 x 1280) when
-        the config has none; 16 frames."""
-        size = config("unet").get("sample_size")
-        factor = vae_scale_factor(config("vae"))
-        height, width = (size * factor, size * factor) if size else (704, 1280)
+        """As the pipeline: the UNet's sample_size times the VAE factor (704 x 1280 when null); 16 frames."""
+        height, width = pipeline_output_size(None, None, config("unet"), vae_scale_factor(config("vae")),
+                                             fallback=(704, 1280))
         return {"height": height, "width": width, "frames": 16}
 
 

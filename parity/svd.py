@@ -3,6 +3,8 @@ them with identical arguments."""
 
 from __future__ import annotations
 
+from mindport.image_processing import pipeline_output_size
+
 from .adapter import PipelineAdapter, vae_scale_factor
 from .fixtures import randomise, synthetic_image
 
@@ -111,12 +113,10 @@ class StableVideoDiffusionAdapter(PipelineAdapter):
         )
 
     def default_settings(self, config) -> dict:
-        """diffusers: the UNet's sample_size times the VAE factor (the pipeline's call defaults, 576 x 1024, when the
-        config has none) and the UNet's num_frames (its class default, 25, when null)."""
+        """As the pipeline: the UNet's sample_size times the VAE factor (576 x 1024 when null) and its num_frames
+        (25, the class default, when null)."""
         unet = config("unet")
-        size = unet.get("sample_size")
-        factor = vae_scale_factor(config("vae"))
-        height, width = (size * factor, size * factor) if size else (576, 1024)
+        height, width = pipeline_output_size(None, None, unet, vae_scale_factor(config("vae")), fallback=(576, 1024))
         return {"height": height, "width": width, "frames": unet.get("num_frames") or 25}
 
 

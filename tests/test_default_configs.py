@@ -351,14 +351,14 @@ def _stub(**config):
 
 def test_pipeline_output_size_follows_sample_size_then_fallbacks():
     size = ip.pipeline_output_size
-    assert size(None, None, _stub(sample_size=64), 8) == (512, 512)
-    assert size(None, 320, _stub(sample_size=[40, 72]), 8) == (320, 320)
-    assert size(None, None, _stub(sample_size=[40, 72]), 8) == (320, 576)
-    assert size(None, None, _stub(sample_size=None), 8, fallback=(576, 1024)) == (576, 1024)
-    assert size(None, None, _stub(sample_size=None), 8, vae=_stub(sample_size=512)) == (512, 512)
-    assert size(48, 64, _stub(sample_size=None), 8) == (48, 64)
+    assert size(None, None, dict(sample_size=64), 8) == (512, 512)
+    assert size(None, 320, dict(sample_size=[40, 72]), 8) == (320, 320)
+    assert size(None, None, dict(sample_size=[40, 72]), 8) == (320, 576)
+    assert size(None, None, dict(sample_size=None), 8, fallback=(576, 1024)) == (576, 1024)
+    assert size(None, None, dict(sample_size=None), 8, vae_config=dict(sample_size=512)) == (512, 512)
+    assert size(48, 64, dict(sample_size=None), 8) == (48, 64)
     with pytest.raises(ValueError, match="sample_size are null.*pass height and width"):
-        size(None, None, _stub(sample_size=None), 8, vae=_stub(sample_size=None), owner="AnimateDiffPipeline")
+        size(None, None, dict(sample_size=None), 8, vae_config=dict(sample_size=None), owner="AnimateDiffPipeline")
 
 
 @pytest.mark.parametrize("pipeline", ["stable_video_diffusion.StableVideoDiffusionPipeline",

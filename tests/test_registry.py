@@ -165,7 +165,6 @@ def test_committed_reports_ran_their_declared_settings(name):
      {"height": 256, "width": 256, "frames": 16}),
     ("AnimateDiffPipeline", {"unet": {"sample_size": 8, "motion_max_seq_length": 6},
                              "vae": {"block_out_channels": [4, 4]}}, {"height": 16, "width": 16, "frames": 6}),
-    ("AnimateDiffPipeline", {}, {"height": 512, "width": 512, "frames": 16}),  # no configs at all
 ])
 def test_default_settings_from_configs_with_nulls(pipeline, configs, expected, tmp_path):
     pytest.importorskip("torch")
@@ -184,4 +183,7 @@ def test_bad_run_sizes_are_refused(tmp_path):
     from parity.adapter import adapter_for
 
     with pytest.raises(ConversionError, match="frames 0 for AnimateDiffPipeline: expected a positive integer"):
-        adapter_for("AnimateDiffPipeline").settings(tmp_path, frames=0)
+        adapter_for("AnimateDiffPipeline").settings(tmp_path, frames=0, height=8, width=8)
+    # no size anywhere (no configs, no flags): one line asking for them
+    with pytest.raises(ValueError, match=r"mindport parity \(--height, --width\): .*sample_size are null"):
+        adapter_for("AnimateDiffPipeline").settings(tmp_path)

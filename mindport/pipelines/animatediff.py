@@ -202,7 +202,8 @@ class AnimateDiffPipeline(DiffusionPipeline):
     ):
         # 0. defaults and checks
         # (a config saved with diffusers' defaults has sample_size null: the VAE's sample_size, in pixels, then)
-        height, width = ip.pipeline_output_size(height, width, self.unet, self.vae_scale_factor, vae=self.vae,
+        height, width = ip.pipeline_output_size(height, width, self.unet.config, self.vae_scale_factor,
+                                                vae_config=self.vae.config if self.vae is not None else None,
                                                 owner="AnimateDiffPipeline")
         num_frames = 16 if num_frames is None else int(num_frames)
         num_videos_per_prompt = num_videos_per_prompt or 1

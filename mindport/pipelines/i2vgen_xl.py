@@ -196,7 +196,8 @@ class I2VGenXLPipeline(DiffusionPipeline):
     ):
         # 0. defaults and checks
         # (a config saved with diffusers' defaults has sample_size null: the documented 704 x 1280 then)
-        height, width = ip.pipeline_output_size(height, width, self.unet, self.vae_scale_factor, fallback=(704, 1280),
+        height, width = ip.pipeline_output_size(height, width, self.unet.config, self.vae_scale_factor,
+                                                fallback=(704, 1280),
                                                 owner="I2VGenXLPipeline")
         required_config(self.vae, "scaling_factor", "I2VGenXLPipeline")  # the image latents are scaled by it
         images = self.check_inputs(prompt, image, height, width, negative_prompt, prompt_embeds,

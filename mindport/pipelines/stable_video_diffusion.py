@@ -115,7 +115,8 @@ class StableVideoDiffusionPipeline(DiffusionPipeline):
     ):
         # 0. defaults and checks
         # (a config saved with diffusers' defaults has sample_size null: the documented 576 x 1024 then)
-        height, width = ip.pipeline_output_size(height, width, self.unet, self.vae_scale_factor, fallback=(576, 1024),
+        height, width = ip.pipeline_output_size(height, width, self.unet.config, self.vae_scale_factor,
+                                                fallback=(576, 1024),
                                                 owner="StableVideoDiffusionPipeline")
         if num_frames is None:  # the UNet's; null there: UNetSpatioTemporalConditionModel's default, 25
             num_frames = self.unet.config.get("num_frames") or 25
