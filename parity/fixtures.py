@@ -31,7 +31,8 @@ def randomise(module, seed: int, vector_std: float = 0.1):
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, p in [*module.named_parameters(), *module.named_buffers()]:
-            if not p.is_floating_point() or name.endswith(("position_ids", ".pe")):
+            # index and position tables, and computed rotary tables (Wan's rope.freqs_cos / freqs_sin), stay
+            if not p.is_floating_point() or name.endswith(("position_ids", ".pe")) or ".freqs_" in f".{name}":
                 continue
             n = torch.randn(p.shape, generator=g)
             if name.endswith("mix_factor"):
