@@ -108,7 +108,10 @@ def torch_side(pipe, ref: Capture, picks, seed: int, budget_s: float) -> list[di
             base[comp] = _run(modules, ref, comp, make, attach, call)
         p = dict(getattr(pipe, comp).named_parameters())[name]
         values = p.detach().float().numpy().copy()
-        delta = (rng.standard_normal(values.shape) * (0.5 * values.std() + 1e-3)).astype(np.float32)
+        # half the tensor's spread, and at least 5% of its magnitude: a near-constant tensor (a blend factor, a
+        # scalar) perturbed by its spread alone moves its module's output by less than one float16 step
+        scale = max(0.5 * float(values.std()), 0.05 * float(np.sqrt(np.mean(values.astype(np.float64) ** 2))), 1e-3)
+        delta = (rng.standard_normal(values.shape) * scale).astype(np.float32)
         with torch.no_grad():
             p.add_(torch.from_numpy(delta).to(p.dtype))
             moved = _run(modules, ref, comp, make, attach, call, base[comp])

@@ -28,7 +28,8 @@ slow = pytest.mark.slow
 # (preset, dtype, extra flags, random draws per run)
 CASES = [
     ("svd-tiny", "fp32", [], 2),
-    ("svd-tiny", "fp16", [], 2),
+    # a blend factor in the weight check: in fp16 its perturbation must still move its module's output
+    ("svd-tiny", "fp16", ["--weight-tensor", "unet.mid_block.resnets.0.time_mixer.mix_factor"], 2),
     ("svd-tiny-3level", "fp32", ["--decode-chunk-size", "2", "--weight-samples", "3"], 2),
     ("svd-tiny-wide", "fp32", ["--weight-samples", "3"], 2),
     ("animatediff-tiny", "fp32", ["--weight-samples", "4"], 1),
@@ -76,4 +77,5 @@ def test_parity_cli(preset, dtype, extra, draws, tmp_path, capsys):
     assert report["coverage"]["reference_only"] == [], report["coverage"]["reference_only"][:10]
     assert (out / "report.md").read_text().startswith("# Parity report")
     assert (out / "frames.png").exists()
+    assert report["weight_check"] is None or report["weight_check"]["passed"], report["weight_check"]["mismatches"]
     pipeline_specific(row.name, report)
