@@ -55,7 +55,7 @@ MS210   := .venv-ms210
 
 $(MS210)/.installed: pyproject.toml requirements.lock
 	test -x $(MS210)/bin/python || $(PY) -m venv $(MS210)
-	$(MS210)/bin/pip install -q mindspore==2.10.0 $$(grep -E '^(numpy|safetensors|huggingface_hub|pillow|imageio|tqdm|transformers)==' requirements.lock)
+	$(MS210)/bin/pip install -q mindspore==2.10.0 $$(grep -E '^(numpy|safetensors|huggingface_hub|pillow|imageio|tqdm|transformers|scipy-openblas32)==' requirements.lock)
 	$(MS210)/bin/pip install -q --no-deps -e .
 	touch $@
 
