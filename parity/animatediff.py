@@ -12,7 +12,7 @@ from __future__ import annotations
 from mindport.image_processing import pipeline_output_size
 
 from .adapter import PipelineAdapter, vae_scale_factor
-from .fixtures import randomise, write_tiny_clip_vocab
+from .fixtures import randomise, tiny_clip_text
 
 PROMPT = "the cat walking at night"
 NEGATIVE_PROMPT = "a dog, static"
@@ -65,8 +65,6 @@ def make_components(spec: dict, seed: int) -> dict:
     """The diffusers / transformers components of a tiny AnimateDiff (random weights): vae, text_encoder,
     tokenizer, unet (an SD 1.5-like UNet2DConditionModel), motion_adapter, scheduler (DDIM as AnimateDiff's
     examples configure it)."""
-    import tempfile
-
     import torch
     from diffusers import (
         AutoencoderKL,
@@ -74,8 +72,6 @@ def make_components(spec: dict, seed: int) -> dict:
         MotionAdapter,
         UNet2DConditionModel,
     )
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
-
 
     torch.manual_seed(seed)
     u = spec["unet"]
@@ -85,13 +81,7 @@ def make_components(spec: dict, seed: int) -> dict:
     vae = AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4, sample_size=32,
                         down_block_types=("DownEncoderBlock2D",) * levels, up_block_types=("UpDecoderBlock2D",) * levels,
                         **spec["vae"])
-    with tempfile.TemporaryDirectory() as tmp:
-        folder, vocab_size = write_tiny_clip_vocab(tmp)
-        tokenizer = CLIPTokenizer.from_pretrained(str(folder), model_max_length=16)
-    text_encoder = CLIPTextModel(CLIPTextConfig(
-        vocab_size=vocab_size, max_position_embeddings=16, projection_dim=u["cross_attention_dim"],
-        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
-        **{"hidden_act": "quick_gelu", **spec["text"]}))
+    tokenizer, text_encoder = tiny_clip_text(spec["text"], u["cross_attention_dim"], "quick_gelu")
     for i, m in enumerate((unet, adapter, vae, text_encoder)):
         randomise(m, seed * 10 + i)
     scheduler = DDIMScheduler(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="linear",

@@ -118,6 +118,23 @@ def write_tiny_clip_vocab(folder) -> tuple[Path, int]:
     return folder, len(vocab)
 
 
+def tiny_clip_text(text: dict, projection_dim: int, hidden_act: str):
+    """(tokenizer, transformers CLIPTextModel) for a tiny pipeline: the byte-level vocabulary above, 16 positions,
+    `text` (hidden_size, layers, heads, ...) over the given defaults."""
+    import tempfile
+
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+    with tempfile.TemporaryDirectory() as tmp:
+        folder, vocab_size = write_tiny_clip_vocab(tmp)
+        tokenizer = CLIPTokenizer.from_pretrained(str(folder), model_max_length=16)
+    text_encoder = CLIPTextModel(CLIPTextConfig(
+        vocab_size=vocab_size, max_position_embeddings=16, projection_dim=projection_dim,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+        **{"hidden_act": hidden_act, **text}))
+    return tokenizer, text_encoder
+
+
 def synthetic_image(width: int, height: int, seed: int = 0) -> PIL.Image.Image:
     """A deterministic, smooth-plus-detail RGB test picture (no files, no network)."""
     rng = np.random.Generator(np.random.PCG64(seed))

@@ -24,7 +24,7 @@ import numpy as np
 from mindport.image_processing import pipeline_output_size
 
 from .adapter import PipelineAdapter, vae_scale_factor
-from .fixtures import randomise, synthetic_image, write_tiny_clip_vocab
+from .fixtures import randomise, synthetic_image, tiny_clip_text
 
 PROMPT = "the cat in a hat"
 NEGATIVE_PROMPT = "blurry, static"
@@ -88,18 +88,9 @@ class I2VGenXLAdapter(PipelineAdapter):
     def make_fixture(self, spec: dict, seed: int):
         """A tiny I2VGenXLPipeline (diffusers, random weights), with a DDIM scheduler configured as the released
         checkpoint's (v-prediction, zero-SNR rescaled cosine betas, leading spacing)."""
-        import tempfile
-
         import torch
         from diffusers import AutoencoderKL, DDIMScheduler, I2VGenXLPipeline, I2VGenXLUNet
-        from transformers import (
-            CLIPImageProcessor,
-            CLIPTextConfig,
-            CLIPTextModel,
-            CLIPTokenizer,
-            CLIPVisionConfig,
-            CLIPVisionModelWithProjection,
-        )
+        from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModelWithProjection
 
         torch.manual_seed(seed)
         u = spec["unet"]
@@ -107,13 +98,7 @@ class I2VGenXLAdapter(PipelineAdapter):
         vae = AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4, sample_size=32, scaling_factor=0.18125,
                             down_block_types=("DownEncoderBlock2D",) * len(spec["vae"]["block_out_channels"]),
                             up_block_types=("UpDecoderBlock2D",) * len(spec["vae"]["block_out_channels"]), **spec["vae"])
-        with tempfile.TemporaryDirectory() as tmp:
-            folder, vocab_size = write_tiny_clip_vocab(tmp)
-            tokenizer = CLIPTokenizer.from_pretrained(str(folder), model_max_length=16)
-        text_encoder = CLIPTextModel(CLIPTextConfig(
-            vocab_size=vocab_size, max_position_embeddings=16, projection_dim=u["cross_attention_dim"],
-            bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
-            **{"hidden_act": "gelu", **spec["text"]}))
+        tokenizer, text_encoder = tiny_clip_text(spec["text"], u["cross_attention_dim"], "gelu")
         image_encoder = CLIPVisionModelWithProjection(CLIPVisionConfig(
             projection_dim=u["cross_attention_dim"], hidden_act="gelu", **spec["vision"]))
         for i, m in enumerate((unet, vae, text_encoder, image_encoder)):
