@@ -12,3 +12,8 @@ class WanTransformer3DConverter(ArchitectureConverter):
         Rule(r"blocks\.\d+\.attn2\.norm_added_q\.weight", None,
              reason="unused by the model; diffusers ignores it on load (_keys_to_ignore_on_load_unexpected)"),
     )
+
+
+class AutoencoderKLWanConverter(ArchitectureConverter):
+    class_name = "AutoencoderKLWan"
+    rules = ()
