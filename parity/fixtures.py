@@ -23,9 +23,9 @@ from .adapter import FIXTURE_META, adapter_for, check_run_settings, quiet_refere
 CACHE = Path(os.environ.get("MINDPORT_CACHE", Path(__file__).resolve().parent.parent / "build" / "fixtures"))
 
 def randomise(module, seed: int, vector_std: float = 0.1):
-    """Re-draw every floating parameter and buffer from a seeded normal: matrices N(0, 1/fan_in), norm scales
-    1 + N(0, std^2), other vectors N(0, std^2), blend factors +-U(0.5, 2) (sigmoid far from 0.5, so a swap of the
-    spatial and temporal paths shows). Returns the module in eval mode."""
+    """Re-draw every floating parameter and buffer from a seeded normal: matrices N(0, 1/fan_in), norm scales (any
+    shape with one non-unit axis) 1 + N(0, std^2), other vectors N(0, std^2), blend factors +-U(0.5, 2) (sigmoid far
+    from 0.5, so a swap of the spatial and temporal paths shows). Returns the module in eval mode."""
     import torch
 
     g = torch.Generator().manual_seed(seed)
@@ -38,10 +38,10 @@ def randomise(module, seed: int, vector_std: float = 0.1):
             if name.endswith("mix_factor"):
                 sign = 1.0 if torch.rand(1, generator=g).item() < 0.5 else -1.0
                 p.copy_(sign * (0.5 + 1.5 * torch.rand(p.shape, generator=g)))
+            elif "norm" in name and name.endswith(("weight", "gamma")) and p.numel() == max(p.shape, default=1):
+                p.copy_(1.0 + vector_std * n)  # a norm scale, also when shaped to broadcast (Wan's (C, 1, 1, 1))
             elif p.ndim >= 2:
                 p.copy_(n / math.sqrt(max(1, p[0].numel())))
-            elif "norm" in name and name.endswith("weight"):
-                p.copy_(1.0 + vector_std * n)
             else:
                 p.copy_(vector_std * n)
     return module.eval()
