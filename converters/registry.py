@@ -76,11 +76,14 @@ MODELS = (
     Model("UNetMotionModel", "unet_motion_model", "animatediff"),
     Model("I2VGenXLUNet", "unet_i2vgen_xl", "i2vgen_xl"),
     Model("WanTransformer3DModel", "transformer_wan", "wan"),
+    Model("AutoencoderKLWan", "autoencoder_kl_wan", "wan"),
 )
 
 SCHEDULERS = (
     Scheduler("EulerDiscreteScheduler", "scheduling_euler_discrete"),
     Scheduler("DDIMScheduler", "scheduling_ddim"),
+    Scheduler("UniPCMultistepScheduler", "scheduling_unipc_multistep"),
+    Scheduler("FlowMatchEulerDiscreteScheduler", "scheduling_flow_match_euler_discrete"),
 )
 
 # image processors and tokenizers a component entry may name (configs and vocabularies, no weights)
