@@ -21,8 +21,16 @@ import numpy as np
 
 from ..modeling import Config
 from ..utils import randn
-from .scheduling_unipc_multistep import _nulls_to_defaults
-from .scheduling_utils import _F32, SchedulerMixin, SchedulerOutput, _like, _MsTensor, _to_numpy, ms
+from .scheduling_utils import (
+    _F32,
+    SchedulerMixin,
+    SchedulerOutput,
+    _like,
+    _MsTensor,
+    _to_numpy,
+    ms,
+    nulls_to_defaults,
+)
 
 CHOICES = {"time_shift_type": ("exponential", "linear")}
 
@@ -55,7 +63,7 @@ class FlowMatchEulerDiscreteScheduler(SchedulerMixin):
         time_shift_type: str = "exponential",
         stochastic_sampling: bool = False,
     ):
-        v = _nulls_to_defaults(type(self).__init__, {k: val for k, val in locals().items() if k not in ("self", "__class__")})
+        v = nulls_to_defaults(type(self).__init__, {k: val for k, val in locals().items() if k not in ("self", "__class__")})
         self.config = Config(
             num_train_timesteps=int(v["num_train_timesteps"]),
             shift=float(v["shift"]),

@@ -16,7 +16,6 @@ Precision contract
 
 from __future__ import annotations
 
-import inspect
 import math
 
 import numpy as np
@@ -30,6 +29,7 @@ from .scheduling_utils import (
     _like,
     _MsTensor,
     _to_numpy,
+    nulls_to_defaults,
     training_betas,
 )
 
@@ -43,14 +43,6 @@ CHOICES = {
 }
 # names from DPM-Solver configs that diffusers maps to bh2 (it rewrites the config value)
 _BH2_ALIASES = ("midpoint", "heun", "logrho")
-
-
-def _nulls_to_defaults(init, values: dict) -> dict:
-    """A config field that is null where diffusers' default is not None takes the default (diffusers would fail
-    or misbehave on it later); absent fields take the default anyway."""
-    params = inspect.signature(init).parameters
-    return {k: (params[k].default if v is None and k in params and params[k].default is not None else v)
-            for k, v in values.items()}
 
 
 # float32 scalar arithmetic, one rounding per operation as torch's 0-d float32 tensors
@@ -106,7 +98,7 @@ class UniPCMultistepScheduler(SchedulerMixin):
         sigma_max: float | None = None,
         shift_terminal: float | None = None,
     ):
-        v = _nulls_to_defaults(type(self).__init__, {k: val for k, val in locals().items() if k not in ("self", "__class__")})
+        v = nulls_to_defaults(type(self).__init__, {k: val for k, val in locals().items() if k not in ("self", "__class__")})
         if solver_p is not None:
             raise NotImplementedError("UniPCMultistepScheduler: solver_p (a second scheduler as predictor) is not supported; leave it null")
         if v["solver_type"] in _BH2_ALIASES:

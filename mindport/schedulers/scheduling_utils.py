@@ -167,3 +167,11 @@ def training_betas(trained_betas, beta_schedule: str, beta_start: float, beta_en
     if rescale_betas_zero_snr:
         betas = _rescale_zero_terminal_snr(betas)
     return betas.astype(_F32)
+
+
+def nulls_to_defaults(init, values: dict) -> dict:
+    """A config field that is null where diffusers' default is not None takes the default (diffusers would fail
+    or misbehave on it later); absent fields take the default anyway."""
+    params = inspect.signature(init).parameters
+    return {k: (params[k].default if v is None and k in params and params[k].default is not None else v)
+            for k, v in values.items()}
