@@ -70,8 +70,8 @@ dropped, then MindSpore (fp32, or fp16 against the same fp32 reference). fp32 mo
 max(10 x floor, 1e-6), fp16 modules against 5e-2, component outputs against 1e-4 / 1e-2. Peak memory is the largest
 component's anonymous RSS (file-backed pages of memory-mapped weights not counted; VmHWM in the reports). The pipeline
 columns come from `mindport parity --config-only NAME` (2 steps). *passed*: every module within its noise-floor
-bound / within the fixed bars (fp32 modules 1e-5, outputs 1e-4; fp16 5e-2, 1e-2). A `time_proj` beyond its floor bound
-(and the two time-embedding modules after it) is PyTorch's float32 `exp`: diffusers computes the sinusoid's
+bound / within the fixed bars (fp32 modules 1e-5, outputs 1e-4; fp16 5e-2, 1e-2). A `time_proj` or the two time-embedding
+modules after it beyond their floor bound is PyTorch's float32 `exp`: diffusers computes the sinusoid's
 frequencies in float32 even in the float64 pass (floor 0), and `torch.exp` is 1 ulp off the correctly rounded value
 at 3 of the 160 frequencies of a `freq_shift` 0 embedding (I2VGen-XL, SD 1.5), which mindport computes correctly
 rounded; at timestep 501 the 1-ulp angle difference is 2.8e-5 absolute, 2.7e-6 relative."""
