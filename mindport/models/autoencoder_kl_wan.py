@@ -15,7 +15,6 @@ from __future__ import annotations
 import math
 
 import mindspore as ms
-import numpy as np
 from mindspore import Tensor, nn, ops
 
 from .. import backend
