@@ -60,7 +60,9 @@ def test_clean_run_has_every_section(converted, tmp_path):
     assert len(m["rel_l2"]) == 2 and all(v is not None for v in m["rel_l2"][0])
     assert r["weight_check"]["checked"] == 4 and r["weight_check"]["passed"]
     assert [run["label"] for run in r["noise"]["runs"]] == ["plain", "reference", "inputs", "float64", "free-running", "captured"]
-    assert r["timings"]["peak_anon_mb"] > 0 and r["timings"]["overhead"] > 0
+    # growth above the run's starting RssAnon: in a test process that already holds freed heap from earlier tests
+    # a tiny run may not grow it at all, so only its presence and sign are checked here
+    assert r["timings"]["peak_anon_mb"] >= 0 and r["timings"]["peak_rss_mb"] > 0 and r["timings"]["overhead"] > 0
 
 
 @pytest.mark.parametrize("kind", ["swap", "transpose", "scale_norm"])
