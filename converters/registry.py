@@ -77,6 +77,7 @@ MODELS = (
     Model("I2VGenXLUNet", "unet_i2vgen_xl", "i2vgen_xl"),
     Model("WanTransformer3DModel", "transformer_wan", "wan"),
     Model("AutoencoderKLWan", "autoencoder_kl_wan", "wan"),
+    Model("UMT5EncoderModel", "umt5", "wan"),
 )
 
 SCHEDULERS = (
