@@ -22,17 +22,21 @@ import numpy as np
 from ..modeling import Config
 from ..utils import randn
 from .scheduling_utils import (
-    _F32,
-    SchedulerMixin,
-    SchedulerOutput,
+    beta_sigmas,
+    check_sigma_spacing,
     _cumprod_f32,
+    exponential_sigmas,
+    _F32,
+    karras_sigmas,
     _like,
     _linspace_f32,
     _log_f32,
+    ms,
     _MsTensor,
     _scalar,
+    SchedulerMixin,
+    SchedulerOutput,
     _to_numpy,
-    ms,
     training_betas,
 )
 
@@ -125,14 +129,7 @@ class EulerDiscreteScheduler(SchedulerMixin):
                 continue
             if cfg[key] not in valid:
                 raise ValueError(f"EulerDiscreteScheduler: {key}={cfg[key]!r} is not supported; expected one of {list(valid)}")
-        chosen = [k for k in ("use_karras_sigmas", "use_exponential_sigmas", "use_beta_sigmas") if cfg[k]]
-        if len(chosen) > 1:
-            raise ValueError(f"EulerDiscreteScheduler: only one of use_karras_sigmas, use_exponential_sigmas, use_beta_sigmas may be set, got {chosen}")
-        if cfg.use_beta_sigmas:
-            try:
-                import scipy.stats  # noqa: F401
-            except ImportError as e:
-                raise ImportError("EulerDiscreteScheduler: use_beta_sigmas=True needs scipy (pip install scipy)") from e
+        check_sigma_spacing(cfg, "EulerDiscreteScheduler")
         if int(cfg.num_train_timesteps) < 2:
             raise ValueError(f"EulerDiscreteScheduler: num_train_timesteps={cfg.num_train_timesteps} must be at least 2")
 
@@ -209,11 +206,11 @@ class EulerDiscreteScheduler(SchedulerMixin):
                 sig = np.exp(_linspace_f32(float(np.log(train_sigmas[-1])), float(np.log(train_sigmas[0])), num_inference_steps + 1).astype(np.float64)).astype(_F32)
             # 2. optional re-spacing of the sigmas (float64, timesteps follow the sigmas)
             if cfg.use_karras_sigmas:
-                sig = self._karras(sig, num_inference_steps)
+                sig = karras_sigmas(*self._sigma_range(sig), num_inference_steps)
             elif cfg.use_exponential_sigmas:
-                sig = self._exponential(sig, num_inference_steps)
+                sig = exponential_sigmas(*self._sigma_range(sig), num_inference_steps)
             elif cfg.use_beta_sigmas:
-                sig = self._beta(sig, num_inference_steps)
+                sig = beta_sigmas(*self._sigma_range(sig), num_inference_steps)
             if cfg.use_karras_sigmas or cfg.use_exponential_sigmas or cfg.use_beta_sigmas:
                 ts = self._sigma_to_t(np.asarray(sig, np.float64), log_sigmas)
             # 3. final sigma
@@ -259,25 +256,6 @@ class EulerDiscreteScheduler(SchedulerMixin):
         lo = self.config.sigma_min if self.config.sigma_min is not None else float(in_sigmas[-1])
         hi = self.config.sigma_max if self.config.sigma_max is not None else float(in_sigmas[0])
         return lo, hi
-
-    def _karras(self, in_sigmas, n: int) -> np.ndarray:
-        """Karras et al. (2022) eq. 5 with rho = 7 between sigma_max and sigma_min."""
-        lo, hi = self._sigma_range(in_sigmas)
-        rho = 7.0
-        ramp = np.linspace(0, 1, n)
-        return (hi ** (1 / rho) + ramp * (lo ** (1 / rho) - hi ** (1 / rho))) ** rho
-
-    def _exponential(self, in_sigmas, n: int) -> np.ndarray:
-        lo, hi = self._sigma_range(in_sigmas)
-        return np.exp(np.linspace(math.log(hi), math.log(lo), n))
-
-    def _beta(self, in_sigmas, n: int, alpha: float = 0.6, beta: float = 0.6) -> np.ndarray:
-        """"Beta Sampling is All You Need" (arXiv 2407.12173): sigmas at Beta(0.6, 0.6) quantiles."""
-        import scipy.stats
-
-        lo, hi = self._sigma_range(in_sigmas)
-        q = [scipy.stats.beta.ppf(p, alpha, beta) for p in 1 - np.linspace(0, 1, n)]
-        return np.array([lo + v * (hi - lo) for v in q])
 
     # -- stepping --------------------------------------------------------------------------------------------------
     def index_for_timestep(self, timestep, schedule_timesteps=None) -> int:

@@ -22,14 +22,18 @@ import numpy as np
 from ..modeling import Config
 from ..utils import randn
 from .scheduling_utils import (
+    beta_sigmas,
+    check_sigma_spacing,
+    exponential_sigmas,
     _F32,
+    karras_sigmas,
+    _like,
+    ms,
+    _MsTensor,
+    nulls_to_defaults,
     SchedulerMixin,
     SchedulerOutput,
-    _like,
-    _MsTensor,
     _to_numpy,
-    ms,
-    nulls_to_defaults,
 )
 
 CHOICES = {"time_shift_type": ("exponential", "linear")}
@@ -105,14 +109,7 @@ class FlowMatchEulerDiscreteScheduler(SchedulerMixin):
         for key, valid in CHOICES.items():
             if cfg[key] not in valid:
                 raise ValueError(f"{name}: {key}={cfg[key]!r} is not supported; expected one of {list(valid)}")
-        chosen = [k for k in ("use_karras_sigmas", "use_exponential_sigmas", "use_beta_sigmas") if cfg[k]]
-        if len(chosen) > 1:
-            raise ValueError(f"{name}: only one of use_karras_sigmas, use_exponential_sigmas, use_beta_sigmas may be set, got {chosen}")
-        if cfg.use_beta_sigmas:
-            try:
-                import scipy.stats  # noqa: F401
-            except ImportError as e:
-                raise ImportError(f"{name}: use_beta_sigmas=True needs scipy (pip install scipy)") from e
+        check_sigma_spacing(cfg, name)
         if cfg.num_train_timesteps < 1:
             raise ValueError(f"{name}: num_train_timesteps={cfg.num_train_timesteps} must be at least 1")
         if cfg.shift <= 0:
@@ -202,11 +199,11 @@ class FlowMatchEulerDiscreteScheduler(SchedulerMixin):
         if cfg.shift_terminal:
             sig = self.stretch_shift_to_terminal(sig)
         if cfg.use_karras_sigmas:
-            sig = self._karras(sig, num_inference_steps)
+            sig = karras_sigmas(*self._sigma_range(sig), num_inference_steps)
         elif cfg.use_exponential_sigmas:
-            sig = self._exponential(sig, num_inference_steps)
+            sig = exponential_sigmas(*self._sigma_range(sig), num_inference_steps)
         elif cfg.use_beta_sigmas:
-            sig = self._beta(sig, num_inference_steps)
+            sig = beta_sigmas(*self._sigma_range(sig), num_inference_steps)
 
         # 3. float32 sigmas and timesteps, plus the final sigma
         sig = np.asarray(sig).astype(_F32)
@@ -224,24 +221,6 @@ class FlowMatchEulerDiscreteScheduler(SchedulerMixin):
 
     def _sigma_range(self, in_sigmas) -> tuple[float, float]:
         return float(in_sigmas[-1]), float(in_sigmas[0])
-
-    def _karras(self, in_sigmas, n: int) -> np.ndarray:
-        """Karras et al. (2022) eq. 5, rho = 7, between the shifted schedule's ends."""
-        lo, hi = self._sigma_range(in_sigmas)
-        rho = 7.0
-        ramp = np.linspace(0, 1, n)
-        return (hi ** (1 / rho) + ramp * (lo ** (1 / rho) - hi ** (1 / rho))) ** rho
-
-    def _exponential(self, in_sigmas, n: int) -> np.ndarray:
-        lo, hi = self._sigma_range(in_sigmas)
-        return np.exp(np.linspace(math.log(hi), math.log(lo), n))
-
-    def _beta(self, in_sigmas, n: int, alpha: float = 0.6, beta: float = 0.6) -> np.ndarray:
-        """Sigmas at Beta(0.6, 0.6) quantiles (arXiv 2407.12173)."""
-        import scipy.stats
-
-        lo, hi = self._sigma_range(in_sigmas)
-        return np.array([lo + scipy.stats.beta.ppf(p, alpha, beta) * (hi - lo) for p in 1 - np.linspace(0, 1, n)])
 
     # -- stepping --------------------------------------------------------------------------------------------------
     def index_for_timestep(self, timestep, schedule_timesteps=None) -> int:

@@ -22,14 +22,18 @@ import numpy as np
 
 from ..modeling import Config
 from .scheduling_utils import (
-    _F32,
-    SchedulerMixin,
-    SchedulerOutput,
+    beta_sigmas,
+    check_sigma_spacing,
     _cumprod_f32,
+    exponential_sigmas,
+    _F32,
+    karras_sigmas,
     _like,
     _MsTensor,
-    _to_numpy,
     nulls_to_defaults,
+    SchedulerMixin,
+    SchedulerOutput,
+    _to_numpy,
     training_betas,
 )
 
@@ -176,14 +180,7 @@ class UniPCMultistepScheduler(SchedulerMixin):
         if cfg.trained_betas is not None and len(cfg.trained_betas) != cfg.num_train_timesteps:
             raise ValueError(f"{name}: trained_betas has {len(cfg.trained_betas)} values, expected "
                              f"num_train_timesteps={cfg.num_train_timesteps}")
-        chosen = [k for k in ("use_karras_sigmas", "use_exponential_sigmas", "use_beta_sigmas") if cfg[k]]
-        if len(chosen) > 1:
-            raise ValueError(f"{name}: only one of use_karras_sigmas, use_exponential_sigmas, use_beta_sigmas may be set, got {chosen}")
-        if cfg.use_beta_sigmas:
-            try:
-                import scipy.stats  # noqa: F401
-            except ImportError as e:
-                raise ImportError(f"{name}: use_beta_sigmas=True needs scipy (pip install scipy)") from e
+        check_sigma_spacing(cfg, name)
         if cfg.shift_terminal is not None and not cfg.use_flow_sigmas:
             raise ValueError(f"{name}: shift_terminal={cfg.shift_terminal!r} needs use_flow_sigmas=True")
         if not 0.0 < float(cfg.dynamic_thresholding_ratio) <= 1.0:
@@ -258,11 +255,11 @@ class UniPCMultistepScheduler(SchedulerMixin):
             log_sigmas = np.log(base)
             flipped = base[::-1].copy()
             if cfg.use_karras_sigmas:
-                sig = self._karras(flipped, num_inference_steps)
+                sig = karras_sigmas(*self._sigma_range(flipped), num_inference_steps)
             elif cfg.use_exponential_sigmas:
-                sig = self._exponential(flipped, num_inference_steps)
+                sig = exponential_sigmas(*self._sigma_range(flipped), num_inference_steps)
             else:
-                sig = self._beta(flipped, num_inference_steps)
+                sig = beta_sigmas(*self._sigma_range(flipped), num_inference_steps)
             if cfg.use_karras_sigmas and cfg.use_flow_sigmas:
                 sig = sig / (sig + 1)
                 ts = (sig * n_train).copy()
@@ -314,24 +311,6 @@ class UniPCMultistepScheduler(SchedulerMixin):
         lo = self.config.sigma_min if self.config.sigma_min is not None else float(in_sigmas[-1])
         hi = self.config.sigma_max if self.config.sigma_max is not None else float(in_sigmas[0])
         return lo, hi
-
-    def _karras(self, in_sigmas, n: int) -> np.ndarray:
-        """Karras et al. (2022) eq. 5, rho = 7, from sigma_max down to sigma_min."""
-        lo, hi = self._sigma_range(in_sigmas)
-        rho = 7.0
-        ramp = np.linspace(0, 1, n)
-        return (hi ** (1 / rho) + ramp * (lo ** (1 / rho) - hi ** (1 / rho))) ** rho
-
-    def _exponential(self, in_sigmas, n: int) -> np.ndarray:
-        lo, hi = self._sigma_range(in_sigmas)
-        return np.exp(np.linspace(math.log(hi), math.log(lo), n))
-
-    def _beta(self, in_sigmas, n: int, alpha: float = 0.6, beta: float = 0.6) -> np.ndarray:
-        """Sigmas at Beta(0.6, 0.6) quantiles (arXiv 2407.12173)."""
-        import scipy.stats
-
-        lo, hi = self._sigma_range(in_sigmas)
-        return np.array([lo + scipy.stats.beta.ppf(p, alpha, beta) * (hi - lo) for p in 1 - np.linspace(0, 1, n)])
 
     # -- float32 scalar coefficients -----------------------------------------------------------------------------
     def _alpha_sigma(self, sigma) -> tuple[np.float32, np.float32]:

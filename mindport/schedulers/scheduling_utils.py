@@ -175,3 +175,38 @@ def nulls_to_defaults(init, values: dict) -> dict:
     params = inspect.signature(init).parameters
     return {k: (params[k].default if v is None and k in params and params[k].default is not None else v)
             for k, v in values.items()}
+
+
+# Respaced schedules (diffusers' use_karras_sigmas / use_exponential_sigmas / use_beta_sigmas), float64, from the
+# schedule's largest sigma `hi` down to its smallest `lo`; each scheduler says which ends those are.
+SIGMA_SPACINGS = ("use_karras_sigmas", "use_exponential_sigmas", "use_beta_sigmas")
+
+
+def check_sigma_spacing(cfg, name: str) -> None:
+    """At most one spacing flag; beta spacing needs scipy."""
+    chosen = [k for k in SIGMA_SPACINGS if cfg[k]]
+    if len(chosen) > 1:
+        raise ValueError(f"{name}: only one of {', '.join(SIGMA_SPACINGS)} may be set, got {chosen}")
+    if cfg.use_beta_sigmas:
+        try:
+            import scipy.stats  # noqa: F401
+        except ImportError as e:
+            raise ImportError(f"{name}: use_beta_sigmas=True needs scipy (pip install scipy)") from e
+
+
+def karras_sigmas(lo: float, hi: float, n: int) -> np.ndarray:
+    """Karras et al. (2022) eq. 5, rho = 7."""
+    rho = 7.0
+    ramp = np.linspace(0, 1, n)
+    return (hi ** (1 / rho) + ramp * (lo ** (1 / rho) - hi ** (1 / rho))) ** rho
+
+
+def exponential_sigmas(lo: float, hi: float, n: int) -> np.ndarray:
+    return np.exp(np.linspace(math.log(hi), math.log(lo), n))
+
+
+def beta_sigmas(lo: float, hi: float, n: int, alpha: float = 0.6, beta: float = 0.6) -> np.ndarray:
+    """"Beta Sampling is All You Need" (arXiv 2407.12173): sigmas at Beta(0.6, 0.6) quantiles."""
+    import scipy.stats
+
+    return np.array([lo + scipy.stats.beta.ppf(p, alpha, beta) * (hi - lo) for p in 1 - np.linspace(0, 1, n)])
