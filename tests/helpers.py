@@ -28,3 +28,9 @@ def assert_close(actual, expected, rel_l2=1e-5, where=""):
 
 def torch_state_to_numpy(module):
     return {k: v.detach().float().numpy() for k, v in module.state_dict().items()}
+
+
+def rel_l2(a, b) -> float:
+    """||a - b|| / ||b|| in float64 (the project's relative L2)."""
+    a, b = np.asarray(to_numpy(a), np.float64), np.asarray(to_numpy(b), np.float64)
+    return float(np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-30))

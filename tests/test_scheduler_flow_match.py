@@ -19,6 +19,7 @@ import diffusers.schedulers.scheduling_flow_match_euler_discrete as dmod  # noqa
 import mindspore as ms  # noqa: E402
 
 from mindport.schedulers.scheduling_flow_match_euler_discrete import FlowMatchEulerDiscreteScheduler  # noqa: E402
+from tests.helpers import rel_l2  # noqa: E402
 
 CONFIGS = {
     "defaults": {},
@@ -49,11 +50,6 @@ def _kw(name):
 def _pair(name):
     cfg = CONFIGS[name]
     return dmod.FlowMatchEulerDiscreteScheduler.from_config(dict(cfg)), FlowMatchEulerDiscreteScheduler.from_config(cfg)
-
-
-def _rel(a, b):
-    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    return np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-30)
 
 
 def _fake_model(x: np.ndarray, t) -> np.ndarray:
@@ -100,7 +96,7 @@ def test_step_loop_matches_diffusers(name):
         assert len(r) == len(o) == n
         for i, (a, b) in enumerate(zip(o, r)):
             assert a.dtype == np.float32 and a.shape == b.shape
-            err = _rel(a, b)
+            err = rel_l2(a, b)
             assert err <= 1e-6, f"{name}, {n} steps, step {i}: prev_sample relative L2 {err:.2e}"
 
 
@@ -124,7 +120,7 @@ def test_stochastic_sampling_uses_the_numpy_generator(monkeypatch):
     finally:
         del CONFIGS["_stochastic"]
     for i, (a, b) in enumerate(zip(o, r)):
-        assert _rel(a, b) <= 1e-6, f"step {i}"
+        assert rel_l2(a, b) <= 1e-6, f"step {i}"
 
 
 def test_per_token_timesteps_match_diffusers():
@@ -138,7 +134,7 @@ def test_per_token_timesteps_match_diffusers():
     got = ours.step(m, t, x, per_token_timesteps=tok).prev_sample
     want = ref.step(torch.from_numpy(m), torch.tensor(t), torch.from_numpy(x),
                     per_token_timesteps=torch.from_numpy(tok)).prev_sample.numpy()
-    assert got.dtype == np.float32 and _rel(got, want) <= 1e-6
+    assert got.dtype == np.float32 and rel_l2(got, want) <= 1e-6
 
 
 def test_custom_sigmas_and_timesteps_match_diffusers():
@@ -163,7 +159,7 @@ def test_set_shift_and_scale_noise_match_diffusers():
     t = ours.timesteps[[0, 3, 9]]
     got = ours.scale_noise(x, t, noise)
     want = ref.scale_noise(torch.from_numpy(x), torch.from_numpy(t), torch.from_numpy(noise)).numpy()
-    assert got.dtype == np.float32 and _rel(got, want) <= 1e-7
+    assert got.dtype == np.float32 and rel_l2(got, want) <= 1e-7
 
 
 def test_mindspore_tensors_in_and_out():

@@ -21,6 +21,7 @@ import diffusers.schedulers.scheduling_unipc_multistep as dmod  # noqa: E402
 import mindspore as ms  # noqa: E402
 
 from mindport.schedulers.scheduling_unipc_multistep import UniPCMultistepScheduler  # noqa: E402
+from tests.helpers import rel_l2  # noqa: E402
 
 warnings.filterwarnings("ignore", message=".*deprecated.*")
 
@@ -104,11 +105,6 @@ def _ulps(a, b):
     return np.abs(a32.astype(np.float64) - b32.astype(np.float64)) / np.spacing(np.maximum(np.abs(a32), np.abs(b32)))
 
 
-def _rel(a, b):
-    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    return np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-30)
-
-
 def _fake_model(x: np.ndarray, t) -> np.ndarray:
     """A deterministic stand-in for the transformer, identical on both sides: 0.3 x - 5e-4 t + 0.1 sin(index)."""
     x = np.asarray(x, np.float32)
@@ -129,7 +125,7 @@ def test_schedule_matches_diffusers(name):
         np.testing.assert_array_equal(ours.betas, ref.betas.numpy())
     # zero-SNR: the shared float32 rescale (scheduling_utils) cancels in sqrt(abar) - sqrt(abar_T) and matches
     # diffusers' to ~3e-6 relative, not bit for bit (see tests/test_scheduler_euler.py)
-    assert _rel(ours.sigmas, ref.sigmas.numpy()) <= 1e-5 if zero_snr else _ulps(ours.sigmas, ref.sigmas.numpy()).max() <= 4
+    assert rel_l2(ours.sigmas, ref.sigmas.numpy()) <= 1e-5 if zero_snr else _ulps(ours.sigmas, ref.sigmas.numpy()).max() <= 4
     for n in _steps(name):
         _set(ref, name, n)
         _set(ours, name, n)
@@ -137,7 +133,7 @@ def test_schedule_matches_diffusers(name):
         assert ours.timesteps.dtype == np.int64 and ours.sigmas.dtype == np.float32
         np.testing.assert_array_equal(ours.timesteps, rt, err_msg=f"{name}, {n} steps: timesteps")
         if zero_snr:
-            assert _rel(ours.sigmas, rs) <= 1e-5, f"{name}, {n} steps: sigmas {ours.sigmas} vs {rs}"
+            assert rel_l2(ours.sigmas, rs) <= 1e-5, f"{name}, {n} steps: sigmas {ours.sigmas} vs {rs}"
         else:
             assert _ulps(ours.sigmas, rs).max() <= (0 if exact else 4), f"{name}, {n} steps: sigmas {ours.sigmas} vs {rs}"
         assert ours.num_inference_steps == ref.num_inference_steps == len(rt)
@@ -179,7 +175,7 @@ def test_step_loop_matches_diffusers(name):
         for i, (a, b) in enumerate(zip(o, r)):
             assert a.dtype == np.float32 and a.shape == b.shape
             assert np.isfinite(a).all() == np.isfinite(b).all(), f"{name}, {n} steps, step {i}: finiteness"
-            err = _rel(a, b)
+            err = rel_l2(a, b)
             assert err <= tol, f"{name}, {n} steps, step {i}: prev_sample relative L2 {err:.2e} > {tol:.0e}"
 
 
@@ -208,7 +204,7 @@ def test_add_noise_matches_diffusers():
         got = ours.add_noise(x, noise, t)
         want = ref.add_noise(torch.from_numpy(x), torch.from_numpy(noise), torch.from_numpy(t)).numpy()
         assert got.dtype == np.float32
-        assert _rel(got, want) <= 1e-6, name
+        assert rel_l2(got, want) <= 1e-6, name
 
 
 def test_begin_index_and_unknown_timestep():
@@ -227,7 +223,7 @@ def test_begin_index_and_unknown_timestep():
         for t in ours.timesteps[start:]:
             xr = ref.step(torch.from_numpy(_fake_model(xr.numpy(), int(t))), int(t), xr).prev_sample
             xo = ours.step(_fake_model(xo, int(t)), int(t), xo).prev_sample
-            assert _rel(xo, xr.numpy()) <= 1e-6
+            assert rel_l2(xo, xr.numpy()) <= 1e-6
     ours = UniPCMultistepScheduler.from_config(WAN_480)
     ours.set_timesteps(4)
     assert ours.index_for_timestep(12345) == 3
