@@ -246,6 +246,13 @@ def default_height_width(image, height=None, width=None, vae_scale_factor: int =
     return height - height % vae_scale_factor, width - width % vae_scale_factor
 
 
+def vae_scale_factor(vae_config: dict | None) -> int:
+    """2^(levels - 1) of a VAE config, as diffusers' pipelines compute it; 8 (their default) without a VAE or its
+    block_out_channels."""
+    channels = (vae_config or {}).get("block_out_channels")
+    return 2 ** (len(channels) - 1) if channels else 8
+
+
 def _pixel_pair(size, scale: int = 1) -> tuple[int, int]:
     """A config `sample_size`, an int or [height, width], as (height, width) times `scale`."""
     h, w = (size, size) if isinstance(size, (int, float)) else tuple(size)
@@ -348,6 +355,7 @@ __all__ = [
     "clip_normalize",
     "default_height_width",
     "pipeline_output_size",
+    "vae_scale_factor",
     "denormalize",
     "gaussian_blur_matrix",
     "normalize",

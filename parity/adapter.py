@@ -54,8 +54,9 @@ class PipelineAdapter:
         """Identical call arguments for both pipelines, from the run settings."""
         raise NotImplementedError
 
-    def default_settings(self, unet_config: dict) -> dict:
-        """height, width, frames as diffusers' pipeline would choose them for this UNet config."""
+    def default_settings(self, config) -> dict:
+        """height, width, frames as diffusers' pipeline would choose them; `config(component)` reads a component's
+        config.json ({} when absent)."""
         raise NotImplementedError
 
     # -- the same for every pipeline ---------------------------------------------------------------------------
@@ -126,12 +127,6 @@ def quiet_reference_libraries() -> None:
     diffusers.utils.logging.disable_progress_bar()
     transformers.utils.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
-
-
-def vae_scale_factor(vae_config: dict) -> int:
-    """2^(levels - 1) of a VAE config, as diffusers' pipelines compute it; 8 (their default) when it has none."""
-    channels = vae_config.get("block_out_channels")
-    return 2 ** (len(channels) - 1) if channels else 8
 
 
 def fixture_run_settings(folder) -> dict:

@@ -9,9 +9,9 @@ variance draw per step (`step`).
 
 from __future__ import annotations
 
-from mindport.image_processing import pipeline_output_size
+from mindport.image_processing import pipeline_output_size, vae_scale_factor
 
-from .adapter import PipelineAdapter, vae_scale_factor
+from .adapter import PipelineAdapter
 from .fixtures import randomise, tiny_clip_text
 
 PROMPT = "the cat walking at night"

@@ -21,9 +21,9 @@ import types
 
 import numpy as np
 
-from mindport.image_processing import pipeline_output_size
+from mindport.image_processing import pipeline_output_size, vae_scale_factor
 
-from .adapter import PipelineAdapter, vae_scale_factor
+from .adapter import PipelineAdapter
 from .fixtures import randomise, synthetic_image, tiny_clip_text
 
 PROMPT = "the cat in a hat"

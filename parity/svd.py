@@ -3,9 +3,9 @@ them with identical arguments."""
 
 from __future__ import annotations
 
-from mindport.image_processing import pipeline_output_size
+from mindport.image_processing import pipeline_output_size, vae_scale_factor
 
-from .adapter import PipelineAdapter, vae_scale_factor
+from .adapter import PipelineAdapter
 from .fixtures import randomise, synthetic_image
 
 # Named tiny SVD configs. `run` holds the parity settings (pixels, frames) that fit the config.

@@ -52,7 +52,7 @@ class AnimateDiffPipeline(DiffusionPipeline):
         super().__init__(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
                          motion_adapter=motion_adapter, scheduler=scheduler, feature_extractor=feature_extractor,
                          image_encoder=image_encoder)
-        self.vae_scale_factor = 2 ** (len(vae.config.block_out_channels) - 1) if vae is not None else 8
+        self.vae_scale_factor = ip.vae_scale_factor(vae.config if vae is not None else None)
         self._guidance_scale = 7.5
 
     @property

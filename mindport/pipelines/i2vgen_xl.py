@@ -59,7 +59,7 @@ class I2VGenXLPipeline(DiffusionPipeline):
     def __init__(self, vae, text_encoder, tokenizer, image_encoder, feature_extractor, unet, scheduler):
         super().__init__(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, image_encoder=image_encoder,
                          feature_extractor=feature_extractor or {}, unet=unet, scheduler=scheduler)
-        self.vae_scale_factor = 2 ** (len(vae.config.block_out_channels) - 1) if vae is not None else 8
+        self.vae_scale_factor = ip.vae_scale_factor(vae.config if vae is not None else None)
         self._guidance_scale = 1.0
 
     @property

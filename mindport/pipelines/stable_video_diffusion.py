@@ -40,7 +40,7 @@ class StableVideoDiffusionPipeline(DiffusionPipeline):
     def __init__(self, vae, image_encoder, unet, scheduler, feature_extractor=None):
         super().__init__(vae=vae, image_encoder=image_encoder, unet=unet, scheduler=scheduler,
                          feature_extractor=feature_extractor or {})
-        self.vae_scale_factor = 2 ** (len(vae.config.block_out_channels) - 1)
+        self.vae_scale_factor = ip.vae_scale_factor(vae.config)
 
     # 1. CLIP image embedding: antialiased resize to 224, CLIP normalisation, image encoder
     def _encode_image(self, images: list, num_videos_per_prompt: int, do_cfg: bool) -> Tensor:
