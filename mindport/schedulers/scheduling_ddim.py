@@ -160,9 +160,6 @@ class DDIMScheduler(SchedulerMixin):
                 f"DDIMScheduler: dynamic_thresholding_ratio={cfg.dynamic_thresholding_ratio!r} must be in (0, 1]"
             )
 
-    def __len__(self) -> int:
-        return self.config.num_train_timesteps
-
     # -- schedule --------------------------------------------------------------------------------------------------
     def set_timesteps(self, num_inference_steps: int, device=None) -> None:
         """Inference timesteps (int64, descending) by the configured spacing. `device` is accepted for diffusers call

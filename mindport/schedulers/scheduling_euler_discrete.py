@@ -22,21 +22,22 @@ import numpy as np
 from ..modeling import Config
 from ..utils import randn
 from .scheduling_utils import (
-    beta_sigmas,
-    check_sigma_spacing,
-    _cumprod_f32,
-    exponential_sigmas,
     _F32,
-    karras_sigmas,
+    SchedulerMixin,
+    SchedulerOutput,
+    StepIndexMixin,
+    _cumprod_f32,
     _like,
     _linspace_f32,
     _log_f32,
-    ms,
     _MsTensor,
     _scalar,
-    SchedulerMixin,
-    SchedulerOutput,
     _to_numpy,
+    beta_sigmas,
+    check_sigma_spacing,
+    exponential_sigmas,
+    karras_sigmas,
+    ms,
     training_betas,
 )
 
@@ -55,7 +56,7 @@ CHOICES = {
 # ----------------------------------------------------------------------------------------------------------------
 
 
-class EulerDiscreteScheduler(SchedulerMixin):
+class EulerDiscreteScheduler(StepIndexMixin, SchedulerMixin):
     """diffusers' EulerDiscreteScheduler: same config fields and defaults, same call sequence
     (`set_timesteps` -> for t in `timesteps`: `scale_model_input(x, t)`, model, `step(out, t, x).prev_sample`)."""
 
@@ -147,20 +148,6 @@ class EulerDiscreteScheduler(SchedulerMixin):
         if self.config.timestep_spacing in ("linspace", "trailing"):
             return float(max_sigma)
         return float(np.sqrt(max_sigma * max_sigma + _F32(1.0)))
-
-    @property
-    def step_index(self):
-        return self._step_index
-
-    @property
-    def begin_index(self):
-        return self._begin_index
-
-    def set_begin_index(self, begin_index: int = 0) -> None:
-        self._begin_index = begin_index
-
-    def __len__(self) -> int:
-        return self.config.num_train_timesteps
 
     def _train_sigmas(self) -> np.ndarray:
         """sqrt((1 - alphas_cumprod) / alphas_cumprod) in float32, in training order (small sigma first)."""

@@ -22,18 +22,19 @@ import numpy as np
 from ..modeling import Config
 from ..utils import randn
 from .scheduling_utils import (
+    _F32,
+    SchedulerMixin,
+    SchedulerOutput,
+    StepIndexMixin,
+    _like,
+    _MsTensor,
+    _to_numpy,
     beta_sigmas,
     check_sigma_spacing,
     exponential_sigmas,
-    _F32,
     karras_sigmas,
-    _like,
     ms,
-    _MsTensor,
     nulls_to_defaults,
-    SchedulerMixin,
-    SchedulerOutput,
-    _to_numpy,
 )
 
 CHOICES = {"time_shift_type": ("exponential", "linear")}
@@ -43,7 +44,7 @@ class FlowMatchEulerDiscreteSchedulerOutput(SchedulerOutput):
     """`.prev_sample`; `out[0]` is prev_sample."""
 
 
-class FlowMatchEulerDiscreteScheduler(SchedulerMixin):
+class FlowMatchEulerDiscreteScheduler(StepIndexMixin, SchedulerMixin):
     """diffusers' FlowMatchEulerDiscreteScheduler: same config fields and defaults, same call sequence
     (`set_timesteps(n[, mu=...])` -> for t in `timesteps`: model, `step(out, t, x).prev_sample`)."""
 
@@ -127,20 +128,6 @@ class FlowMatchEulerDiscreteScheduler(SchedulerMixin):
 
     def set_shift(self, shift: float) -> None:
         self._shift = shift
-
-    @property
-    def step_index(self):
-        return self._step_index
-
-    @property
-    def begin_index(self):
-        return self._begin_index
-
-    def set_begin_index(self, begin_index: int = 0) -> None:
-        self._begin_index = begin_index
-
-    def __len__(self) -> int:
-        return self.config.num_train_timesteps
 
     # -- schedule --------------------------------------------------------------------------------------------------
     def time_shift(self, mu: float, sigma: float, t):

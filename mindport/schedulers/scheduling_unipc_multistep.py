@@ -22,18 +22,19 @@ import numpy as np
 
 from ..modeling import Config
 from .scheduling_utils import (
-    beta_sigmas,
-    check_sigma_spacing,
-    _cumprod_f32,
-    exponential_sigmas,
     _F32,
-    karras_sigmas,
-    _like,
-    _MsTensor,
-    nulls_to_defaults,
     SchedulerMixin,
     SchedulerOutput,
+    StepIndexMixin,
+    _cumprod_f32,
+    _like,
+    _MsTensor,
     _to_numpy,
+    beta_sigmas,
+    check_sigma_spacing,
+    exponential_sigmas,
+    karras_sigmas,
+    nulls_to_defaults,
     training_betas,
 )
 
@@ -63,7 +64,7 @@ def _expm1_32(x) -> np.float32:
     return _F32(np.expm1(np.float64(x)))
 
 
-class UniPCMultistepScheduler(SchedulerMixin):
+class UniPCMultistepScheduler(StepIndexMixin, SchedulerMixin):
     """diffusers' UniPCMultistepScheduler: same config fields and defaults, same call sequence (`set_timesteps` ->
     for t in `timesteps`: `scale_model_input(x, t)` (identity), model, `step(out, t, x).prev_sample`)."""
 
@@ -200,20 +201,6 @@ class UniPCMultistepScheduler(SchedulerMixin):
         """sqrt((1 - alphas_cumprod) / alphas_cumprod) in float32, training order (small sigma first)."""
         ac = self.alphas_cumprod
         return np.sqrt((_F32(1.0) - ac) / ac).astype(_F32)
-
-    @property
-    def step_index(self):
-        return self._step_index
-
-    @property
-    def begin_index(self):
-        return self._begin_index
-
-    def set_begin_index(self, begin_index: int = 0) -> None:
-        self._begin_index = begin_index
-
-    def __len__(self) -> int:
-        return self.config.num_train_timesteps
 
     # -- schedule --------------------------------------------------------------------------------------------------
     def set_timesteps(self, num_inference_steps: int | None = None, device=None, sigmas=None, mu: float | None = None) -> None:

@@ -58,10 +58,32 @@ class SchedulerMixin:
     def __repr__(self) -> str:
         return f"{type(self).__name__}({json.dumps(dict(self.config), sort_keys=True)})"
 
+    def __len__(self) -> int:
+        return self.config.num_train_timesteps
+
     def save_config(self, folder) -> None:
         Path(folder).mkdir(parents=True, exist_ok=True)
         cfg = {"_class_name": type(self).__name__, **dict(self.config)}
         (Path(folder) / self.config_name).write_text(json.dumps(cfg, indent=2, sort_keys=True))
+
+
+class StepIndexMixin:
+    """The step counter of the schedulers that index their sigmas (Euler, UniPC, flow-match Euler), as diffusers
+    exposes it: `step_index` (None until the first step), `begin_index` (set by pipelines that start midway)."""
+
+    _step_index = None
+    _begin_index = None
+
+    @property
+    def step_index(self):
+        return self._step_index
+
+    @property
+    def begin_index(self):
+        return self._begin_index
+
+    def set_begin_index(self, begin_index: int = 0) -> None:
+        self._begin_index = begin_index
 
 
 class SchedulerOutput(Output):
