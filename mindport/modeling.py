@@ -101,6 +101,8 @@ class ModelMixin(nn.Cell):
     config_choices: dict = {}
     # whose config conventions (and defaults) the class follows
     config_library: str = "diffusers"
+    # path components of the modules the reference keeps float32 in a half-precision model
+    _keep_in_fp32_modules: tuple[str, ...] = ()
 
     @classmethod
     def from_config(cls, config: dict, **overrides):
@@ -125,10 +127,16 @@ class ModelMixin(nn.Cell):
         """{MindSpore parameter name: (shape, dtype name)}: what a converter must fill."""
         return {name: (tuple(p.shape), str(p.dtype).lower()) for name, p in self.parameters_and_names()}
 
+    def fp32_parameter_names(self) -> set[str]:
+        """Parameters the reference keeps float32 in a half-precision model: those with a path component named in
+        `_keep_in_fp32_modules` (diffusers' / transformers' attribute of the same name and meaning)."""
+        keep = set(self._keep_in_fp32_modules)
+        return {name for name, _ in self.parameters_and_names() if keep & set(name.split("."))} if keep else set()
+
     def load_arrays(self, arrays: dict[str, np.ndarray], dtype=None, keep_fp32=()) -> None:
         """Fill every parameter from `arrays` (keys = parameter names), optionally casting to `dtype`; parameters
-        named in `keep_fp32` (norms of a mixed-precision checkpoint) stay float32, here and in `to_dtype`.
-        Strict: key sets and shapes must agree."""
+        named in `keep_fp32` (norms of a mixed-precision checkpoint) and, in a half-precision load, those of
+        `_keep_in_fp32_modules` stay float32, here and in `to_dtype`. Strict: key sets and shapes must agree."""
         params = dict(self.parameters_and_names())
         missing = sorted(set(params) - set(arrays))
         unexpected = sorted(set(arrays) - set(params))
@@ -138,6 +146,8 @@ class ModelMixin(nn.Cell):
                 f"{' ...' if len(missing) > 5 else ''}; unexpected keys: {unexpected[:5]}{' ...' if len(unexpected) > 5 else ''}"
             )
         dtype = backend.resolve_dtype(dtype)
+        if dtype in (ms.float16, ms.bfloat16):
+            keep_fp32 = set(keep_fp32) | self.fp32_parameter_names()
         self._keep_fp32 = frozenset(keep_fp32)
         for name, p in params.items():
             arr = np.asarray(arrays[name])

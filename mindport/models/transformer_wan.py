@@ -461,12 +461,6 @@ class WanTransformer3DModel(ModelMixin):
         self.proj_out = Linear(inner_dim, out_channels * math.prod(patch_size))
         self.scale_shift_table = _param((1, 2, inner_dim))
 
-    def fp32_parameter_names(self) -> set[str]:
-        """Parameters diffusers keeps float32 in a half-precision model (`_keep_in_fp32_modules`: a name with one
-        of those path components), for `load_arrays(..., keep_fp32=...)`."""
-        keep = set(self._keep_in_fp32_modules)
-        return {name for name, _ in self.parameters_and_names() if keep & set(name.split("."))}
-
     # -- input checks (one line each, naming the value) -------------------------------------------------------------
     def _check_inputs(self, hidden_states, encoder_hidden_states, encoder_hidden_states_image):
         name = type(self).__name__

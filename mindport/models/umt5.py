@@ -270,6 +270,7 @@ class UMT5EncoderModel(ModelMixin):
     config_library = "transformers"
     # transformers builds (and the encoder runs) with these null; num_decoder_layers' default already is None
     nullable_config = frozenset({"pad_token_id", "eos_token_id", "decoder_start_token_id"})
+    _keep_in_fp32_modules = ("wo",)  # transformers': the feed-forward output projections stay float32 in a half model
     config_choices = {"feed_forward_proj": ("gated-gelu", "relu", "gelu", "gated-relu", "gated-silu")}
 
     def __init__(
@@ -310,13 +311,6 @@ class UMT5EncoderModel(ModelMixin):
         self.shared = Embedding(vocab_size, d_model)
         self.encoder = UMT5Stack(num_layers, d_model, d_kv, d_ff, num_heads, relative_attention_num_buckets,
                                  relative_attention_max_distance, layer_norm_epsilon, act, gated)
-
-    def load_arrays(self, arrays, dtype=None, keep_fp32=()):
-        """As ModelMixin's, and as transformers' `_keep_in_fp32_modules = ["wo"]`: a half-precision model keeps the
-        feed-forward output projections in float32."""
-        if backend.resolve_dtype(dtype) in _HALF:
-            keep_fp32 = set(keep_fp32) | {n for n, _ in self.parameters_and_names() if ".DenseReluDense.wo." in n}
-        super().load_arrays(arrays, dtype, keep_fp32)
 
     def _ids(self, input_ids) -> np.ndarray:
         ids = input_ids.asnumpy() if isinstance(input_ids, Tensor) else np.asarray(input_ids)
