@@ -278,9 +278,10 @@ class WanAttentionBlock(nn.Cell):
 
     def construct(self, x: Tensor) -> Tensor:
         b, c, t, h, w = x.shape
-        # 1. norm over channels (per position: the same on the video as per frame), then frames folded, positions as
-        # tokens: (B, C, T, H, W) -> (B*T, H*W, C)
-        tokens = backend.permute(self.norm(x), (0, 2, 3, 4, 1)).reshape(b * t, h * w, c)
+        # 1. frames folded into the batch as diffusers does (so `norm` sees its (B*T, C, H, W) input), norm over
+        # channels, positions as tokens: (B, C, T, H, W) -> (B*T, C, H, W) -> (B*T, H*W, C)
+        frames = backend.permute(x, (0, 2, 1, 3, 4)).reshape(b * t, c, h, w)
+        tokens = backend.permute(self.norm(frames), (0, 2, 3, 1)).reshape(b * t, h * w, c)
         # 2. q, k, v: the 1x1 conv as three linears over the channels, (B*T, H*W, C) each
         wqkv = self.to_qkv.weight.reshape(3 * c, c)
         q, k, v = (backend.linear(tokens, wqkv[i * c : (i + 1) * c], self.to_qkv.bias[i * c : (i + 1) * c])

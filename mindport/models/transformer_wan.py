@@ -147,7 +147,8 @@ class WanFeedForward(FeedForward):
 class PatchEmbed3d(nn.Cell):
     """Conv3d with kernel = stride = patch size, as diffusers' `patch_embedding` (weight (dim, C, pt, ph, pw)):
     non-overlapping patches are a reshape and one matmul, exact and fast on every backend.
-    (B, C, F, H, W) -> (B, F/pt * H/ph * W/pw, dim), tokens in (frame, row, column) order."""
+    (B, C, F, H, W) -> (B, dim, F/pt, H/ph, W/pw), the convolution's layout (the model flattens it to tokens in
+    (frame, row, column) order, as diffusers)."""
 
     def __init__(self, in_channels: int, out_channels: int, patch_size: tuple[int, int, int]):
         super().__init__()
@@ -161,7 +162,8 @@ class PatchEmbed3d(nn.Cell):
         # (B, C, F', pt, H', ph, W', pw) -> (B, F', H', W', C, pt, ph, pw) -> (B, L, C*pt*ph*pw)
         x = x.reshape(b, c, f // pt, pt, h // ph, ph, w // pw, pw)
         x = backend.permute(x, (0, 2, 4, 6, 1, 3, 5, 7)).reshape(b, -1, c * pt * ph * pw)
-        return backend.linear(x, self.weight.reshape(self.weight.shape[0], -1), self.bias)
+        x = backend.linear(x, self.weight.reshape(self.weight.shape[0], -1), self.bias)  # (B, L, dim)
+        return backend.permute(x.reshape(b, f // pt, h // ph, w // pw, -1), (0, 4, 1, 2, 3))
 
 
 class PixArtAlphaTextProjection(nn.Cell):
@@ -526,7 +528,8 @@ class WanTransformer3DModel(ModelMixin):
         rotary_emb = self.rope.tables(b, ppf, pph, ppw, self.num_attention_heads)
 
         # 2. patches to tokens: (B, C, F, H, W) -> (B, L, dim)
-        hidden_states = self.patch_embedding(backend.cast(hidden_states, dtype))
+        hidden_states = self.patch_embedding(backend.cast(hidden_states, dtype))  # (B, dim, F', H', W')
+        hidden_states = backend.permute(hidden_states.reshape(b, self.inner_dim, tokens), (0, 2, 1))
 
         # 3. time, text, image embeddings: temb (B, dim) | (B, L, dim); timestep_proj (B, 6, dim) | (B, L, 6, dim)
         t, ts_seq_len = self._timesteps(timestep, b, tokens)
