@@ -28,8 +28,12 @@ DTYPES = {
     "I8": (np.int8, 1),
     "U8": (np.uint8, 1),
     "BOOL": (np.bool_, 1),
+    # 8-bit floats (fp8 checkpoints): stored as bytes, decoded exactly to float32 on load (see `fp8_to_float32`)
+    "F8_E4M3": (np.uint8, 1),
+    "F8_E5M2": (np.uint8, 1),
 }
-FLOAT_TAGS = ("F64", "F32", "F16", "BF16")
+FP8_TAGS = ("F8_E4M3", "F8_E5M2")
+FLOAT_TAGS = ("F64", "F32", "F16", "BF16") + FP8_TAGS
 NUMPY_TO_TAG = {np.dtype(np.float64): "F64", np.dtype(np.float32): "F32", np.dtype(np.float16): "F16",
                 np.dtype(np.int64): "I64", np.dtype(np.int32): "I32", np.dtype(np.int16): "I16",
                 np.dtype(np.int8): "I8", np.dtype(np.uint8): "U8", np.dtype(np.bool_): "BOOL"}
@@ -38,6 +42,33 @@ MAX_HEADER = 100 * 1024 * 1024
 
 def bf16_to_float32(u16: np.ndarray) -> np.ndarray:
     return (u16.astype(np.uint32) << 16).view(np.float32)
+
+
+def _fp8_table(exp_bits: int, man_bits: int, ieee_specials: bool) -> np.ndarray:
+    """float32 value of each of the 256 bit patterns of an 8-bit float (1 sign bit, `exp_bits`, `man_bits`).
+    `ieee_specials`: the all-ones exponent holds inf (mantissa 0) and NaN, as in IEEE (E5M2); otherwise (E4M3 "fn",
+    finite) only S.1111.111 is NaN and the rest of that exponent are ordinary numbers."""
+    bias = (1 << (exp_bits - 1)) - 1
+    bits = np.arange(256, dtype=np.int64)
+    sign = np.where(bits >> 7, -1.0, 1.0)
+    exp = (bits >> man_bits) & ((1 << exp_bits) - 1)
+    man = bits & ((1 << man_bits) - 1)
+    frac = man / float(1 << man_bits)
+    value = np.where(exp == 0, frac * 2.0 ** (1 - bias), (1.0 + frac) * 2.0 ** (exp - bias))  # subnormal / normal
+    top = exp == (1 << exp_bits) - 1
+    if ieee_specials:
+        value = np.where(top & (man == 0), np.inf, np.where(top, np.nan, value))
+    else:
+        value = np.where(top & (man == (1 << man_bits) - 1), np.nan, value)
+    return (sign * value).astype(np.float32)  # every value is exact in float32 (float64 arithmetic above, exact too)
+
+
+FP8_TABLES = {"F8_E4M3": _fp8_table(4, 3, ieee_specials=False), "F8_E5M2": _fp8_table(5, 2, ieee_specials=True)}
+
+
+def fp8_to_float32(u8: np.ndarray, tag: str) -> np.ndarray:
+    """Decode fp8 bytes (`F8_E4M3` = torch.float8_e4m3fn, `F8_E5M2` = torch.float8_e5m2) to float32, exactly."""
+    return FP8_TABLES[tag][np.asarray(u8, dtype=np.uint8)]
 
 
 def float32_to_bf16(x: np.ndarray) -> np.ndarray:
@@ -53,7 +84,7 @@ def float32_to_bf16(x: np.ndarray) -> np.ndarray:
 
 @dataclass(frozen=True)
 class TensorRef:
-    """A tensor inside a file, not yet read. `load()` returns a numpy array (bf16 widened to float32)."""
+    """A tensor inside a file, not yet read. `load()` returns a numpy array (bf16 and fp8 widened to float32)."""
 
     file: str
     name: str
@@ -74,6 +105,8 @@ class TensorRef:
         else:
             mapping = self.mapping or FileMapping(self.file)
             arr = mapping.array(np_dtype, self.offset, count).reshape(self.shape)
+        if self.dtype in FP8_TAGS:
+            return fp8_to_float32(arr, self.dtype)
         return bf16_to_float32(arr) if self.dtype == "BF16" else arr
 
 

@@ -32,6 +32,7 @@ class ComponentSource:
     tensors: dict[str, TensorRef] = field(default_factory=dict)
     converted: bool = False  # a folder written by `mindport convert` (keys already MindSpore names)
     converter: object = None  # an ArchitectureConverter for this source's layout (default: by class name)
+    notes: dict = field(default_factory=dict)  # what the manifest should say about this source (layout, fp8 scales)
 
 
 def read_json(path: Path) -> dict:
@@ -263,12 +264,14 @@ def _bin_tensors(path: Path) -> dict[str, TensorRef]:
         raise ConversionError(f"{path}: cannot read .bin checkpoint ({type(e).__name__}: {str(e).splitlines()[0][:200]})") from None
     if isinstance(sd, dict) and "state_dict" in sd and isinstance(sd["state_dict"], dict):
         sd = sd["state_dict"]
-    tags = {torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16", torch.float64: "F64", torch.int64: "I64"}
+    tags = {torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16", torch.float64: "F64", torch.int64: "I64",
+            torch.float8_e4m3fn: "F8_E4M3", torch.float8_e5m2: "F8_E5M2"}
     refs = {}
     for k, t in sd.items():
         if not hasattr(t, "dtype") or t.dtype not in tags:
             raise ConversionError(f"{path}: entry {k!r} is not a supported tensor ({type(t).__name__} {getattr(t, 'dtype', '')})")
-        load = (lambda t=t: t.float().numpy() if t.dtype == torch.bfloat16 else t.numpy())
+        load = (lambda t=t: t.float().numpy() if t.dtype in (torch.bfloat16, torch.float8_e4m3fn, torch.float8_e5m2)
+                else t.numpy())  # bf16 and fp8 widen exactly to float32
         refs[k] = TensorRef(str(path), k, tags[t.dtype], tuple(t.shape), 0, t.numel() * t.element_size(), load)
     return refs
 

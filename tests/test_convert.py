@@ -339,16 +339,16 @@ def test_large_identity_components_copy_while_the_model_builds(svd_src, converte
 
 
 def test_unsupported_dtype_file_exits_2(svd_src, tmp_path, capsys):
-    """A tensor stored in a dtype we cannot read (float8 here): one line naming the tensor and the dtype."""
+    """A tensor stored in a dtype we cannot read (F8_E8M0; fp8 E4M3/E5M2 are read): one line naming tensor and dtype."""
     import struct
 
     src = tmp_path / "src"
     shutil.copytree(svd_src / "vae", src)
-    head = json.dumps({"encoder.conv_in.bias": {"dtype": "F8_E4M3", "shape": [2], "data_offsets": [0, 2]}}).encode()
+    head = json.dumps({"encoder.conv_in.bias": {"dtype": "F8_E8M0", "shape": [2], "data_offsets": [0, 2]}}).encode()
     (src / "diffusion_pytorch_model.safetensors").write_bytes(struct.pack("<Q", len(head)) + head + b"\0\0")
     assert main(["convert", str(src), str(tmp_path / "dst")]) == 2
     err = capsys.readouterr().err
-    assert "F8_E4M3" in err and "encoder.conv_in.bias" in err and len(err.strip().splitlines()) == 1
+    assert "F8_E8M0" in err and "encoder.conv_in.bias" in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "dst").exists()
 
 
