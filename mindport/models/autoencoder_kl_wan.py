@@ -52,6 +52,17 @@ class FeatureCache:
     def rewind(self) -> None:
         self.position = 0
 
+    @classmethod
+    def of(cls, cache, feat_cache=None, feat_idx=None) -> "FeatureCache":
+        """`cache`, else one built from diffusers' call form (`feat_cache` list, `feat_idx` [position]), so the
+        encoder and decoder also run on the arguments diffusers passes them (the harness replays those)."""
+        if cache is not None:
+            return cache
+        out = cls()
+        out.slots = [s if isinstance(s, Tensor) or s == cls.REPEAT else None for s in (feat_cache or [])]
+        out.position = int(feat_idx[0]) if feat_idx else 0
+        return out
+
     def take(self) -> tuple[int, object]:
         """The next slot's index and content (None the first time)."""
         i = self.position
@@ -337,7 +348,11 @@ class WanEncoder3d(nn.Cell):
         self.norm_out = WanRMS_norm(dims[-1], images=False)
         self.conv_out = WanCausalConv3d(dims[-1], z_dim, 3, padding=1)
 
-    def construct(self, x: Tensor, cache: FeatureCache) -> Tensor:
+    def construct(self, x: Tensor, cache: FeatureCache | None = None, feat_cache=None, feat_idx=None,
+                  first_chunk=None) -> Tensor:
+        """`feat_cache` / `feat_idx` / `first_chunk`: diffusers' call form (see FeatureCache.of); Wan 2.1's encoder
+        does not use first_chunk."""
+        cache = FeatureCache.of(cache, feat_cache, feat_idx)
         # 1. conv_in: (B, C_in, T, H, W) -> (B, dim, T, H, W)
         x = cached_conv(self.conv_in, x, cache)
         # 2. down blocks: spatial / temporal downsampling
@@ -391,7 +406,11 @@ class WanDecoder3d(nn.Cell):
         self.norm_out = WanRMS_norm(dims[-1], images=False)
         self.conv_out = WanCausalConv3d(dims[-1], out_channels, 3, padding=1)
 
-    def construct(self, x: Tensor, cache: FeatureCache) -> Tensor:
+    def construct(self, x: Tensor, cache: FeatureCache | None = None, feat_cache=None, feat_idx=None,
+                  first_chunk=False) -> Tensor:
+        """`feat_cache` / `feat_idx` / `first_chunk`: diffusers' call form (see FeatureCache.of); Wan 2.1's up blocks
+        do not use first_chunk (only Wan 2.2's residual ones do)."""
+        cache = FeatureCache.of(cache, feat_cache, feat_idx)
         # 1. conv_in: (B, z_dim, t, h, w) -> (B, dims[0], t, h, w)
         x = cached_conv(self.conv_in, x, cache)
         # 2. mid block
