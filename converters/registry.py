@@ -89,7 +89,7 @@ SCHEDULERS = (
 
 # image processors and tokenizers a component entry may name (configs and vocabularies, no weights)
 IMAGE_PROCESSORS = ("CLIPImageProcessor", "CLIPImageProcessorPil", "CLIPImageProcessorFast")
-TOKENIZERS = ("CLIPTokenizer", "CLIPTokenizerFast")
+TOKENIZERS = ("CLIPTokenizer", "CLIPTokenizerFast", "T5Tokenizer", "T5TokenizerFast", "AutoTokenizer")
 
 PIPELINES = (
     Pipeline(
@@ -117,6 +117,23 @@ PIPELINES = (
                     "unet": ("I2VGenXLUNet",), "scheduler": ("DDIMScheduler",)},
         compared=("text_encoder", "image_encoder", "unet", "vae"),
         adapter="i2vgen_xl", fixtures=("i2vgen-xl-tiny", "i2vgen-xl-tiny-large", "i2vgen-xl-tiny-3level"),
+    ),
+    Pipeline(
+        "WanPipeline", "Wan 2.1 T2V", "wan",
+        components={"tokenizer": TOKENIZERS, "text_encoder": ("UMT5EncoderModel",), "vae": ("AutoencoderKLWan",),
+                    "scheduler": ("UniPCMultistepScheduler", "FlowMatchEulerDiscreteScheduler"),
+                    "transformer": ("WanTransformer3DModel",), "transformer_2": ("WanTransformer3DModel",)},
+        compared=("text_encoder", "transformer", "vae"),
+        adapter="wan", fixtures=("wan-t2v-tiny", "wan-t2v-tiny-varied"),
+    ),
+    Pipeline(
+        "WanImageToVideoPipeline", "Wan 2.1 I2V", "wan",
+        components={"tokenizer": TOKENIZERS, "text_encoder": ("UMT5EncoderModel",), "vae": ("AutoencoderKLWan",),
+                    "scheduler": ("UniPCMultistepScheduler", "FlowMatchEulerDiscreteScheduler"),
+                    "image_processor": IMAGE_PROCESSORS, "image_encoder": ("CLIPVisionModel",),
+                    "transformer": ("WanTransformer3DModel",), "transformer_2": ("WanTransformer3DModel",)},
+        compared=("text_encoder", "image_encoder", "transformer", "vae"),
+        adapter="wan_i2v", fixtures=("wan-i2v-tiny",),
     ),
 )
 

@@ -394,3 +394,70 @@ def center_crop_wide(images, resolution) -> list:
 
 
 __all__ += ["center_crop_wide"]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# CLIPImageProcessor (Wan I2V's image_processor)
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def _hw(size, what: str) -> tuple[int, int]:
+    if isinstance(size, dict) and size.get("height") and size.get("width"):
+        return int(size["height"]), int(size["width"])
+    if isinstance(size, (int, float)) and not isinstance(size, bool):
+        return int(size), int(size)
+    raise ValueError(f"CLIPImageProcessor: {what}={size!r} is not supported; expected {{'height': H, 'width': W}} "
+                     "or an int")
+
+
+def clip_image_processor(images, config: dict) -> np.ndarray:
+    """transformers' CLIPImageProcessor (its PIL backend) for PIL images, from a preprocessor_config.json dict (absent
+    or null fields take transformers' defaults): RGB, resize (shortest edge to `size["shortest_edge"]`, the long
+    edge int(s * long / short); or to `size`'s height x width) with Pillow's `resample` (3 = BICUBIC), centre crop
+    to `crop_size` (top/left = (size - crop) // 2), rescale (float64 times rescale_factor, then float32), CLIP
+    mean/std. -> (B, 3, h, w) float32."""
+    images = list(images) if isinstance(images, (list, tuple)) else [images]
+    if not images or not all(isinstance(im, Image.Image) for im in images):
+        raise ValueError("CLIPImageProcessor: expected a PIL image or a non-empty list of PIL images")
+
+    def get(key, default):
+        value = config.get(key)
+        return default if value is None else value
+
+    size = get("size", {"shortest_edge": 224})
+    crop = _hw(get("crop_size", {"height": 224, "width": 224}), "crop_size")
+    resample = Image.Resampling(int(get("resample", 3)))
+    mean = np.asarray(get("image_mean", CLIP_MEAN), np.float32).reshape(-1, 1, 1)
+    std = np.asarray(get("image_std", CLIP_STD), np.float32).reshape(-1, 1, 1)
+    out = []
+    for im in images:
+        if get("do_convert_rgb", True):
+            im = im.convert("RGB")
+        if get("do_resize", True):
+            if isinstance(size, dict) and size.get("shortest_edge"):
+                s = int(size["shortest_edge"])
+                w, h = im.size
+                short, long = min(w, h), max(w, h)
+                new_short, new_long = s, int(s * long / short)
+                im = im.resize((new_short, new_long) if w <= h else (new_long, new_short), resample=resample)
+            else:
+                h, w = _hw(size, "size")
+                im = im.resize((w, h), resample=resample)
+        x = np.asarray(im).transpose(2, 0, 1)  # (C, H, W) uint8
+        if get("do_center_crop", True):
+            ch, cw = crop
+            top, left = (x.shape[1] - ch) // 2, (x.shape[2] - cw) // 2
+            if top < 0 or left < 0:
+                raise ValueError(f"CLIPImageProcessor: the resized image is {x.shape[1]}x{x.shape[2]}, smaller than "
+                                 f"crop_size {ch}x{cw}; expected a size at least the crop size")
+            x = x[:, top:top + ch, left:left + cw]
+        x = x.astype(np.float32)
+        if get("do_rescale", True):
+            x = (x.astype(np.float64) * float(get("rescale_factor", 1 / 255))).astype(np.float32)
+        if get("do_normalize", True):
+            x = (x - mean) / std
+        out.append(x.astype(np.float32))
+    return np.stack(out)
+
+
+__all__ += ["clip_image_processor"]

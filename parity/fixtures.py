@@ -135,6 +135,21 @@ def tiny_clip_text(text: dict, projection_dim: int, hidden_act: str):
     return tokenizer, text_encoder
 
 
+def tiny_t5_tokenizer():
+    """A small UMT5-style (T5) tokenizer built in code (no files, no network): a Unigram vocabulary of pad / eos /
+    unk, the lowercase letters and digits as word-initial ("\u2581x") and inner pieces, and a few whole words, with
+    log-probability scores: 67 ids, all below any UMT5 vocab_size used here."""
+    from transformers import T5Tokenizer
+
+    chars = "abcdefghijklmnopqrstuvwxyz0123456789,.!?'-"
+    words = ["the", "cat", "dog", "at", "in", "a", "night", "walking", "static", "blurry", "hat"]
+    pieces = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("\u2581", -2.0)]
+    pieces += [(f"\u2581{w}", -3.0 - 0.1 * i) for i, w in enumerate(words)]
+    pieces += [(c, -5.0 - 0.01 * i) for i, c in enumerate(chars)]
+    pieces += [(f"\u2581{c}", -6.0 - 0.01 * i) for i, c in enumerate(chars[:10])]
+    return T5Tokenizer(vocab=pieces, extra_ids=0)
+
+
 def synthetic_image(width: int, height: int, seed: int = 0) -> PIL.Image.Image:
     """A deterministic, smooth-plus-detail RGB test picture (no files, no network)."""
     rng = np.random.Generator(np.random.PCG64(seed))

@@ -47,7 +47,13 @@ def gate_measure(g: dict) -> str:
 
 def weight_mismatches(wc: dict) -> list[dict]:
     """The tensors whose perturbation moved another module first (`mismatches`, else the failing `rows`)."""
-    return wc.get("mismatches") or [r for r in wc.get("rows", []) if not r.get("passed", True)]
+    return wc.get("mismatches") or [r for r in wc.get("rows", []) if r.get("passed", True) is False]
+
+
+def weight_unchecked_note(wc: dict) -> str:
+    """" (N not checkable: why)" for tensors whose component could not be re-run on the reference's inputs."""
+    rows = [r for r in wc.get("rows", []) if r.get("passed", True) is None]
+    return f" ({len(rows)} not checkable: {rows[0]['detail']})" if rows else ""
 
 
 def ratio(row: dict):

@@ -18,6 +18,7 @@ from matplotlib.figure import Figure
 
 from .report_format import (NOT_MEASURED, amp_label, amplification, describe_divergence, fmt, fmt_db, fmt_ssim, gain,
                      gate_measure, ratio, run_lines, side_by_side_gif, step_block_worst, strip_image, weight_mismatches,
+                     weight_unchecked_note,
                      worst_rows)
 
 PASS, FAIL, FLOOR, BOUND = "#1a7f37", "#cf222e", "#4a7bd0", "#444444"
@@ -454,7 +455,7 @@ def _weights(report: dict) -> str:
     mism = weight_mismatches(wc)
     body = (f"<p>{_ok(wc.get('passed'))} {escape(str(wc.get('checked', '?')))} of {escape(str(wc.get('total', '?')))} "
             f"tensors perturbed one at a time ({_secs(wc.get('seconds'))}); {len(mism)} moved a module other than "
-            "the one they map to.</p>")
+            f"the one they map to{escape(weight_unchecked_note(wc))}.</p>")
     if mism:
         body += md_table(["component", "tensor", "expected module", "first moved"],
                        [[escape(m["component"]), "`" + escape(m["tensor"]), "`" + escape(m["expected_module"]),

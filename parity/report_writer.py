@@ -29,6 +29,7 @@ from .report_format import (
     step_block_worst,
     strips_png,
     weight_mismatches,
+    weight_unchecked_note,
     worst_rows,
 )
 from .report_html import write_html
@@ -136,7 +137,7 @@ def markdown(report: dict, amplify: float | None = None) -> str:
         mismatches = weight_mismatches(wc)
         lines.append(f"{wc.get('checked', '?')} of {wc.get('total', '?')} tensors perturbed one at a time "
                      f"({fmt(wc.get('seconds'))} s): {len(mismatches)} mismatches; "
-                     f"passed: {wc.get('passed', '—')}.")
+                     f"passed: {wc.get('passed', '—')}{weight_unchecked_note(wc)}.")
         if mismatches:
             lines += [""] + md_table(["component", "tensor", "expected module", "first moved"],
                                    [[m["component"], f"`{m['tensor']}`", f"`{m['expected_module']}`",

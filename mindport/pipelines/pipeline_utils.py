@@ -60,6 +60,8 @@ class DiffusionPipeline:
 
     components_order: tuple[str, ...] = ()
     loads_from: tuple[str, ...] = ()
+    # model_index.json entries that are pipeline settings, not components (passed to __init__ when present)
+    config_keys: tuple[str, ...] = ()
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
@@ -109,6 +111,8 @@ class DiffusionPipeline:
                 supported = sorted([*MODEL_ROWS, *SCHEDULER_ROWS, *IMAGE_PROCESSORS, *TOKENIZERS])
                 raise ConversionError(f"{index_path}: component {name!r} is a {class_name}, which mindport cannot load; "
                                       f"supported: {', '.join(supported)}")
+        for key in cls.config_keys:
+            components[key] = kwargs.pop(key) if key in kwargs else index.get(key)
         if kwargs:
             raise TypeError(f"{cls.__name__}.from_pretrained got unexpected arguments: {', '.join(sorted(kwargs))}")
         return cls(**components)
