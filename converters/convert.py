@@ -20,6 +20,9 @@ from .base import IDENTITY, Audit, Mapped, map_tensors, materialise
 from .errors import ConversionError
 from .safetensors_io import RawSpan, write_safetensors
 from .single_file import PLAIN_FILES
+from .wan_original import is_release as is_wan_release
+from .wan_original import open_release as open_wan_release
+from .wan_original import open_single_file as open_wan_file
 from .sources import (
     CONVERTED_WEIGHTS,
     MANIFEST,
@@ -149,6 +152,7 @@ def _component_record(name: str, src: ComponentSource, out: Path, plan, tensors:
         "dtype_policy": {"dtype": dtype or "keep source dtype", "keep_fp32": keep_fp32 if dtype else None,
                          "kept_fp32_tensors": sum(1 for t in tensors.values() if t["dtype_reason"].startswith("kept"))},
         "audit": audit.as_dict(),
+        **({"notes": src.notes} if src.notes else {}),
         "tensors": tensors,
     }
 
@@ -251,10 +255,19 @@ def new_manifest(src, resolved, variant, dtype, **extra) -> dict:
 
 def _write_single_file(path: Path, tmp: Path, manifest: dict, config_dir, write_all, motion_adapter=None) -> dict:
     """A checkpoint file on its own: its keys tell what it holds. Whole-pipeline releases (SD 1.5, SVD) become a
-    pipeline folder; a motion-module file becomes a MotionAdapter folder."""
+    pipeline folder; a motion-module file becomes a MotionAdapter folder; a Wan component file (transformer, UMT5,
+    VAE in Wan-AI names, or a transformers-named fp8 UMT5) becomes that component's folder."""
     from .single_file import detect_layout, split_single_file
 
     tensors = read_tensors([path])
+    wan = open_wan_file(path, tensors, config_dir)  # one Wan component in Wan-AI's (or an fp8) layout
+    if wan is not None:
+        if motion_adapter is not None:
+            raise ConversionError(f"--motion-adapter {motion_adapter}: only an SD 1.5 base takes a motion adapter; "
+                                  f"{path} is a {wan.notes['layout']} file")
+        manifest["source_format"] = wan.notes["layout"]
+        manifest["config_source"] = str(config_dir) if config_dir else "inferred from the tensor shapes"
+        return write_all(tmp, {".": wan}, manifest)
     layout = detect_layout(tensors)
     if layout is None:
         if any(".motion_modules." in k for k in tensors):
@@ -262,20 +275,16 @@ def _write_single_file(path: Path, tmp: Path, manifest: dict, config_dir, write_
             return write_all(tmp, {".": _motion_adapter_source(path, config_dir)}, manifest)
         raise ConversionError(f"{path}: unknown single-file layout (first key {next(iter(tensors), None)!r}); supported: "
                               "SD 1.5 (model.diffusion_model / first_stage_model / cond_stage_model.transformer), "
-                              "Stable Video Diffusion (generative-models), AnimateDiff motion modules")
+                              "Stable Video Diffusion (generative-models), AnimateDiff motion modules, Wan 2.1 "
+                              "transformer / UMT5 / VAE (Wan-AI names, fp8 included)")
     single = split_single_file(path, tensors, layout, config_dir)
     manifest["source_format"] = layout.name
     manifest["config_source"] = str(config_dir) if config_dir else "built-in defaults"
     manifest["dropped"] = single.dropped
     for name, plain in single.plain.items():
-        if isinstance(plain, dict):
-            (tmp / name).mkdir(parents=True)
-            (tmp / name / PLAIN_FILES[name]).write_text(json.dumps(plain, indent=2, sort_keys=True))
-        elif (plain / "config.json").exists():
+        if not isinstance(plain, dict) and (plain / "config.json").exists():
             raise ConversionError(f"{plain}: {name} is a model, but {path} (a {layout.name} checkpoint) does not hold it")
-        else:
-            _copy_plain(plain, tmp / name)
-        manifest["components"][name] = {"class_name": single.model_index[name][1], "copied": True}
+        _write_plain(tmp, name, plain, single.model_index[name][1], manifest)
     sources, index = dict(single.sources), dict(single.model_index)
     if motion_adapter is not None:  # an SD 1.5 base plus a motion module: an AnimateDiff pipeline folder
         if layout.name != "ldm-sd15":
@@ -284,6 +293,28 @@ def _write_single_file(path: Path, tmp: Path, manifest: dict, config_dir, write_
         sources["motion_adapter"] = _motion_adapter_source(Path(motion_adapter), config_dir)
         index.update({"_class_name": "AnimateDiffPipeline", "motion_adapter": ["diffusers", "MotionAdapter"]})
     (tmp / "model_index.json").write_text(json.dumps(index, indent=2))
+    return write_all(tmp, sources, manifest)
+
+
+def _write_plain(tmp: Path, name: str, plain, class_name: str, manifest: dict) -> None:
+    """A component without weights: a built-in config (dict) written to its file, or a folder copied."""
+    if isinstance(plain, dict):
+        (tmp / name).mkdir(parents=True)
+        (tmp / name / PLAIN_FILES[name]).write_text(json.dumps(plain, indent=2, sort_keys=True))
+    else:
+        _copy_plain(plain, tmp / name)
+    manifest["components"][name] = {"class_name": class_name, "copied": True}
+
+
+def _write_wan_release(root: Path, tmp: Path, manifest: dict, write_all) -> dict:
+    """An original Wan 2.1 release folder (Wan-AI layout): a diffusers-layout Wan pipeline folder, or a
+    WanTransformer3DModel component folder when the folder holds only the transformer."""
+    sources, index, plain, notes = open_wan_release(root)
+    manifest.update(notes)
+    for name, cfg in plain.items():
+        _write_plain(tmp, name, cfg, index[name][1], manifest)
+    if index is not None:
+        (tmp / "model_index.json").write_text(json.dumps(index, indent=2))
     return write_all(tmp, sources, manifest)
 
 
@@ -303,8 +334,8 @@ def _motion_adapter_source(path: Path, config_dir=None) -> ComponentSource:
 def convert(src, dst, spec_fn: SpecFn, variant: str | None = None, dtype: str | None = None,
             overwrite: bool = False, progress_factory=None, config_dir=None, keep_fp32: str = DEFAULT_KEEP_FP32,
             motion_adapter=None) -> dict:
-    """Convert SRC (Hub id, pipeline folder, component folder, or a single file: SD 1.5 / SVD original release or
-    motion module) into DST, audited and published atomically (see `publish`). `config_dir`: the diffusers folder
+    """Convert SRC (Hub id, pipeline folder, component folder, an original Wan 2.1 release folder, or a single file:
+    SD 1.5 / SVD original release, motion module, one Wan component in Wan-AI names) into DST, audited and published atomically (see `publish`). `config_dir`: the diffusers folder
     whose configs a single-file pipeline checkpoint uses (default: built-in); `motion_adapter`: an adapter folder or
     motion-module file added to an SD 1.5 single file, making an AnimateDiff pipeline folder. Returns the manifest."""
     check_dtype(dtype, keep_fp32)
@@ -352,6 +383,8 @@ def convert(src, dst, spec_fn: SpecFn, variant: str | None = None, dtype: str | 
         manifest = new_manifest(src, root, variant, dtype)
         if root.is_file():
             return _write_single_file(root, tmp, manifest, config_dir, write_all, motion_adapter)
+        if is_wan_release(root):
+            return _write_wan_release(root, tmp, manifest, write_all)
         if (root / "model_index.json").exists():
             sources = {}
             for name, (lib, cls) in pipeline_components(root).items():

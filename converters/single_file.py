@@ -117,7 +117,8 @@ SVD = Layout(
 )
 LAYOUTS = {layout.name: layout for layout in (SD15, SVD)}
 # plain (non-model) components: the file each one's config is written to
-PLAIN_FILES = {"scheduler": "scheduler_config.json", "feature_extractor": "preprocessor_config.json"}
+PLAIN_FILES = {"scheduler": "scheduler_config.json", "feature_extractor": "preprocessor_config.json",
+               "image_processor": "preprocessor_config.json"}
 PLAIN_LIBRARY = {"scheduler": "diffusers", "feature_extractor": "transformers", "tokenizer": "transformers"}
 
 

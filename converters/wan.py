@@ -1,5 +1,5 @@
-"""Wan 2.1 / 2.2: the diffusion transformer. (Original Wan-AI release names and the VAE / UMT5 converters follow with
-issue 16.)
+"""Wan 2.1 / 2.2 in the diffusers layout: the diffusion transformer, the VAE and the UMT5 text encoder. (Wan-AI's
+original release names, fp8 files and release folders: `wan_original.py`.)
 
 The port mirrors diffusers' module paths one to one; diffusers itself ignores one stored tensor."""
 
