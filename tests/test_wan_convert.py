@@ -183,6 +183,7 @@ def assert_identical(a: dict, b: dict, where: str):
 
 
 def one_line_refusal(capsys, args, dst, needle):
+    capsys.readouterr()  # what fixtures printed before (save_pretrained's progress bars)
     assert main(args) == 2
     err = capsys.readouterr().err.strip()
     assert needle in err and len(err.splitlines()) == 1, err
@@ -582,3 +583,49 @@ def test_vae_bad_inputs(vaes, tmp_path, capsys):
     bad["decoder.upsamples.7.resample.1.weight"] = bad["decoder.upsamples.7.resample.1.weight"][:, :, :2]
     torch.save(bad, path)
     one_line_refusal(capsys, ["convert", str(path), str(dst)], dst, "decoder.upsamples.7.resample.1.weight")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# CLIP vision keys: `vision_model.` prefixed (released, transformers 4) or bare (transformers 5 CLIPVisionModel)
+# ---------------------------------------------------------------------------------------------------------------
+CLIP_VISION = dict(hidden_size=16, intermediate_size=32, num_attention_heads=2, num_hidden_layers=2, image_size=28,
+                   patch_size=14, projection_dim=8)
+
+
+def _respell(folder, dst, rename):
+    import shutil
+
+    shutil.copytree(folder, dst)
+    path = dst / "model.safetensors"
+    state = safetensors_torch.load_file(str(path))
+    safetensors_torch.save_file({rename(k): v for k, v in state.items()}, str(path))
+    return dst
+
+
+@pytest.mark.parametrize("cls", ["CLIPVisionModel", "CLIPVisionModelWithProjection"])
+def test_clip_vision_prefixed_and_bare_keys(tmp_path, capsys, cls):
+    torch.manual_seed(0)
+    model = randomise(getattr(transformers, cls)(transformers.CLIPVisionConfig(**CLIP_VISION)), 0)
+    model.save_pretrained(tmp_path / "saved")
+    saved = set(safetensors_torch.load_file(str(tmp_path / "saved" / "model.safetensors")))
+    prefixed = any(k.startswith("vision_model.") for k in saved)
+    assert prefixed == (cls == "CLIPVisionModelWithProjection")  # what transformers 5 writes
+    expected = convert(tmp_path / "saved", tmp_path / "ref")
+
+    def other(k):  # the other spelling of the tower's keys (visual_projection stays outside the tower)
+        if k.startswith("visual_projection."):
+            return k
+        return k[len("vision_model."):] if prefixed else "vision_model." + k
+
+    respelled = _respell(tmp_path / "saved", tmp_path / "other", other)
+    assert_identical(convert(respelled, tmp_path / "out"), expected, cls)
+    # an older file with the position_ids buffer, in the other spelling: dropped
+    state = safetensors_torch.load_file(str(respelled / "model.safetensors"))
+    state[other("vision_model.embeddings.position_ids" if prefixed else "embeddings.position_ids")] = (
+        torch.arange(5).reshape(1, 5))
+    safetensors_torch.save_file(state, str(respelled / "model.safetensors"))
+    assert_identical(convert(respelled, tmp_path / "out2"), expected, cls)
+    # mixed spellings: one line, nothing written
+    mixed = _respell(tmp_path / "saved", tmp_path / "mixed", lambda k: other(k) if "layers.1." in k else k)
+    dst = tmp_path / "dst"
+    one_line_refusal(capsys, ["convert", str(mixed), str(dst)], dst, "mixes two key spellings")
