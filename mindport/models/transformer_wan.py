@@ -332,11 +332,12 @@ class WanAttention(nn.Cell):
         return (context[:, :cut] if cut > 0 else None), (context[:, cut:] if cut > 0 else context)
 
     def _normed(self, norm: RMSNorm, x: Tensor, rotary: tuple[Tensor, Tensor] | None) -> Tensor:
-        """RMS norm (and rotary positions) in float32, back to the projections' dtype."""
-        y = rms_norm(x, norm.weight, norm.eps)
+        """The RMS norm cell (float32 inside, its output in x's dtype as diffusers' norm_q / norm_k; called as a
+        cell so the harness sees it), then rotary positions in float32, back to x's dtype."""
+        y = norm(x)
         if rotary is not None:
-            y = rotate_pairs(y, *rotary)
-        return backend.cast(y, x.dtype)
+            y = backend.cast(rotate_pairs(backend.cast(y, F32), *rotary), x.dtype)
+        return y
 
     def construct(self, hidden_states: Tensor, encoder_hidden_states: Tensor | None = None,
                   attention_mask: Tensor | None = None, rotary_emb: tuple[Tensor, Tensor] | None = None) -> Tensor:
