@@ -30,6 +30,10 @@ UMT5 encoder (`models_t5_umt5-xxl-enc-bf16.pth`, Wan's own T5Encoder with `share
 VAE (`Wan2.1_VAE.pth`, WanVAE_): see `vae_rows` (flat `downsamples` / `upsamples` Sequentials; ResidualBlock's
 `residual.{0,2,3,6}` Sequential indices; `head.{0,2}`; the top-level `conv1` / `conv2` are the quant convs).
 
+CLIP image encoder (I2V, `models_clip_open-clip-xlm-roberta-large-vit-huge-14.pth`): the `visual.*` ViT-H/14 tower
+-> transformers CLIPVisionModel (`CLIP_ROWS`: fused `to_qkv` split into q/k/v, unit axes of the class and position
+embeddings dropped); the `textual.*` XLM-RoBERTa tower, `log_scale` and the `visual.head` projection are dropped.
+
 fp8 files (`F8_E4M3` / `F8_E5M2` safetensors, float8 pickles) are decoded exactly; a per-tensor
 `X.scale_weight` multiplies `X.weight` (`dequantise_fp8`), and the scale tensors are consumed by explicit rows.
 """
@@ -43,7 +47,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .base import ArchitectureConverter, Rule
+from .base import TRANSFORMS, ArchitectureConverter, Rule
 from .errors import ConversionError
 from .safetensors_io import FP8_TAGS, TensorRef
 from .sources import ComponentSource, read_json
@@ -125,8 +129,8 @@ def _leaves(src: str, dst: str, leaves, reason: str) -> list[Rule]:
     """Rows for a module at regex `src` (may hold groups, referenced in `dst` as \\1...) with (leaf, leaf) pairs;
     the tensor name (weight/bias/gamma) is the last group."""
     groups = re.compile(src).groups
-    return [Rule(rf"{src}\.{re.escape(a)}\.(weight|bias|gamma)", f"{dst}.{b}.\\{groups + 1}", reason=reason)
-            for a, b in leaves]
+    return [Rule(rf"{src}\.{re.escape(a)}\.(weight|bias|gamma)", f"{dst + '.' if dst else ''}{b}.\\{groups + 1}",
+                 reason=reason) for a, b in leaves]
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -431,10 +435,68 @@ def infer_vae_config(shapes: dict[str, tuple[int, ...]], where: str = "") -> dic
 
 
 # ----------------------------------------------------------------------------------------------------------------
+# CLIP image encoder (I2V): the ViT-H/14 vision tower of Wan's open-clip XLM-RoBERTa CLIP
+# ----------------------------------------------------------------------------------------------------------------
+
+# Wan keeps CLIP's class and position embeddings with leading unit axes ((1, 1, C), (1, N, C)): the same values
+TRANSFORMS.setdefault("drop_unit_axes", lambda a, shape: a.reshape(shape))
+
+_V = r"visual\.transformer\.(\d+)"
+_VL = r"encoder.layers.\1"
+_CLIP_WHY = "Wan VisionTransformer -> transformers CLIPVisionModel"
+CLIP_ROWS = tuple(
+    [Rule(r"visual\.patch_embedding\.weight", "embeddings.patch_embedding.weight",
+          reason="patch conv (no bias: pre-norm ViT), as CLIP's"),
+     Rule(r"visual\.cls_embedding", "embeddings.class_embedding", "drop_unit_axes", "class token (1, 1, C) -> (C,)"),
+     Rule(r"visual\.pos_embedding", "embeddings.position_embedding.weight", "drop_unit_axes",
+          "position table (1, 1 + patches, C) -> the embedding table"),
+     Rule(_V + r"\.attn\.to_qkv\.weight", tuple(_VL + f".self_attn.{x}_proj.weight" for x in "qkv"),
+          reason="fused projection: output rows (3, heads, head_dim), q then k then v"),
+     Rule(_V + r"\.attn\.to_qkv\.bias", tuple(_VL + f".self_attn.{x}_proj.bias" for x in "qkv"),
+          reason="fused projection bias: q, k, v"),
+     Rule(r"visual\.head", None, reason="the image-text projection (x @ head); Wan's I2V reads the penultimate "
+          "block's hidden states (diffusers: hidden_states[-2]), and CLIPVisionModel has no projection"),
+     Rule(r"textual\..+", None, reason="the XLM-RoBERTa text tower; Wan's I2V encodes images only"),
+     Rule(r"log_scale", None, reason="CLIP's contrastive logit scale (training only)")]
+    + _leaves(r"visual", "", (("pre_norm", "pre_layrnorm"), ("post_norm", "post_layernorm")),
+              _CLIP_WHY + " (sic: transformers' pre_layrnorm)")
+    + _leaves(_V, _VL, (("norm1", "layer_norm1"), ("norm2", "layer_norm2"), ("attn.proj", "self_attn.out_proj"),
+                        ("mlp.0", "mlp.fc1"), ("mlp.2", "mlp.fc2")), _CLIP_WHY)
+) + FP8_ROWS
+CLIP_HEAD_DIM = 80  # ViT-H/14: 1280 wide, 16 heads
+
+
+def infer_clip_config(shapes: dict[str, tuple[int, ...]], where: str = "") -> dict:
+    """transformers CLIPVisionConfig of Wan's vision tower from its (original-name) shapes; the heads do not show:
+    ViT-H/14's head dim 80 (16 heads at 1280 wide)."""
+    def shape(name):
+        if name not in shapes:
+            raise ConversionError(f"{where}: no tensor for {name!r}; cannot infer the CLIP vision config")
+        return shapes[name]
+
+    hidden, channels, patch = shape("visual.patch_embedding.weight")[:3]
+    positions = shape("visual.pos_embedding")[-2]
+    grid = math.isqrt(positions - 1)
+    if grid * grid != positions - 1:
+        raise ConversionError(f"{where}: visual.pos_embedding holds {positions} positions; expected 1 + a square grid")
+    layers = sorted({int(m.group(1)) for k in shapes if (m := re.match(r"visual\.transformer\.(\d+)\.", k))})
+    if not layers or layers != list(range(len(layers))):
+        raise ConversionError(f"{where}: visual.transformer blocks {layers[:8]} are not numbered 0..n-1")
+    if hidden % CLIP_HEAD_DIM:
+        raise ConversionError(f"{where}: cannot tell the CLIP attention heads: width {hidden} is not a multiple of "
+                              f"ViT-H/14's head dim {CLIP_HEAD_DIM}")
+    return {"architectures": ["CLIPVisionModel"], "model_type": "clip_vision_model", "hidden_size": hidden,
+            "intermediate_size": shape("visual.transformer.0.mlp.0.weight")[0], "num_hidden_layers": len(layers),
+            "num_attention_heads": hidden // CLIP_HEAD_DIM, "num_channels": channels, "patch_size": patch,
+            "image_size": grid * patch, "hidden_act": "gelu", "layer_norm_eps": 1e-5, "attention_dropout": 0.0,
+            "projection_dim": shapes.get("visual.head", (hidden, hidden))[1]}
+
+
+# ----------------------------------------------------------------------------------------------------------------
 # Single files and release folders
 # ----------------------------------------------------------------------------------------------------------------
 
-LAYOUTS = ("wan-transformer", "wan-umt5", "umt5-transformers", "wan-vae")
+LAYOUTS = ("wan-transformer", "wan-umt5", "umt5-transformers", "wan-vae", "wan-clip")
 
 
 def detect(keys) -> str | None:
@@ -450,6 +512,8 @@ def detect(keys) -> str | None:
         return "umt5-transformers"
     if "encoder.conv1.weight" in keys and "decoder.head.2.weight" in keys:
         return "wan-vae"
+    if "visual.cls_embedding" in keys and any(k.startswith("visual.transformer.") for k in keys):
+        return "wan-clip"
     return None
 
 
@@ -472,6 +536,9 @@ def component_source(path: Path, tensors: dict[str, TensorRef], layout: str, rel
         cls = "AutoencoderKLWan"
         config = infer_vae_config({k: tuple(r.shape) for k, r in tensors.items()}, where)
         rules = tuple(vae_rows(config))
+    elif layout == "wan-clip":
+        cls, rules = "CLIPVisionModel", CLIP_ROWS
+        config = infer_clip_config({k: tuple(r.shape) for k, r in tensors.items()}, where)
     else:
         raise ConversionError(f"{where}: unknown Wan layout {layout!r}; expected one of {', '.join(LAYOUTS)}")
     src = ComponentSource(path.parent if path.is_file() else path, config, cls, files or [path], tensors)
@@ -558,14 +625,21 @@ def open_release(root: Path):
         if not clip.exists():
             raise ConversionError(f"{root}: an image-conditioned ({model_type}) Wan release needs "
                                   f"{RELEASE_FILES['image_encoder']}")
-        raise ConversionError(f"{clip}: Wan's open-clip XLM-RoBERTa ViT-H/14 image encoder is not converted yet; "
-                              "convert a Wan-AI *-Diffusers I2V folder instead")
+        part = read_tensors([clip])
+        if detect(part) != "wan-clip":
+            raise ConversionError(f"{clip}: expected Wan's open-clip names (visual.cls_embedding, "
+                                  f"visual.transformer.N); first key {next(iter(part), None)!r}")
+        sources["image_encoder"] = component_source(clip, part, "wan-clip")
     shift, why = (5.0, "folder name says 720P") if "720p" in root.name.lower() else (3.0, "480p default")
     plain = {"scheduler": {**UNIPC_SCHEDULER, "flow_shift": shift}}
     index = {"_class_name": "WanImageToVideoPipeline" if i2v else "WanPipeline",
              "scheduler": ["diffusers", "UniPCMultistepScheduler"],
              "text_encoder": ["transformers", "UMT5EncoderModel"],
              "transformer": ["diffusers", "WanTransformer3DModel"], "vae": ["diffusers", "AutoencoderKLWan"]}
+    if i2v:
+        plain["image_processor"] = {"_class_name": "CLIPImageProcessor", **CLIP_IMAGE_PROCESSOR}
+        index["image_encoder"] = ["transformers", "CLIPVisionModel"]
+        index["image_processor"] = ["transformers", "CLIPImageProcessor"]
     notes = {"source_format": f"wan-original-release ({model_type})", "flow_shift": f"{shift} ({why})"}
     if present["tokenizer"]:
         plain["tokenizer"] = root / RELEASE_FILES["tokenizer"]

@@ -472,13 +472,13 @@ def test_release_folder_to_wan_pipeline(transformers_, umt5, vaes, tmp_path):
     assert all(c["audit"]["passed"] for c in manifest["components"].values() if "audit" in c)
 
 
-def test_release_folder_i2v_clip_refused(transformers_, umt5, vaes, tmp_path, capsys):
+def test_release_folder_i2v_needs_wan_clip(transformers_, umt5, vaes, tmp_path, capsys):
     root = write_release(tmp_path / "Wan2.1-I2V-tiny-480P", transformers_, umt5, vaes, case="i2v")
     dst = tmp_path / "dst"
     one_line_refusal(capsys, ["convert", str(root), str(dst)], dst, "models_clip_open-clip-xlm-roberta")
-    torch.save({"visual.cls_embedding": torch.zeros(1, 1, 8)},
+    torch.save({"vision_model.embeddings.class_embedding": torch.zeros(8)},
                root / "models_clip_open-clip-xlm-roberta-large-vit-huge-14.pth")
-    one_line_refusal(capsys, ["convert", str(root), str(dst)], dst, "not converted yet")
+    one_line_refusal(capsys, ["convert", str(root), str(dst)], dst, "expected Wan's open-clip names")
 
 
 def test_release_folder_missing_vae(transformers_, umt5, vaes, tmp_path, capsys):
@@ -629,3 +629,80 @@ def test_clip_vision_prefixed_and_bare_keys(tmp_path, capsys, cls):
     mixed = _respell(tmp_path / "saved", tmp_path / "mixed", lambda k: other(k) if "layers.1." in k else k)
     dst = tmp_path / "dst"
     one_line_refusal(capsys, ["convert", str(mixed), str(dst)], dst, "mixes two key spellings")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Wan's open-clip XLM-RoBERTa ViT-H/14 (I2V image encoder) -> CLIPVisionModel
+# ---------------------------------------------------------------------------------------------------------------
+WAN_CLIP = dict(hidden_size=160, intermediate_size=64, num_attention_heads=2, num_hidden_layers=2, image_size=28,
+                patch_size=14, hidden_act="gelu", layer_norm_eps=1e-5)  # head dim 80, as ViT-H/14's
+CLIP_LEAVES = {"layer_norm1": "norm1", "layer_norm2": "norm2", "self_attn.out_proj": "attn.proj", "mlp.fc1": "mlp.0",
+               "mlp.fc2": "mlp.2"}
+
+
+def wan_clip_state(state: dict, out_dim: int = 12) -> dict:
+    """transformers CLIPVisionModel (bare names) -> wan/modules/clip.py XLMRobertaCLIP names: the `visual` tower
+    (fused to_qkv, unit-axis embeddings), plus what a real file also holds: the projection `visual.head`, text tower
+    pieces and `log_scale`."""
+    g = torch.Generator().manual_seed(3)
+    out = {"visual.cls_embedding": state["embeddings.class_embedding"].reshape(1, 1, -1),
+           "visual.pos_embedding": state["embeddings.position_embedding.weight"][None],
+           "visual.patch_embedding.weight": state["embeddings.patch_embedding.weight"],
+           "visual.head": torch.randn(WAN_CLIP["hidden_size"], out_dim, generator=g),
+           "textual.token_embedding.weight": torch.randn(10, 8, generator=g), "log_scale": torch.tensor(4.6)}
+    for ours, theirs in (("pre_layrnorm", "pre_norm"), ("post_layernorm", "post_norm")):
+        for leaf in ("weight", "bias"):
+            out[f"visual.{theirs}.{leaf}"] = state[f"{ours}.{leaf}"]
+    for n in range(WAN_CLIP["num_hidden_layers"]):
+        p = f"encoder.layers.{n}."
+        for leaf in ("weight", "bias"):
+            out[f"visual.transformer.{n}.attn.to_qkv.{leaf}"] = torch.cat(
+                [state[f"{p}self_attn.{x}_proj.{leaf}"] for x in "qkv"])
+            for ours, theirs in CLIP_LEAVES.items():
+                out[f"visual.transformer.{n}.{theirs}.{leaf}"] = state[f"{p}{ours}.{leaf}"]
+    return out
+
+
+@pytest.fixture(scope="module")
+def wan_clip(tmp_path_factory):
+    root = tmp_path_factory.mktemp("wan-clip")
+    torch.manual_seed(0)
+    model = randomise(transformers.CLIPVisionModel(transformers.CLIPVisionConfig(**WAN_CLIP)), 0)
+    model.save_pretrained(root / "transformers")
+    state = {k: v for k, v in torch_state(model).items() if not k.endswith("position_ids")}
+    original = wan_clip_state(state)
+    # names as wan/modules/clip.py defines them (VisionTransformer, AttentionBlock, SelfAttention)
+    for name in ("visual.transformer.1.attn.to_qkv.weight", "visual.transformer.0.attn.proj.bias",
+                 "visual.transformer.0.mlp.0.weight", "visual.transformer.1.mlp.2.bias", "visual.pre_norm.weight",
+                 "visual.post_norm.bias", "visual.cls_embedding", "visual.pos_embedding"):
+        assert name in original
+    return root / "transformers", original
+
+
+def test_wan_clip_equals_transformers(wan_clip, tmp_path):
+    folder, original = wan_clip
+    expected = convert(folder, tmp_path / "ref")
+    path = tmp_path / "models_clip_open-clip-xlm-roberta-large-vit-huge-14.pth"
+    torch.save(original, path)
+    got = convert(path, tmp_path / "out")
+    assert_identical(got, expected, "clip")
+    cfg = json.loads((tmp_path / "out" / "config.json").read_text())
+    assert all(cfg[k] == v for k, v in WAN_CLIP.items()), cfg
+    dropped = json.loads((tmp_path / "out" / "manifest.json").read_text())["components"]["."]["audit"]["dropped"]
+    assert sorted(dropped) == ["log_scale", "textual.token_embedding.weight", "visual.head"]
+
+
+def test_release_folder_i2v_to_wan_i2v_pipeline(transformers_, umt5, vaes, wan_clip, tmp_path):
+    root = write_release(tmp_path / "Wan2.1-I2V-tiny-720P", transformers_, umt5, vaes, case="i2v")
+    torch.save(wan_clip[1], root / "models_clip_open-clip-xlm-roberta-large-vit-huge-14.pth")
+    dst = tmp_path / "converted"
+    assert main(["convert", str(root), str(dst)]) == 0
+    index = json.loads((dst / "model_index.json").read_text())
+    assert index["_class_name"] == "WanImageToVideoPipeline"
+    assert index["image_encoder"] == ["transformers", "CLIPVisionModel"]
+    assert index["image_processor"] == ["transformers", "CLIPImageProcessor"]
+    proc = json.loads((dst / "image_processor" / "preprocessor_config.json").read_text())
+    assert proc["crop_size"] == {"height": 224, "width": 224} and proc["image_processor_type"] == "CLIPImageProcessor"
+    assert json.loads((dst / "scheduler" / "scheduler_config.json").read_text())["flow_shift"] == 5.0  # 720P
+    for comp, folder in (("transformer", transformers_["i2v"][0]), ("image_encoder", wan_clip[0])):
+        assert_identical(load_safetensors(dst / comp / WEIGHTS), convert(folder, tmp_path / f"ref-{comp}"), comp)
