@@ -182,7 +182,7 @@ def renamed_shapes(rules, tensors: dict[str, TensorRef]) -> dict[str, tuple[int,
 
 
 DEFAULT_HEAD_DIM = 128  # every Wan 2.1 / 2.2 model (1.3B: 12 x 128, 14B: 40 x 128)
-_RELEASED_FIELDS = ("dim", "ffn_dim", "num_layers", "in_dim", "out_dim", "freq_dim", "text_dim", "model_type")
+_RELEASED_FIELDS = ("dim", "ffn_dim", "num_layers", "in_dim", "out_dim", "freq_dim", "text_dim")
 
 
 def infer_transformer_config(shapes: dict[str, tuple[int, ...]], released: dict | None = None,
@@ -210,13 +210,19 @@ def infer_transformer_config(shapes: dict[str, tuple[int, ...]], released: dict 
         "freq_dim": shape("condition_embedder.time_embedder.linear_1.weight")[1],
         "text_dim": shape("condition_embedder.text_embedder.linear_1.weight")[1],
         "out_dim": shape("proj_out.weight")[0] // math.prod(patch),
-        "model_type": "flf2v" if flf else ("i2v" if image else "t2v"),
     }
     released = dict(released or {})
     for field in _RELEASED_FIELDS:
         if field in released and released[field] != derived[field]:
             raise ConversionError(f"{where}: config.json says {field}={released[field]!r}, but the tensors hold "
                                   f"{field}={derived[field]!r}")
+    # model_type: Wan 2.1's t2v has no image embedder, flf2v has its position table; (Wan 2.2's i2v / ti2v have no
+    # CLIP image embedder at all, so an image model without img_emb is not a contradiction)
+    kind = released.get("model_type")
+    if (kind == "t2v" and image) or (flf and kind not in (None, "flf2v")) or (kind == "flf2v" and not flf):
+        raise ConversionError(f"{where}: config.json says model_type={kind!r}, but the tensors "
+                              f"{'hold' if image else 'lack'} an image embedder (img_emb)"
+                              f"{' with' if flf else ' without'} the first/last-frame position table (img_emb.emb_pos)")
     if "patch_size" in released and list(released["patch_size"]) != patch:
         raise ConversionError(f"{where}: config.json says patch_size={list(released['patch_size'])}, but "
                               f"patch_embedding.weight holds {patch}")
@@ -398,6 +404,9 @@ def infer_vae_config(shapes: dict[str, tuple[int, ...]], where: str = "") -> dic
     base, in_channels = shape("encoder.conv1.weight")[:2]
     z_dim = shape("conv2.weight")[0]
     out_channels, dec_out = shape("decoder.head.2.weight")[:2]
+    if any(re.match(r"encoder\.downsamples\.\d+\.(?:downsamples|avg_shortcut)\.", k) for k in shapes):
+        raise ConversionError(f"{where}: a Wan 2.2 VAE (residual down blocks, is_residual) is not ported; expected "
+                              "Wan 2.1's (Wan2.1_VAE.pth)")
     entries = sorted({int(m.group(1)) for k in shapes if (m := re.match(r"encoder\.downsamples\.(\d+)\.", k))})
     if entries != list(range(len(entries))) or not entries:
         raise ConversionError(f"{where}: encoder.downsamples entries {entries[:8]} are not numbered 0..n-1")
@@ -620,6 +629,10 @@ def open_release(root: Path):
         sources[name] = component_source(path, part, want)
     i2v = transformer.config["image_dim"] is not None
     model_type = (released or {}).get("model_type", "i2v" if i2v else "t2v")
+    if model_type not in ("t2v", "i2v", "flf2v") or (model_type != "t2v") != i2v:
+        raise ConversionError(f"{root}: a model_type={model_type!r} release "
+                              f"{'with' if i2v else 'without'} a CLIP image embedder; only Wan 2.1 releases (t2v, "
+                              "i2v, flf2v) convert as a folder (convert the transformer file on its own)")
     if i2v:
         clip = root / RELEASE_FILES["image_encoder"]
         if not clip.exists():

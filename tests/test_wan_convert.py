@@ -529,6 +529,9 @@ def test_released_config_disagreeing_with_shapes(transformers_, tmp_path, capsys
     write_release_transformer(tmp_path / "rel", original, dict(released, ffn_dim=64))
     dst = tmp_path / "dst"
     one_line_refusal(capsys, ["convert", str(tmp_path / "rel"), str(dst)], dst, "ffn_dim=64")
+    _, i2v, i2v_released, _ = transformers_["i2v"]
+    write_release_transformer(tmp_path / "rel2", i2v, dict(i2v_released, model_type="t2v"))
+    one_line_refusal(capsys, ["convert", str(tmp_path / "rel2"), str(dst)], dst, "model_type='t2v'")
 
 
 def test_truncated_files(transformers_, umt5, tmp_path, capsys):
@@ -706,3 +709,13 @@ def test_release_folder_i2v_to_wan_i2v_pipeline(transformers_, umt5, vaes, wan_c
     assert json.loads((dst / "scheduler" / "scheduler_config.json").read_text())["flow_shift"] == 5.0  # 720P
     for comp, folder in (("transformer", transformers_["i2v"][0]), ("image_encoder", wan_clip[0])):
         assert_identical(load_safetensors(dst / comp / WEIGHTS), convert(folder, tmp_path / f"ref-{comp}"), comp)
+
+
+def test_wan22_vae_refused(vaes, tmp_path, capsys):
+    _, original, _ = vaes["wan21-shape"]
+    bad = dict(original)
+    bad["encoder.downsamples.0.downsamples.0.residual.0.gamma"] = torch.ones(4, 1, 1, 1)
+    path = tmp_path / "Wan2.2_VAE.pth"
+    torch.save(bad, path)
+    dst = tmp_path / "dst"
+    one_line_refusal(capsys, ["convert", str(path), str(dst)], dst, "Wan 2.2 VAE")
