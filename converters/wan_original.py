@@ -89,7 +89,8 @@ def dequantise_fp8(tensors: dict[str, TensorRef], where: str) -> tuple[dict[str,
         out[weight] = dataclasses.replace(ref, loader=lambda r=ref, s=sref: _scaled(r, s))
         used[weight] = key
     if scaled_file:
-        bare = [k for k, r in tensors.items() if r.dtype in FP8_TAGS and k not in used and int(np.prod(r.shape)) > 0]
+        bare = [k for k, r in tensors.items() if r.dtype in FP8_TAGS and k not in used and k != "scaled_fp8"
+                and int(np.prod(r.shape, dtype=np.int64)) > 0]
         if bare:
             raise ConversionError(f"{where}: fp8 tensor {bare[0]!r} ({tensors[bare[0]].dtype}) has no scale "
                                   f"{bare[0].rsplit('.', 1)[0] + '.' + SCALE_SUFFIX!r}, but this file stores scaled "
