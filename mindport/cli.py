@@ -90,25 +90,54 @@ def cmd_parity(a) -> int:
     return EXIT_OK if report["passed"] else EXIT_PARITY_FAILED
 
 
+# `mindport generate` flag -> the pipeline __call__ argument it sets (passed only where the pipeline takes it)
+GENERATE_ARGUMENTS = {"prompt": "prompt", "negative_prompt": "negative_prompt", "image": "image", "frames": "num_frames",
+                      "steps": "num_inference_steps", "height": "height", "width": "width",
+                      "guidance_scale": "guidance_scale", "decode_chunk_size": "decode_chunk_size"}
+
+
 def cmd_generate(a) -> int:
+    """Any registered pipeline (model_index.json's _class_name), called with the flags its __call__ takes."""
+    import inspect
+
     import mindspore as ms
     import numpy as np
 
+    from converters.sources import read_json, resolve
     from mindport import backend
-    from mindport.pipelines import StableVideoDiffusionPipeline
+    from mindport.pipelines import pipeline_class
     from mindport.utils import export_to_gif, export_to_video, load_image
 
+    root = resolve(a.src, a.variant)
+    name = read_json(root / "model_index.json").get("_class_name")
+    cls = pipeline_class(name)
+    takes = inspect.signature(cls.__call__).parameters
+    given = {flag: getattr(a, flag) for flag in GENERATE_ARGUMENTS if getattr(a, flag) is not None}
+    unused = sorted(f"--{flag.replace('_', '-')}" for flag in given if GENERATE_ARGUMENTS[flag] not in takes)
+    if unused:
+        raise ValueError(f"{name} does not take {', '.join(unused)}")
+    if "image" in given:
+        given["image"] = load_image(given["image"])
+        for flag, size in (("height", given["image"].height), ("width", given["image"].width)):
+            if flag not in given and flag in takes:  # the image's size (rounded down to 16) unless given
+                given[flag] = max(16, size // 16 * 16)
+    elif "image" in takes and "prompt" not in takes:
+        raise ValueError(f"{name} generates from an image: give --image PATH_OR_URL")
+    if "prompt" in takes and "prompt" not in given and "image" not in takes:
+        raise ValueError(f"{name} generates from text: give --prompt TEXT")
+
     backend.init_context()
-    pipe = StableVideoDiffusionPipeline.from_pretrained(a.src, mindspore_dtype=backend.resolve_dtype(a.dtype), variant=a.variant)
-    image = load_image(a.image)
-    height = a.height or image.height // 8 * 8
-    width = a.width or image.width // 8 * 8
-    frames = pipe(image, height=height, width=width, num_frames=a.frames, num_inference_steps=a.steps,
-                  decode_chunk_size=a.decode_chunk_size, generator=np.random.Generator(np.random.PCG64(a.seed)))[0]
-    out = Path(a.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    path = export_to_gif(frames, str(out), fps=a.fps) if out.suffix == ".gif" else export_to_video(frames, str(out), fps=a.fps)
-    print(f"generated {len(frames)} frames at {width}x{height} ({ms.__version__}): {path}")
+    pipe = cls.from_pretrained(root, mindspore_dtype=backend.resolve_dtype(a.dtype), variant=a.variant)
+    kwargs = {GENERATE_ARGUMENTS[flag]: value for flag, value in given.items()}
+    out = pipe(**kwargs, output_type="np", generator=np.random.Generator(np.random.PCG64(a.seed)))
+    video = np.asarray(out[0])
+    frames = video[0] if video.ndim == 5 else video  # (B, F, H, W, 3) or one video's (F, H, W, 3)
+    path = Path(a.out)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    written = export_to_gif(list(frames), str(path), fps=a.fps) if path.suffix == ".gif" else \
+        export_to_video(list(frames), str(path), fps=a.fps)
+    print(f"generated {len(frames)} frames at {frames.shape[2]}x{frames.shape[1]} with {name} "
+          f"(MindSpore {ms.__version__}): {written}")
     return EXIT_OK
 
 
@@ -166,17 +195,21 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--no-isolation", action="store_true", help="skip teacher forcing of every module")
     r.set_defaults(fn=cmd_parity)
 
-    g = sub.add_parser("generate", help="generate a video with the MindSpore pipeline")
-    g.add_argument("src")
-    g.add_argument("--image", required=True, help="conditioning image: path or URL")
+    g = sub.add_parser("generate", help="generate a video with the MindSpore pipeline a folder holds (any supported "
+                                        "pipeline; flags it does not take are refused)")
+    g.add_argument("src", help="pipeline folder (PyTorch diffusers or `mindport convert` output) or Hub id")
+    g.add_argument("--prompt", help="text prompt (AnimateDiff, I2VGen-XL, Wan)")
+    g.add_argument("--negative-prompt")
+    g.add_argument("--image", help="conditioning image, path or URL (SVD, I2VGen-XL, Wan I2V)")
     g.add_argument("--out", default="generated.mp4", help=".mp4 or .gif")
-    g.add_argument("--frames", type=int)
-    g.add_argument("--steps", type=int, default=25)
-    g.add_argument("--height", type=int)
-    g.add_argument("--width", type=int)
-    g.add_argument("--decode-chunk-size", type=int, default=8)
+    g.add_argument("--frames", type=int, help="default: the pipeline's")
+    g.add_argument("--steps", type=int, help="default: the pipeline's")
+    g.add_argument("--height", type=int, help="default: the image's, rounded down to 16; else the pipeline's")
+    g.add_argument("--width", type=int, help="default: the image's, rounded down to 16; else the pipeline's")
+    g.add_argument("--guidance-scale", type=float, help="default: the pipeline's (SVD: min/max guidance instead)")
+    g.add_argument("--decode-chunk-size", type=int, help="frames decoded at a time (SVD, AnimateDiff, I2VGen-XL)")
     g.add_argument("--seed", type=int, default=42)
-    g.add_argument("--fps", type=int, default=7)
+    g.add_argument("--fps", type=int, default=8)
     g.add_argument("--dtype", choices=["fp32", "fp16"], default="fp32")
     g.add_argument("--variant")
     g.set_defaults(fn=cmd_generate)

@@ -24,6 +24,11 @@ CASES = [
     ("i2vgen-xl-tiny/fp32", "i2vgen-xl-tiny", "fp32", 3),
     ("i2vgen-xl-tiny/fp16", "i2vgen-xl-tiny", "fp16", 3),
     ("i2vgen-xl-tiny-large/fp32", "i2vgen-xl-tiny-large", "fp32", 3),
+    ("wan-t2v-tiny/fp32", "wan-t2v-tiny", "fp32", 3),
+    ("wan-t2v-tiny/fp16", "wan-t2v-tiny", "fp16", 3),
+    ("wan-t2v-tiny-varied/fp32", "wan-t2v-tiny-varied", "fp32", 3),
+    ("wan-i2v-tiny/fp32", "wan-i2v-tiny", "fp32", 3),
+    ("wan-i2v-tiny/fp16", "wan-i2v-tiny", "fp16", 3),
 ]
 
 
