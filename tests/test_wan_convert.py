@@ -719,3 +719,45 @@ def test_wan22_vae_refused(vaes, tmp_path, capsys):
     torch.save(bad, path)
     dst = tmp_path / "dst"
     one_line_refusal(capsys, ["convert", str(path), str(dst)], dst, "Wan 2.2 VAE")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the writers' same-shape choices checked by computation (a swap of equal-shaped tensors passes every shape audit):
+# Wan's formulas (wan/modules/t5.py T5FeedForward, wan/modules/clip.py AttentionBlock) on the original-named weights
+# must give what transformers computes with the diffusers-named ones
+# ---------------------------------------------------------------------------------------------------------------
+def test_umt5_ffn_gate_mapping_by_computation(umt5):
+    folder, original, _ = umt5
+    model = transformers.UMT5EncoderModel.from_pretrained(folder).eval()
+    x = torch.randn(2, 5, UMT5["d_model"], generator=torch.Generator().manual_seed(1))
+    w = {k: v.float() for k, v in original.items() if k.startswith("blocks.1.ffn.")}
+    gelu_tanh = torch.nn.GELU(approximate="tanh")
+    wan = (x @ w["blocks.1.ffn.fc1.weight"].T * gelu_tanh(x @ w["blocks.1.ffn.gate.0.weight"].T)) @ \
+        w["blocks.1.ffn.fc2.weight"].T  # Wan: fc2(fc1(x) * gate(x)), gate = Sequential(Linear, GELU(tanh))
+    with torch.no_grad():
+        ref = model.encoder.block[1].layer[1].DenseReluDense(x)
+    torch.testing.assert_close(wan, ref, rtol=1e-5, atol=1e-6)
+
+
+def test_wan_clip_block_mapping_by_computation(wan_clip):
+    folder, original = wan_clip
+    model = transformers.CLIPVisionModel.from_pretrained(folder).eval()
+    n, d = WAN_CLIP["num_attention_heads"], WAN_CLIP["hidden_size"] // WAN_CLIP["num_attention_heads"]
+    x = torch.randn(2, 5, WAN_CLIP["hidden_size"], generator=torch.Generator().manual_seed(2))
+    p = {k[len("visual.transformer.0."):]: v for k, v in original.items() if k.startswith("visual.transformer.0.")}
+
+    def ln(t, name):
+        return torch.nn.functional.layer_norm(t, t.shape[-1:], p[f"{name}.weight"], p[f"{name}.bias"], 1e-5)
+
+    def lin(t, name):
+        return t @ p[f"{name}.weight"].T + p[f"{name}.bias"]
+
+    b, s, c = x.shape  # Wan: q, k, v = to_qkv(x).view(b, s, 3, n, d).unbind(2); pre-norm block, exact GELU
+    q, k, v = lin(ln(x, "norm1"), "attn.to_qkv").view(b, s, 3, n, d).unbind(2)
+    att = torch.softmax(torch.einsum("bind,bjnd->bnij", q, k) / d ** 0.5, -1)
+    h = x + lin(torch.einsum("bnij,bjnd->bind", att, v).reshape(b, s, c), "attn.proj")
+    wan = h + lin(torch.nn.functional.gelu(lin(ln(h, "norm2"), "mlp.0")), "mlp.2")
+    with torch.no_grad():
+        ref = model.encoder.layers[0](x, None)  # transformers 5: CLIPVisionModel is the tower itself
+    ref = ref[0] if isinstance(ref, tuple) else ref
+    torch.testing.assert_close(wan, ref, rtol=1e-5, atol=1e-5)
