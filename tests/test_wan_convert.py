@@ -761,3 +761,58 @@ def test_wan_clip_block_mapping_by_computation(wan_clip):
         ref = model.encoder.layers[0](x, None)  # transformers 5: CLIPVisionModel is the tower itself
     ref = ref[0] if isinstance(ref, tuple) else ref
     torch.testing.assert_close(wan, ref, rtol=1e-5, atol=1e-5)
+
+
+def test_original_i2v_transformer_runs_like_diffusers(transformers_, tmp_path):
+    """End to end: the folder converted from Wan-AI names loads (config inferred from shapes + config.json) and
+    computes what diffusers computes with the diffusers-named weights (fp32, I2V with image tokens)."""
+    import mindspore as ms
+    from mindspore import Tensor
+
+    from mindport.models.transformer_wan import WanTransformer3DModel
+
+    folder, original, released, _ = transformers_["i2v"]
+    write_release_transformer(tmp_path / "release", original, released)
+    convert_checkpoint(tmp_path / "release", tmp_path / "ms", progress=False)
+    ours = WanTransformer3DModel.from_pretrained(tmp_path / "ms")
+    ref = diffusers.WanTransformer3DModel.from_pretrained(folder).eval()
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((1, I2V["in_channels"], 2, 4, 4)).astype(np.float32)
+    ctx = rng.standard_normal((1, 512, I2V["text_dim"])).astype(np.float32)
+    img = rng.standard_normal((1, 5, I2V["image_dim"])).astype(np.float32)
+    t = np.array([700.0], np.float32)
+    with torch.no_grad():
+        expected = ref(torch.from_numpy(x), torch.from_numpy(t), torch.from_numpy(ctx), torch.from_numpy(img)).sample
+    got = ours(Tensor(x), Tensor(t), Tensor(ctx), Tensor(img)).sample.asnumpy()
+    err = np.linalg.norm(got - expected.numpy()) / np.linalg.norm(expected.numpy())
+    assert err <= 1e-5, err
+    assert ms.float32 == ours.proj_out.weight.dtype
+
+
+def test_transformer_fp8_scaled_single_file(transformers_, tmp_path):
+    """A scaled-fp8 transformer file (repackaging style: `model.diffusion_model.` prefix, 2-D weights fp8 with
+    per-tensor scales, the rest bf16): each weight is torch's float8 cast times its scale."""
+    _, original, released, state = transformers_["t2v"]
+    back = {wan_transformer_key(k): k for k in state}
+    tensors, expected = {"scaled_fp8": torch.empty(0, dtype=torch.float8_e4m3fn)}, {}
+    for k, v in original.items():
+        key = f"model.diffusion_model.{k}"
+        if k.endswith(".weight") and v.ndim == 2:
+            q, s, value = fp8_pair(v)
+            tensors[key], tensors[key[: -len("weight")] + "scale_weight"] = q, s
+            expected[back[k]] = value.numpy()
+        else:
+            tensors[key] = v.to(torch.bfloat16)
+            expected[back[k]] = v.to(torch.bfloat16).float().numpy()
+    path = tmp_path / "wan2.1_t2v_fp8_e4m3fn_scaled.safetensors"
+    safetensors_torch.save_file(tensors, str(path))
+    cfg = tmp_path / "cfg"
+    cfg.mkdir()
+    (cfg / "config.json").write_text(json.dumps(released))
+    got = convert(path, tmp_path / "dst", config_dir=cfg)
+    assert set(got) == set(expected)
+    for k in got:
+        assert np.array_equal(got[k], expected[k]), k
+    notes = json.loads((tmp_path / "dst" / "manifest.json").read_text())["components"]["."]["notes"]
+    assert notes["fp8_scales"]["model.diffusion_model.blocks.0.self_attn.q.weight"] == \
+        "model.diffusion_model.blocks.0.self_attn.q.scale_weight"
