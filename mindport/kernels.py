@@ -269,6 +269,11 @@ def _group_norm(x, w, b, settings):
     return x
 
 
+def _channel_norm(x, w, b, settings):
+    _require(len(x) >= 2 and w == b == x[1:2], "x must be (B, C, ...) and gamma, bias (C,)")
+    return x
+
+
 def _layer_norm(x, w, b, settings):
     _require(len(x) >= 1 and w == b == x[-1:], "weight and bias must be (D,) for x (..., D)")
     return x
@@ -349,6 +354,7 @@ class _Spec:
 _SPECS = {
     "mp_group_norm": _Spec(3, 2, _group_norm),  # x, weight, bias; groups, eps
     "mp_layer_norm": _Spec(3, 1, _layer_norm),  # x, weight, bias; eps
+    "mp_channel_rms_norm": _Spec(3, 1, _channel_norm),  # x, gamma, bias; has_bias
     "mp_geglu": _Spec(1, 0, _geglu),
     "mp_gelu": _Spec(1, 0, _elementwise),
     "mp_silu": _Spec(1, 0, _elementwise),

@@ -415,6 +415,46 @@ int mp_layer_norm(int nparam, void **params, int *ndims, int64_t **shapes, const
   return 0;
 }
 
+// Channel RMS norm (Wan's VAE: F.normalize over channels * sqrt(C) * gamma + bias) on x (B, C, *): inputs x,
+// gamma (C), bias (C), attrs {has_bias}. y = x / max(||x[b, :, n]||, 1e-12) * (sqrt(C) gamma[c]) + bias[c]; the sums
+// of squares run over channels for a block of positions at a time (contiguous rows, one pass in cache).
+int mp_channel_rms_norm(int nparam, void **params, int *ndims, int64_t **shapes, const char **, void *, void *) {
+  MP_REQUIRE(nparam == 5 && ndims[0] >= 2 && holds(ndims, shapes, 3, 1) &&
+             same(ndims[0], shapes[0], ndims[4], shapes[4]));
+  const int64_t nb = shapes[0][0], c = shapes[0][1];
+  MP_REQUIRE(same(ndims[1], shapes[1], {c}) && same(ndims[2], shapes[2], {c}));
+  if (numel(ndims[0], shapes[0]) == 0) return kOk;
+  const float *x = static_cast<const float *>(params[0]);
+  const float *gamma = static_cast<const float *>(params[1]);
+  const float *bias = static_cast<const float *>(params[2]);
+  const bool has_bias = static_cast<const float *>(params[3])[0] != 0.0f;
+  float *y = static_cast<float *>(params[4]);
+  const int64_t n = numel(ndims[0], shapes[0]) / (nb * c);
+  const float scale = std::sqrt(static_cast<float>(c));
+  constexpr int64_t kBlock = 512;
+  const int64_t blocks = (n + kBlock - 1) / kBlock;
+  parallel_for(nb * blocks, [&](int64_t job) {
+    const int64_t b = job / blocks, n0 = (job % blocks) * kBlock, len = std::min(kBlock, n - n0);
+    float inv[kBlock];
+    std::fill(inv, inv + len, 0.0f);
+    for (int64_t ci = 0; ci < c; ++ci) {
+      const float *xr = x + (b * c + ci) * n + n0;
+#pragma omp simd
+      for (int64_t i = 0; i < len; ++i) inv[i] += xr[i] * xr[i];
+    }
+#pragma omp simd
+    for (int64_t i = 0; i < len; ++i) inv[i] = 1.0f / std::max(std::sqrt(inv[i]), 1e-12f);
+    for (int64_t ci = 0; ci < c; ++ci) {
+      const float *xr = x + (b * c + ci) * n + n0;
+      float *yr = y + (b * c + ci) * n + n0;
+      const float g = scale * gamma[ci], bv = has_bias ? bias[ci] : 0.0f;
+#pragma omp simd
+      for (int64_t i = 0; i < len; ++i) yr[i] = xr[i] * inv[i] * g + bv;
+    }
+  });
+  return 0;
+}
+
 // GEGLU from the projection's output h (..., 2n): h[..., :n] * gelu(h[..., n:]) -> (..., n). attrs unused.
 int mp_geglu(int nparam, void **params, int *ndims, int64_t **shapes, const char **, void *, void *) {
   MP_REQUIRE(nparam == 3 && ndims[0] >= 1 && ndims[2] == ndims[0]);
@@ -751,40 +791,51 @@ int mp_attention_masked(int nparam, void **params, int *ndims, int64_t **shapes,
   return attention(params, ndims, shapes, true);
 }
 
-// 3x3, stride 1, one group, 2D: Winograd F(2x2, 3x3) (Lavin & Gray 2015): each 2x2 output tile from a 4x4 input
-// tile as A^T [(G g G^T) . (B^T d B)] A, i.e. 16 matrix products (O, C) x (C, tiles) instead of 9 of the same
-// size: 2.25x fewer multiplications. Jobs are (batch, block of tile rows), transforms in thread-local buffers.
+// (kt, 3, 3) kernels, stride 1, one group (2D convolutions are kt = T = 1): Winograd F(2x2, 3x3) (Lavin & Gray
+// 2015) in each frame: each 2x2 output tile from a 4x4 input tile as A^T [sum_dt (G g_dt G^T) . (B^T d_dt B)] A,
+// i.e. 16 matrix products (O, kt*C) x (kt*C, tiles) per output frame instead of 9 of that size: 2.25x fewer
+// multiplications. An input frame is transformed once and read by the kt output frames that see it: V holds the
+// transformed frames of a block of tile rows as [16][T][C][tiles], so the kt frames one output frame reads are kt*C
+// consecutive rows, one sgemm per k. Jobs are (batch, block of tile rows), transforms in thread-local buffers.
 static void conv3x3_winograd(const float *x, const float *w, const float *bias, bool has_bias, float *y, int64_t nb,
-                      int64_t c, int64_t h, int64_t wd, int64_t o, int64_t ph, int64_t pw) {
+                             int64_t c, int64_t t, int64_t h, int64_t wd, int64_t o, int64_t kt, int64_t pt,
+                             int64_t ph, int64_t pw) {
   const int64_t ho = h + 2 * ph - 2, wo = wd + 2 * pw - 2, th = (ho + 1) / 2, tw = (wo + 1) / 2;
-  // U[k] (o, c) = (G g G^T)[k], G = [[1, 0, 0], [1/2, 1/2, 1/2], [1/2, -1/2, 1/2], [0, 0, 1]]
-  std::vector<float> u(16 * o * c);
+  const int64_t to = t + 2 * pt - kt + 1, kc = kt * c;
+  // U[k] (o, kt*c), columns dt-major: (G g_dt G^T)[k], G = [[1, 0, 0], [1/2, 1/2, 1/2], [1/2, -1/2, 1/2], [0, 0, 1]]
+  std::vector<float> u(16 * o * kc);
   parallel_for(o, [&](int64_t oc) {
-    for (int64_t ci = 0; ci < c; ++ci) {
-      const float *g = w + (oc * c + ci) * 9;
-      float t[4][3];
-      for (int j = 0; j < 3; ++j) {
-        t[0][j] = g[j];
-        t[1][j] = 0.5f * (g[j] + g[3 + j] + g[6 + j]);
-        t[2][j] = 0.5f * (g[j] - g[3 + j] + g[6 + j]);
-        t[3][j] = g[6 + j];
+    for (int64_t ci = 0; ci < c; ++ci)
+      for (int64_t dt = 0; dt < kt; ++dt) {
+        const float *g = w + ((oc * c + ci) * kt + dt) * 9;
+        float tt[4][3];
+        for (int j = 0; j < 3; ++j) {
+          tt[0][j] = g[j];
+          tt[1][j] = 0.5f * (g[j] + g[3 + j] + g[6 + j]);
+          tt[2][j] = 0.5f * (g[j] - g[3 + j] + g[6 + j]);
+          tt[3][j] = g[6 + j];
+        }
+        for (int i = 0; i < 4; ++i) {
+          const float r[4] = {tt[i][0], 0.5f * (tt[i][0] + tt[i][1] + tt[i][2]),
+                              0.5f * (tt[i][0] - tt[i][1] + tt[i][2]), tt[i][2]};
+          for (int j = 0; j < 4; ++j) u[((i * 4 + j) * o + oc) * kc + dt * c + ci] = r[j];
+        }
       }
-      for (int i = 0; i < 4; ++i) {
-        const float r[4] = {t[i][0], 0.5f * (t[i][0] + t[i][1] + t[i][2]), 0.5f * (t[i][0] - t[i][1] + t[i][2]),
-                            t[i][2]};
-        for (int j = 0; j < 4; ++j) u[((i * 4 + j) * o + oc) * c + ci] = r[j];
-      }
-    }
   });
-  const int64_t rows_per_job = std::max<int64_t>(1, std::min(th, (int64_t(1) << 21) / (16 * std::max(c, o) * tw)));
+  // tile rows per job: V and M within ~2^21 floats, and at least two jobs per thread where the image allows
+  int64_t rows_per_job = std::max<int64_t>(1, std::min(th, (int64_t(1) << 21) / (16 * std::max(t * c, o) * tw)));
+  const int64_t want_jobs = 2 * threads();
+  if (nb * ((th + rows_per_job - 1) / rows_per_job) < want_jobs)
+    rows_per_job = std::max<int64_t>(1, std::min(rows_per_job, (th * nb + want_jobs - 1) / want_jobs));
   const int64_t blocks = (th + rows_per_job - 1) / rows_per_job;
   parallel_for(nb * blocks, [&](int64_t job) {
     const int64_t b = job / blocks, tr0 = (job % blocks) * rows_per_job, ntr = std::min(rows_per_job, th - tr0);
     const int64_t nt = ntr * tw;
-    float *v = scratch(0, 16 * c * nt), *m = scratch(1, 16 * o * nt);
-    // V[k] (c, nt) = (B^T d B)[k], B^T = [[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]]
-    for (int64_t ci = 0; ci < c; ++ci) {
-      const float *xc = x + (b * c + ci) * h * wd;
+    float *v = scratch(0, 16 * t * c * nt), *m = scratch(1, 16 * o * nt);
+    // V[k] (t*c, nt) = (B^T d B)[k], B^T = [[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]]
+    for (int64_t fc = 0; fc < t * c; ++fc) {  // fc = input frame * c + channel
+      const int64_t fi = fc / c, ci = fc % c;
+      const float *xc = x + ((b * c + ci) * t + fi) * h * wd;
       for (int64_t tr = 0; tr < ntr; ++tr)
         for (int64_t tc = 0; tc < tw; ++tc) {
           float d[4][4];
@@ -794,53 +845,60 @@ static void conv3x3_winograd(const float *x, const float *w, const float *bias, 
               const int64_t ri = r0 + i, cj = c0 + j;
               d[i][j] = (ri >= 0 && ri < h && cj >= 0 && cj < wd) ? xc[ri * wd + cj] : 0.0f;
             }
-          float t[4][4];
+          float tt[4][4];
           for (int j = 0; j < 4; ++j) {
-            t[0][j] = d[0][j] - d[2][j];
-            t[1][j] = d[1][j] + d[2][j];
-            t[2][j] = d[2][j] - d[1][j];
-            t[3][j] = d[1][j] - d[3][j];
+            tt[0][j] = d[0][j] - d[2][j];
+            tt[1][j] = d[1][j] + d[2][j];
+            tt[2][j] = d[2][j] - d[1][j];
+            tt[3][j] = d[1][j] - d[3][j];
           }
           const int64_t col = tr * tw + tc;
           for (int i = 0; i < 4; ++i) {
-            const float r[4] = {t[i][0] - t[i][2], t[i][1] + t[i][2], t[i][2] - t[i][1], t[i][1] - t[i][3]};
-            for (int j = 0; j < 4; ++j) v[((i * 4 + j) * c + ci) * nt + col] = r[j];
+            const float r[4] = {tt[i][0] - tt[i][2], tt[i][1] + tt[i][2], tt[i][2] - tt[i][1], tt[i][1] - tt[i][3]};
+            for (int j = 0; j < 4; ++j) v[((i * 4 + j) * t * c + fc) * nt + col] = r[j];
           }
         }
     }
-    for (int k = 0; k < 16; ++k)
-      sgemm()(kRowMajor, kNoTrans, kNoTrans, o, nt, c, 1.0f, u.data() + k * o * c, c, v + k * c * nt, nt, 0.0f,
-              m + k * o * nt, nt);
-    // Y = A^T M A, A^T = [[1, 1, 1, 0], [0, 1, -1, -1]]
-    for (int64_t oc = 0; oc < o; ++oc) {
-      float *yo = y + (b * o + oc) * ho * wo;
-      const float bv = has_bias ? bias[oc] : 0.0f;
-      for (int64_t tr = 0; tr < ntr; ++tr)
-        for (int64_t tc = 0; tc < tw; ++tc) {
-          const int64_t col = tr * tw + tc;
-          float mm[4][4];
-          for (int k = 0; k < 16; ++k) mm[k / 4][k % 4] = m[(k * o + oc) * nt + col];
-          float s[2][4];
-          for (int j = 0; j < 4; ++j) {
-            s[0][j] = mm[0][j] + mm[1][j] + mm[2][j];
-            s[1][j] = mm[1][j] - mm[2][j] - mm[3][j];
+    for (int64_t f = 0; f < to; ++f) {
+      // input frames f + dt - pt inside [0, t): dt in [dt0, dt1), consecutive rows of V, columns of U
+      const int64_t dt0 = std::max<int64_t>(0, pt - f), dt1 = std::min(kt, t + pt - f);
+      if (dt0 < dt1)
+        for (int k = 0; k < 16; ++k)
+          sgemm()(kRowMajor, kNoTrans, kNoTrans, o, nt, (dt1 - dt0) * c, 1.0f, u.data() + k * o * kc + dt0 * c, kc,
+                  v + (k * t + f + dt0 - pt) * c * nt, nt, 0.0f, m + k * o * nt, nt);
+      else
+        std::fill(m, m + 16 * o * nt, 0.0f);
+      // Y = A^T M A, A^T = [[1, 1, 1, 0], [0, 1, -1, -1]]
+      for (int64_t oc = 0; oc < o; ++oc) {
+        float *yo = y + ((b * o + oc) * to + f) * ho * wo;
+        const float bv = has_bias ? bias[oc] : 0.0f;
+        for (int64_t tr = 0; tr < ntr; ++tr)
+          for (int64_t tc = 0; tc < tw; ++tc) {
+            const int64_t col = tr * tw + tc;
+            float mm[4][4];
+            for (int k = 0; k < 16; ++k) mm[k / 4][k % 4] = m[(k * o + oc) * nt + col];
+            float sm[2][4];
+            for (int j = 0; j < 4; ++j) {
+              sm[0][j] = mm[0][j] + mm[1][j] + mm[2][j];
+              sm[1][j] = mm[1][j] - mm[2][j] - mm[3][j];
+            }
+            const int64_t r = 2 * (tr0 + tr), cc = 2 * tc;
+            for (int i = 0; i < 2; ++i) {
+              if (r + i >= ho) break;
+              const float out[2] = {sm[i][0] + sm[i][1] + sm[i][2] + bv, sm[i][1] - sm[i][2] - sm[i][3] + bv};
+              for (int j = 0; j < 2 && cc + j < wo; ++j) yo[(r + i) * wo + cc + j] = out[j];
+            }
           }
-          const int64_t r = 2 * (tr0 + tr), cc = 2 * tc;
-          for (int i = 0; i < 2; ++i) {
-            if (r + i >= ho) break;
-            const float out[2] = {s[i][0] + s[i][1] + s[i][2] + bv, s[i][1] - s[i][2] - s[i][3] + bv};
-            for (int j = 0; j < 2 && cc + j < wo; ++j) yo[(r + i) * wo + cc + j] = out[j];
-          }
-        }
+      }
     }
   });
 }
 
-// Temporal kernel (kt, 1, 1), stride 1, one group: out[b, :, f] = sum_dt W_dt (O, C) @ x[b, :, f + dt - pt] (C, H*W),
-// each term one sgemm reading the input frame in place (no im2col). Jobs are (batch, output frame).
+// Temporal kernel (kt, 1, 1), time stride st, one group: out[b, :, f] = sum_dt W_dt (O, C) @ x[b, :, f*st + dt - pt]
+// (C, H*W), each term one sgemm reading the input frame in place (no im2col). Jobs are (batch, output frame).
 static void conv_temporal(const float *x, const float *w, const float *bias, bool has_bias, float *y, int64_t nb,
-                          int64_t c, int64_t t, int64_t hw, int64_t o, int64_t kt, int64_t pt) {
-  const int64_t to = t + 2 * pt - kt + 1;
+                          int64_t c, int64_t t, int64_t hw, int64_t o, int64_t kt, int64_t st, int64_t pt) {
+  const int64_t to = (t + 2 * pt - kt) / st + 1;
   std::vector<float> wt(kt * o * c);  // W_dt as contiguous (O, C) matrices
   parallel_for(o, [&](int64_t oc) {
     for (int64_t ci = 0; ci < c; ++ci)
@@ -851,7 +909,7 @@ static void conv_temporal(const float *x, const float *w, const float *bias, boo
     float *yf = y + b * o * to * hw + f * hw;  // (O, H*W) with row stride To*H*W
     bool first = true;
     for (int64_t dt = 0; dt < kt; ++dt) {
-      const int64_t fi = f + dt - pt;
+      const int64_t fi = f * st + dt - pt;
       if (fi < 0 || fi >= t) continue;
       sgemm()(kRowMajor, kNoTrans, kNoTrans, o, hw, c, 1.0f, wt.data() + dt * o * c, c, x + b * c * t * hw + fi * hw,
               t * hw, first ? 0.0f : 1.0f, yf, to * hw);
@@ -893,12 +951,12 @@ int mp_conv(int nparam, void **params, int *ndims, int64_t **shapes, const char 
   if (!sgemm()) return kNoBlas;
   const int64_t og = o / groups, kdim = cg * kt * kh * kw, out_rows = to * ho, plane = out_rows * wo;
   const bool pointwise = kdim == c && groups == 1 && st == 1 && sh == 1 && sw == 1 && pt == 0 && ph == 0 && pw == 0;
-  if (kt > 1 && kh == 1 && kw == 1 && st == 1 && sh == 1 && sw == 1 && ph == 0 && pw == 0 && groups == 1) {
-    conv_temporal(x, w, bias, has_bias, y, nb, c, t, h * wd, o, kt, pt);
+  if (kt > 1 && kh == 1 && kw == 1 && sh == 1 && sw == 1 && ph == 0 && pw == 0 && groups == 1) {
+    conv_temporal(x, w, bias, has_bias, y, nb, c, t, h * wd, o, kt, st, pt);
     return 0;
   }
-  if (t == 1 && kt == 1 && pt == 0 && kh == 3 && kw == 3 && groups == 1 && sh == 1 && sw == 1 && c >= 16 && o >= 16) {
-    conv3x3_winograd(x, w, bias, has_bias, y, nb, c, h, wd, o, ph, pw);
+  if (kh == 3 && kw == 3 && groups == 1 && st == 1 && sh == 1 && sw == 1 && c >= 16) {
+    conv3x3_winograd(x, w, bias, has_bias, y, nb, c, t, h, wd, o, kt, pt, ph, pw);
     return 0;
   }
   int64_t rows_per_job = std::max<int64_t>(1, (int64_t(1) << 21) / std::max<int64_t>(1, kdim * wo));

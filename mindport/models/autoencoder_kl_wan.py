@@ -75,10 +75,10 @@ class FeatureCache:
 def _last_frames(x: Tensor, previous) -> Tensor:
     """What a causal conv keeps of its input x (B, C, T, H, W): the last CACHE_T frames; with fewer than CACHE_T,
     the last frame of what it kept before goes in front."""
-    keep = x[:, :, -CACHE_T:]
+    keep = backend.take_frames(x, -CACHE_T)
     if keep.shape[2] < CACHE_T and isinstance(previous, Tensor):
-        keep = ops.cat([previous[:, :, -1:], keep], axis=2)
-    return keep.contiguous()
+        keep = ops.cat([backend.take_frames(previous, -1), keep], axis=2)
+    return keep
 
 
 def cached_conv(conv: "WanCausalConv3d", x: Tensor, cache: FeatureCache) -> Tensor:
@@ -97,8 +97,8 @@ def cached_conv(conv: "WanCausalConv3d", x: Tensor, cache: FeatureCache) -> Tens
 
 class WanCausalConv3d(nn.Cell):
     """Conv3d whose time padding (2 * padding[0]) all goes on the left, filled first by the frames cached from the
-    previous chunk; spatial padding symmetric. A time stride (downsample3d's (2, 1, 1)) keeps every stride-th frame
-    of the stride-1 result (the same sums)."""
+    previous chunk; spatial padding symmetric. A time stride (downsample3d's (2, 1, 1)) is computed directly (the
+    kernel's strided path: not the stride-1 result subsampled, which did the work twice)."""
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0):
         super().__init__()
@@ -116,31 +116,15 @@ class WanCausalConv3d(nn.Cell):
             x = ops.cat([backend.cast(cache, x.dtype), x], axis=2)
             pad -= cache.shape[2]
         if pad > 0:
-            x = ops.pad(x, (0, 0, 0, 0, pad, 0))
-        # 2. stride-1 convolution, spatial padding symmetric: -> (B, O, T', H', W')
-        y = backend.conv3d(x, self.weight, self.bias, padding=(0, *self.spatial_pad))
-        # 3. time stride: every stride-th frame
-        if self.time_stride > 1:
-            y = y[:, :, :: self.time_stride].contiguous()
-        return y
+            x = backend.pad_frames(x, pad)
+        # 2. convolution, time stride as configured, spatial padding symmetric: -> (B, O, T', H', W')
+        return backend.conv3d(x, self.weight, self.bias, padding=(0, *self.spatial_pad),
+                              stride=(self.time_stride, 1, 1))
 
 
 def channel_rms_norm(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
-    """F.normalize(x, dim=1) * sqrt(C) * gamma (+ bias) in float32 on (B, C, *): the channel sums of squares and the
-    per-position factor sqrt(C) * gamma / ||x|| are matmuls (a K = 1 product is exact), so every op on the full
-    tensor is same-shape (broadcasting is the slow case on CPU)."""
-    x32 = backend.cast(x, F32)
-    b, c = x32.shape[0], x32.shape[1]
-    flat = x32.reshape(b, c, -1)  # (B, C, N)
-    # 1. per-position L2 norm over channels: (1, C) @ (B, C, N) -> (B, 1, N), clamped as F.normalize does (1e-12)
-    sq = ops.matmul(ops.ones((1, c), F32), flat * flat)
-    inv = 1.0 / ops.maximum(ops.sqrt(sq), 1e-12)
-    # 2. factor sqrt(C) * gamma / ||x||: (C, 1) @ (B, 1, N) -> (B, C, N)
-    gamma = backend.cast(weight, F32).reshape(c, 1) * math.sqrt(c)
-    y = flat * ops.matmul(gamma, inv)
-    if bias is not None:
-        y = backend.add_leading(y.reshape(b * c, -1), ops.tile(backend.cast(bias, F32).reshape(-1), (b,)))
-    return y.reshape(x.shape)
+    """F.normalize(x, dim=1) * sqrt(C) * gamma (+ bias) in float32 on (B, C, *) (backend.channel_rms_norm)."""
+    return backend.channel_rms_norm(x, weight, bias)
 
 
 class WanRMS_norm(nn.Cell):  # noqa: N801 (diffusers' name)
@@ -211,13 +195,13 @@ class WanResample(nn.Cell):
             return x
         b, c, t, h, w = x.shape
         # 1. what to keep: the last CACHE_T frames (after the first chunk, zeros stand in for missing ones)
-        keep = x[:, :, -CACHE_T:]
+        keep = backend.take_frames(x, -CACHE_T)
         if keep.shape[2] < CACHE_T:
-            front = ops.zeros_like(keep) if isinstance(previous, str) else previous[:, :, -1:]
+            front = ops.zeros_like(keep) if isinstance(previous, str) else backend.take_frames(previous, -1)
             keep = ops.cat([front, keep], axis=2)
         # 2. (3, 1, 1) causal conv to 2C channels: the second chunk pads with zeros, later ones with the cache
         y = self.time_conv(x, None if isinstance(previous, str) else previous)
-        cache.slots[i] = keep.contiguous()
+        cache.slots[i] = keep
         # 3. interleave the halves in time: (B, 2, C, T, HW) -> (B, C, T, 2, HW) -> (B, C, 2T, H, W)
         y = backend.permute(y.reshape(b, 2, c, t, h * w), (0, 2, 3, 1, 4))
         return y.reshape(b, c, 2 * t, h, w)
@@ -228,9 +212,9 @@ class WanResample(nn.Cell):
         if previous is None:  # first chunk: frames pass, all of them kept
             cache.slots[i] = x
             return x
-        keep = x[:, :, -1:].contiguous()
+        keep = backend.take_frames(x, -1)
         # stride-2 (3, 1, 1) conv over [previous chunk's last frame, this chunk]
-        y = self.time_conv(ops.cat([previous[:, :, -1:], x], axis=2))
+        y = self.time_conv(ops.cat([backend.take_frames(previous, -1), x], axis=2))
         cache.slots[i] = keep
         return y
 
@@ -496,8 +480,9 @@ class AutoencoderKLWan(ModelMixin):
         outs = []
         for i in range(1 + (num_frames - 1) // ENCODE_CHUNK):
             cache.rewind()
-            chunk = x[:, :, :1] if i == 0 else x[:, :, 1 + ENCODE_CHUNK * (i - 1) : 1 + ENCODE_CHUNK * i]
-            outs.append(self.encoder(chunk.contiguous(), cache))
+            chunk = (backend.take_frames(x, 0, 1) if i == 0
+                     else backend.take_frames(x, 1 + ENCODE_CHUNK * (i - 1), 1 + ENCODE_CHUNK * i))
+            outs.append(self.encoder(chunk, cache))
         # 2. chunks joined in time, quant conv: (B, 2*z_dim, t, h, w)
         out = outs[0] if len(outs) == 1 else ops.cat(outs, axis=2)
         return self.quant_conv(out)
@@ -517,7 +502,7 @@ class AutoencoderKLWan(ModelMixin):
         outs = []
         for i in range(x.shape[2]):
             cache.rewind()
-            outs.append(self.decoder(x[:, :, i : i + 1].contiguous(), cache))
+            outs.append(self.decoder(backend.take_frames(x, i, i + 1), cache))
         out = outs[0] if len(outs) == 1 else ops.cat(outs, axis=2)
         # 3. clamp to [-1, 1]
         return ops.clamp(out, -1.0, 1.0) if self.clip_output else out
