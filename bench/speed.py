@@ -15,6 +15,7 @@ Writes reports/bench.md and the README table between its bench markers, and prin
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import platform
@@ -125,6 +126,40 @@ def _clip_text():
                                         **CLIP_MID))
 
 
+# Wan 2.1 (issue 16). Transformer: Wan's own head size (128) and depth-per-width ratios at 6 heads (768 wide, the
+# 1.3B model is 12 heads / 1536 wide / 30 blocks), 4 blocks, UMT5-XXL-width text (4096) at the pipelines' 512 tokens;
+# latents 16 x 5 x 40 x 64 (a 17-frame 320x512 video) are 5 x 20 x 32 = 3,200 patches (the 1.3B model at 480x832,
+# 81 frames, sees 32,760). VAE: Wan 2.1's layout (dim_mult (1, 2, 4, 4), 2 res blocks, z_dim 16, two temporal
+# upsamplers) at base_dim 64 (Wan's is 96), decoding 4 latent frames of 16x16 into 13 frames of 128x128: one latent
+# frame per decoder call, so the causal feature cache carries frames across 4 chunks and both time upsamplers run.
+WAN_TRANSFORMER = dict(num_attention_heads=6, attention_head_dim=128, in_channels=16, out_channels=16, text_dim=4096,
+                       freq_dim=256, ffn_dim=3072, num_layers=4, patch_size=(1, 2, 2), cross_attn_norm=True,
+                       eps=1e-6, rope_max_seq_len=1024)
+WAN_LATENT, WAN_TEXT = (5, 40, 64), 512
+WAN_VAE = dict(base_dim=64, z_dim=16, dim_mult=[1, 2, 4, 4], num_res_blocks=2, attn_scales=[],
+               temperal_downsample=[False, True, True])  # lists: diffusers concatenates them
+WAN_VAE_LATENT = (4, 16, 16)
+
+
+def _wan_transformer():
+    from diffusers import WanTransformer3DModel
+
+    return WanTransformer3DModel(**WAN_TRANSFORMER)
+
+
+def _wan_vae():
+    from diffusers import AutoencoderKLWan
+
+    return AutoencoderKLWan(**WAN_VAE)
+
+
+def _ms(x):
+    """A NumPy input as a MindSpore tensor (the Wan transformer takes tensors, as its pipeline passes them)."""
+    from mindspore import Tensor
+
+    return Tensor(x)
+
+
 def _latents5d(rng, channels=4):
     return _randn(rng, BATCH, channels, FRAMES, LATENT, LATENT)
 
@@ -159,6 +194,19 @@ CASES = [
          lambda rng: dict(z=_randn(rng, BATCH * FRAMES, 4, LATENT, LATENT)),
          lambda m, x: m.decode(_t(x["z"])).sample,
          lambda m, x: m.decode(x["z"]).sample),
+    Case("Wan transformer", "WanTransformer3DModel 6 heads x 128 (768 wide), ffn 3072, 4 blocks, text_dim 4096; "
+         f"latents 16 x {'x'.join(map(str, WAN_LATENT))} (patch 1x2x2: 3,200 tokens), {WAN_TEXT} text tokens, "
+         "batch 1", "WanTransformer3DModel", _wan_transformer,
+         lambda rng: dict(x=_randn(rng, 1, 16, *WAN_LATENT), t=np.array([500.0], np.float32),
+                          ctx=_randn(rng, 1, WAN_TEXT, 4096)),
+         lambda m, x: m(_t(x["x"]), _t(x["t"]), _t(x["ctx"])).sample,
+         lambda m, x: m(_ms(x["x"]), _ms(x["t"]), _ms(x["ctx"])).sample),
+    Case("Wan VAE decode", "AutoencoderKLWan base_dim 64, dim_mult (1, 2, 4, 4), 2 res blocks, z_dim 16; "
+         f"{WAN_VAE_LATENT[0]} latent frames of {WAN_VAE_LATENT[1]}x{WAN_VAE_LATENT[2]} -> 13 frames of 128x128",
+         "AutoencoderKLWan", _wan_vae,
+         lambda rng: dict(z=_randn(rng, 1, 16, *WAN_VAE_LATENT)),
+         lambda m, x: m.decode(_t(x["z"])).sample,
+         lambda m, x: m.decode(_ms(x["z"])).sample),
     Case("CLIP vision", "CLIPVisionModelWithProjection 512 wide, 6 layers, 224px / patch 14, batch 2",
          "CLIPVisionModelWithProjection", _clip_vision,
          lambda rng: dict(px=_randn(rng, BATCH, 3, 224, 224)),
@@ -198,6 +246,22 @@ def load_ms(case: Case, folder: Path, dtype: str):
     from mindport.models import model_class
 
     return model_class(case.ms_class).from_pretrained(folder, mindspore_dtype=dtype)
+
+
+def _vm_hwm() -> int:
+    """This process's peak resident memory (VmHWM) in bytes."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+def _reset_peak() -> None:
+    """Start VmHWM afresh at the current resident size (Linux: writing 5 to /proc/self/clear_refs)."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pass
 
 
 def timed(fn) -> tuple[float, object]:
@@ -256,8 +320,10 @@ def _component_runner(key: str, side: str):
 
 
 def serve(side: str, name: str) -> None:
-    """Worker loop: read `key` lines, answer one JSON line {seconds} (the first call per key warms up and saves the
-    output to build/bench/out/<name>-<key>.npy)."""
+    """Worker loop: read `key` lines, answer one JSON line {seconds, peak_rss} (the first call per key warms up and
+    saves the output to build/bench/out/<name>-<key>.npy). A new key drops the previous case's model first, so
+    peak_rss (VmHWM over the timed run, reset before it: the process's runtime, this case's weights and its
+    activations) holds one case's model."""
     if side == "torch":
         import torch
 
@@ -271,13 +337,16 @@ def serve(side: str, name: str) -> None:
         key, _, root = line.strip().partition(" ")  # pipelines: "key fixture-folder"
         try:
             if key not in runners:
+                runners.clear()
+                gc.collect()
                 runners[key] = _pipeline_runner(root, side) if key in PIPELINES else _component_runner(key, side)
                 _, out = timed(runners[key])
                 np.save(BUILD / "out" / f"{name}-{key}.npy", np.asarray(out, np.float32))
                 if side != "torch" and "torch" in sys.modules:  # its threads and objects would slow MindSpore
                     raise RuntimeError("the mindport worker imported torch")
+            _reset_peak()
             seconds, _ = timed(runners[key])
-            print(json.dumps({"seconds": seconds}), flush=True)
+            print(json.dumps({"seconds": seconds, "peak_rss": _vm_hwm()}), flush=True)
         except Exception as e:  # reported in the table, the run goes on
             print(json.dumps({"error": f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"}), flush=True)
 
@@ -320,7 +389,7 @@ def measure(workers: list[Worker], key: str, repeats: int, root: str = "") -> di
     torch_worker = next(w for w in workers if w.side == "torch")
     times = {w.name: [] for w in workers}
     paired = {w.name: [] for w in workers if w is not torch_worker}
-    errors = {}
+    errors, peak_rss = {}, {}
     for w in [w for w in workers if w is not torch_worker]:
         for _ in range(repeats):
             for x in (torch_worker, w):
@@ -331,10 +400,12 @@ def measure(workers: list[Worker], key: str, repeats: int, root: str = "") -> di
                     errors[x.name] = r["error"]
                 else:
                     times[x.name].append(r["seconds"])
+                    peak_rss[x.name] = max(peak_rss.get(x.name, 0), r.get("peak_rss", 0))
                     if x is torch_worker:
                         paired[w.name].append(r["seconds"])
     res = {"seconds": {n: statistics.median(v) for n, v in times.items() if v and n not in errors}, "errors": errors,
-           "torch_paired": {n: statistics.median(v) for n, v in paired.items() if v}, "rel_l2": {}}
+           "torch_paired": {n: statistics.median(v) for n, v in paired.items() if v}, "rel_l2": {},
+           "peak_rss": peak_rss}
     ref_path = BUILD / "out" / f"torch-{key}.npy"
     for w in workers:
         path = BUILD / "out" / f"{w.name}-{key}.npy"
@@ -381,6 +452,8 @@ def _table(title: str, keys: list[str], labels: dict, results: dict, names: list
     if with_l2:
         head += " rel L2 fp32 | rel L2 fp16 |"
         sep += "---:|---:|"
+    head += f" peak RSS MiB ({' / '.join(['PyTorch', *(labels[n].replace('mindport ', '') for n in names)])}) |"
+    sep += "---:|"
     lines = [head, sep]
     for key in keys:
         r = results[key]
@@ -391,6 +464,8 @@ def _table(title: str, keys: list[str], labels: dict, results: dict, names: list
             row += f" {sec[n]:.3f} | {_ratio(r, n)} |" if n in sec else " error | - |"
         if with_l2:
             row += "".join(f" {r['rel_l2'][n]:.1e} |" if n in r["rel_l2"] else " - |" for n in ("fp32", "fp16"))
+        rss = r.get("peak_rss", {})
+        row += " " + " / ".join(f"{rss[n] / 2**20:.0f}" if rss.get(n) else "-" for n in ("torch", *names)) + " |"
         lines.append(row)
     for key in keys:
         for n, err in results[key]["errors"].items():
@@ -410,7 +485,9 @@ def render(info: dict, results: dict, names: list[str], labels: dict, repeats: i
         "",
         f"Median of {repeats} runs after a warm-up, each framework in its own process; each mindport column's runs "
         "alternate with PyTorch runs, and its ratio = its median / the median of those PyTorch runs (lower is "
-        f"better; the PyTorch column shows the fp32 pairing's). The whole run took {wall:.0f} s. PyTorch fp16 on "
+        f"better; the PyTorch column shows the fp32 pairing's). The whole run took {wall:.0f} s. Peak RSS: each "
+        "worker's VmHWM over a timed run (reset before it; the largest of the runs), the whole process: runtime, "
+        "this case's weights (the worker drops the previous case's model) and activations. PyTorch fp16 on "
         "CPU is ~140x slower than fp32, so the fp16 columns' reference is PyTorch fp32. rel L2: mindport output "
         "against PyTorch fp32 on the same "
         "weights and inputs.",
