@@ -22,6 +22,7 @@ from .safetensors_io import RawSpan, write_safetensors
 from .single_file import PLAIN_FILES
 from .wan_original import is_release as is_wan_release
 from .wan_original import open_release as open_wan_release
+from .wan_original import open_release_transformer as open_wan_release_transformer
 from .wan_original import open_single_file as open_wan_file
 from .sources import (
     CONVERTED_WEIGHTS,
@@ -99,8 +100,9 @@ _IDENTITY = _Identity()
 
 def load_component_arrays(folder, spec_fn: SpecFn, variant: str | None = None, name: str = "."):
     """In-memory conversion for `from_pretrained`: returns (config, {parameter: array}, audit dict,
-    {parameter: stored dtype tag}) — the tags tell a mixed-precision checkpoint (bf16 arrays arrive widened)."""
-    src = open_component(folder, variant)
+    {parameter: stored dtype tag}) — the tags tell a mixed-precision checkpoint (bf16 arrays arrive widened). An
+    original Wan release folder gives its transformer (Wan-AI names)."""
+    src = open_wan_release_transformer(folder) if is_wan_release(folder) else open_component(folder, variant)
     config, mapped, audit, spec = plan_component(name, src, spec_fn)
     arrays = {m.target: materialise(m, spec[m.target][0], None) for m in mapped}
     return config, arrays, audit.as_dict(), {m.target: m.ref.dtype for m in mapped}

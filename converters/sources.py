@@ -196,6 +196,12 @@ def hub_patterns(repo: str, variant: str | None) -> list[str]:
         folders.setdefault(folder, []).append(name)
     pipeline = "model_index.json" in folders.get("", [])
     weights = []
+    # an original Wan-AI release (Wan-AI/Wan2.1-*): its pickled VAE / T5 / CLIP next to the transformer, and the T5
+    # tokenizer folder (whose *.json / *.model the plain patterns already take)
+    wan_pickles = ("Wan2.1_VAE.pth", "models_t5_umt5-xxl-enc-bf16.pth",
+                   "models_clip_open-clip-xlm-roberta-large-vit-huge-14.pth")
+    if not pipeline and "Wan2.1_VAE.pth" in folders.get("", []):
+        weights += [name for name in wan_pickles if name in folders[""]]
     for folder, names in folders.items():
         if pipeline and folder == "":  # a pipeline repo's top level holds single-file releases, not components
             continue

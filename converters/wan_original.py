@@ -595,13 +595,11 @@ def is_release(folder: Path) -> bool:
     return Path(folder).is_dir() and released_config(folder) is not None
 
 
-def open_release(root: Path):
-    """An original Wan 2.1 release folder -> (component sources, model_index, plain components, notes).
-    The transformer alone (no VAE and no T5 file) is a WanTransformer3DModel component folder (sources {".": ...})."""
+def open_release_transformer(root: Path) -> ComponentSource:
+    """The transformer of an original release folder (config.json + diffusion_pytorch_model*.safetensors)."""
     from .sources import _weight_files, read_tensors
 
     root = Path(root)
-    released = released_config(root)
     files = _weight_files(root, None)
     if not files:
         raise ConversionError(f"{root}: a Wan release's config.json, but no diffusion_pytorch_model*.safetensors")
@@ -610,7 +608,17 @@ def open_release(root: Path):
     if layout != "wan-transformer":
         raise ConversionError(f"{files[0]}: expected Wan-AI transformer names (patch_embedding, blocks.N.self_attn, "
                               f"head.modulation); found {next(iter(tensors), None)!r}")
-    transformer = component_source(root, tensors, layout, released, files)
+    return component_source(root, tensors, layout, released_config(root), files)
+
+
+def open_release(root: Path):
+    """An original Wan 2.1 release folder -> (component sources, model_index, plain components, notes).
+    The transformer alone (no VAE and no T5 file) is a WanTransformer3DModel component folder (sources {".": ...})."""
+    from .sources import read_tensors
+
+    root = Path(root)
+    released = released_config(root)
+    transformer = open_release_transformer(root)
     present = {name: (root / rel).exists() for name, rel in RELEASE_FILES.items()}
     if not present["vae"] and not present["text_encoder"]:
         return {".": transformer}, None, {}, {"source_format": "wan-original-transformer"}

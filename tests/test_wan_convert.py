@@ -816,3 +816,37 @@ def test_transformer_fp8_scaled_single_file(transformers_, tmp_path):
     notes = json.loads((tmp_path / "dst" / "manifest.json").read_text())["components"]["."]["notes"]
     assert notes["fp8_scales"]["model.diffusion_model.blocks.0.self_attn.q.weight"] == \
         "model.diffusion_model.blocks.0.self_attn.q.scale_weight"
+
+
+WAN_REPO = ["config.json", "diffusion_pytorch_model-00001-of-00002.safetensors",
+            "diffusion_pytorch_model-00002-of-00002.safetensors", "diffusion_pytorch_model.safetensors.index.json",
+            "Wan2.1_VAE.pth", "models_t5_umt5-xxl-enc-bf16.pth", "google/umt5-xxl/spiece.model",
+            "google/umt5-xxl/tokenizer.json", "google/umt5-xxl/tokenizer_config.json",
+            "google/umt5-xxl/special_tokens_map.json", "examples/i2v_input.JPG", "assets/logo.png", "README.md"]
+
+
+def test_hub_patterns_of_an_original_wan_repo(monkeypatch):
+    """A Hub id of an original release fetches the transformer shards, the VAE and T5 pickles and the tokenizer,
+    not the examples or assets."""
+    import fnmatch
+
+    import huggingface_hub
+
+    from converters.sources import hub_patterns
+
+    monkeypatch.setattr(huggingface_hub, "list_repo_files", lambda repo: list(WAN_REPO))
+    patterns = hub_patterns("Wan-AI/Wan2.1-T2V-14B", None)
+    fetched = sorted(f for f in WAN_REPO if any(fnmatch.fnmatch(f, p) for p in patterns))
+    assert fetched == sorted(f for f in WAN_REPO if not f.startswith(("examples/", "assets/")) and f != "README.md")
+
+
+def test_from_pretrained_on_a_release_folder(transformers_, tmp_path):
+    """WanTransformer3DModel.from_pretrained reads an original release folder's transformer (converted in memory)."""
+    from mindport.models.transformer_wan import WanTransformer3DModel
+
+    _, original, released, _ = transformers_["t2v"]
+    write_release_transformer(tmp_path / "release", original, released, shards=2)
+    model = WanTransformer3DModel.from_pretrained(tmp_path / "release")
+    converted = convert(tmp_path / "release", tmp_path / "ms")
+    for name, p in model.parameters_and_names():
+        assert np.array_equal(p.asnumpy(), converted[name]), name
