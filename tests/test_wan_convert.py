@@ -651,12 +651,13 @@ def wan_clip_state(state: dict, out_dim: int = 12) -> dict:
     out = {"visual.cls_embedding": state["embeddings.class_embedding"].reshape(1, 1, -1),
            "visual.pos_embedding": state["embeddings.position_embedding.weight"][None],
            "visual.patch_embedding.weight": state["embeddings.patch_embedding.weight"],
-           "visual.head": torch.randn(WAN_CLIP["hidden_size"], out_dim, generator=g),
+           "visual.head": torch.randn(state["pre_layrnorm.weight"].shape[0], out_dim, generator=g).to(
+               state["pre_layrnorm.weight"].device),
            "textual.token_embedding.weight": torch.randn(10, 8, generator=g), "log_scale": torch.tensor(4.6)}
     for ours, theirs in (("pre_layrnorm", "pre_norm"), ("post_layernorm", "post_norm")):
         for leaf in ("weight", "bias"):
             out[f"visual.{theirs}.{leaf}"] = state[f"{ours}.{leaf}"]
-    for n in range(WAN_CLIP["num_hidden_layers"]):
+    for n in range(1 + max(int(k.split(".")[2]) for k in state if k.startswith("encoder.layers."))):
         p = f"encoder.layers.{n}."
         for leaf in ("weight", "bias"):
             out[f"visual.transformer.{n}.attn.to_qkv.{leaf}"] = torch.cat(
@@ -850,3 +851,81 @@ def test_from_pretrained_on_a_release_folder(transformers_, tmp_path):
     converted = convert(tmp_path / "release", tmp_path / "ms")
     for name, p in model.parameters_and_names():
         assert np.array_equal(p.asnumpy(), converted[name]), name
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# released sizes (built on the meta device: shapes only): the rows map every original key onto exactly the reference
+# model's parameters, and the configs inferred from the shapes are Wan-AI's *-Diffusers configs
+# ---------------------------------------------------------------------------------------------------------------
+RELEASED = {
+    # Wan-AI/Wan2.1-T2V-1.3B-Diffusers and Wan-AI/Wan2.1-I2V-14B-480P-Diffusers transformer/config.json
+    "t2v-1.3b": (dict(num_attention_heads=12, attention_head_dim=128, in_channels=16, out_channels=16, text_dim=4096,
+                      freq_dim=256, ffn_dim=8960, num_layers=30, patch_size=(1, 2, 2)), "t2v"),
+    "i2v-14b": (dict(num_attention_heads=40, attention_head_dim=128, in_channels=36, out_channels=16, text_dim=4096,
+                     freq_dim=256, ffn_dim=13824, num_layers=40, patch_size=(1, 2, 2), image_dim=1280,
+                     added_kv_proj_dim=5120), "i2v"),
+}
+
+
+def _refs(shapes: dict):
+    from converters.safetensors_io import TensorRef
+
+    return {k: TensorRef("meta", k, "BF16", tuple(s), 0, 0) for k, s in shapes.items()}
+
+
+def _audit(src, spec_shapes: dict):
+    from converters.base import map_tensors
+
+    spec = {k: (tuple(s), "float32") for k, s in spec_shapes.items()}
+    mapped, audit = map_tensors(src.converter, src.tensors, spec, "meta")
+    assert audit.as_dict()["passed"]
+    return mapped
+
+
+@pytest.mark.parametrize("name", list(RELEASED))
+def test_released_transformer_sizes(name, tmp_path):
+    from converters.wan_original import component_source
+
+    cfg, kind = RELEASED[name]
+    with torch.device("meta"):
+        model = diffusers.WanTransformer3DModel(**cfg)
+    shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    original = {wan_transformer_key(k): s for k, s in shapes.items()}
+    released = {"_class_name": "WanModel", "model_type": kind, "dim": 128 * cfg["num_attention_heads"],
+                "num_heads": cfg["num_attention_heads"], "num_layers": cfg["num_layers"], "ffn_dim": cfg["ffn_dim"]}
+    src = component_source(tmp_path, _refs(original), "wan-transformer", released)
+    _audit(src, shapes)
+    for k, v in cfg.items():
+        assert list(src.config[k]) == list(v) if k == "patch_size" else src.config[k] == v, k
+    assert src.config["qk_norm"] == "rms_norm_across_heads" and src.config["cross_attn_norm"] is True
+    # without config.json: Wan's head dim 128 gives the same heads
+    assert component_source(tmp_path, _refs(original), "wan-transformer").config == src.config
+
+
+def test_released_vae_umt5_clip_sizes(tmp_path):
+    from converters.wan_original import UMT5_XXL, component_source
+
+    with torch.device("meta"):
+        vae = diffusers.AutoencoderKLWan()  # diffusers' defaults are Wan 2.1's VAE
+        t5 = transformers.UMT5EncoderModel(transformers.UMT5Config(**{
+            k: v for k, v in UMT5_XXL.items() if k not in ("architectures",)}))
+        clip = transformers.CLIPVisionModel(transformers.CLIPVisionConfig(
+            hidden_size=1280, intermediate_size=5120, num_attention_heads=16, num_hidden_layers=32, patch_size=14,
+            image_size=224, hidden_act="gelu"))
+    vshapes = {k: tuple(v.shape) for k, v in vae.state_dict().items()}
+    src = component_source(tmp_path, _refs({wan_vae_key(k, vae.config): s for k, s in vshapes.items()}), "wan-vae")
+    _audit(src, vshapes)
+    for k in ("base_dim", "z_dim", "dim_mult", "num_res_blocks", "temperal_downsample", "latents_mean", "latents_std"):
+        assert list(src.config[k]) == list(vae.config[k]) if isinstance(vae.config[k], list) else \
+            src.config[k] == vae.config[k], k
+    tshapes = {k: tuple(v.shape) for k, v in t5.state_dict().items() if k != "encoder.embed_tokens.weight"}
+    src = component_source(tmp_path, _refs({wan_umt5_key(k): s for k, s in tshapes.items()}), "wan-umt5")
+    _audit(src, tshapes)
+    assert src.config == UMT5_XXL
+    cshapes = {k: tuple(v.shape) for k, v in clip.state_dict().items() if not k.endswith("position_ids")}
+    state = {k: torch.empty(s, device="meta") for k, s in cshapes.items()}
+    wan = {k: tuple(v.shape) for k, v in wan_clip_state(state, out_dim=1024).items()}
+    src = component_source(tmp_path, _refs(wan), "wan-clip")
+    _audit(src, cshapes)
+    assert (src.config["num_attention_heads"], src.config["image_size"], src.config["num_hidden_layers"],
+            src.config["intermediate_size"], src.config["projection_dim"]) == (16, 224, 32, 5120, 1024)
