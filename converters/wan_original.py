@@ -673,7 +673,8 @@ def open_release(root: Path):
 
 def open_single_file(path: Path, tensors: dict[str, TensorRef], config_dir=None) -> ComponentSource | None:
     """A single file holding one Wan component in an original (or transformers-named, fp8) layout; None when the
-    keys are not one. `config_dir`: a folder with the release's config.json (the transformer's heads)."""
+    keys are not one. `config_dir`: a folder with the release's config.json (the transformer's heads); without it,
+    a release config.json next to the file is used."""
     layout = detect(tensors)
     if layout is None:
         return None
@@ -681,4 +682,6 @@ def open_single_file(path: Path, tensors: dict[str, TensorRef], config_dir=None)
     if config_dir is not None and released is None:
         raise ConversionError(f"--config {config_dir}: no Wan release config.json there (expected WanModel fields "
                               "dim, num_heads, model_type)")
+    if released is None and layout == "wan-transformer":
+        released = released_config(Path(path).parent)
     return component_source(Path(path), tensors, layout, released)

@@ -274,6 +274,8 @@ def test_transformer_single_file_prefixed_and_heads(transformers_, tmp_path, cap
     cfg_dir.mkdir()
     (cfg_dir / "config.json").write_text(json.dumps(released))
     got = convert(path, dst, config_dir=cfg_dir)
+    (tmp_path / "config.json").write_text(json.dumps(released))  # a release config.json next to the file: used
+    assert_identical(convert(path, tmp_path / "dst2"), got, "sibling config.json")
     bf16 = {k: v.to(torch.bfloat16).float().numpy() for k, v in transformers_["t2v"][3].items()}
     assert set(got) == set(convert(folder, tmp_path / "ref"))
     header = read_header(dst / WEIGHTS)[0]
