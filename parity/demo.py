@@ -1,4 +1,4 @@
-"""`mindport demo` / `make demo`: the whole job on built-in tiny checkpoints of the three pipelines: build, convert,
+"""`mindport demo` / `make demo`: the whole job on built-in tiny checkpoints of every registered pipeline: build, convert,
 parity (fp32 and fp16 against PyTorch fp32), generate a video; then print where everything is."""
 
 from __future__ import annotations
