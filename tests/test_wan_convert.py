@@ -931,3 +931,49 @@ def test_released_vae_umt5_clip_sizes(tmp_path):
     _audit(src, cshapes)
     assert (src.config["num_attention_heads"], src.config["image_size"], src.config["num_hidden_layers"],
             src.config["intermediate_size"], src.config["projection_dim"]) == (16, 224, 32, 5120, 1024)
+
+
+def test_release_from_tiny_pipeline_generates_like_diffusers(tmp_path):
+    """The whole path: the tiny Wan T2V fixture's weights written as an original Wan-AI release (this file's
+    writers), converted by `mindport convert`, loaded by mindport's WanPipeline: the same frames as diffusers'
+    WanPipeline on the diffusers folder (fp32, 2 steps, shared initial latents)."""
+    import shutil
+
+    from mindport import WanPipeline
+    from parity.fixtures import build
+
+    folder = build("wan-t2v-tiny")
+    root = tmp_path / "Wan2.1-T2V-tiny"
+    tcfg = json.loads((folder / "transformer" / "config.json").read_text())
+    tstate = safetensors_torch.load_file(str(folder / "transformer" / "diffusion_pytorch_model.safetensors"))
+    released = released_config({**tcfg, "out_channels": tcfg["out_channels"] or tcfg["in_channels"]}, "t2v")
+    write_release_transformer(root, {wan_transformer_key(k): v for k, v in tstate.items()}, released)
+    vcfg = json.loads((folder / "vae" / "config.json").read_text())
+    vstate = safetensors_torch.load_file(str(folder / "vae" / "diffusion_pytorch_model.safetensors"))
+    torch.save({wan_vae_key(k, vcfg): v for k, v in vstate.items()}, root / "Wan2.1_VAE.pth")
+    estate = safetensors_torch.load_file(str(folder / "text_encoder" / "model.safetensors"))
+    torch.save({wan_umt5_key(k): v for k, v in estate.items() if k != "encoder.embed_tokens.weight"},
+               root / "models_t5_umt5-xxl-enc-bf16.pth")
+    shutil.copytree(folder / "tokenizer", root / "google" / "umt5-xxl")
+    dst = tmp_path / "converted"
+    assert main(["convert", str(root), str(dst)]) == 0
+    # a 4-channel VAE has no released latent statistics (Wan 2.1's are for 16): the converter leaves them null;
+    # give the converted folder the fixture's, which the pipeline needs to decode
+    vae_cfg = json.loads((dst / "vae" / "config.json").read_text())
+    assert vae_cfg["latents_mean"] is None
+    vae_cfg.update(latents_mean=vcfg["latents_mean"], latents_std=vcfg["latents_std"])
+    (dst / "vae" / "config.json").write_text(json.dumps(vae_cfg))
+
+    kw = dict(prompt="the cat walking at night", negative_prompt="blurry", height=32, width=48, num_frames=5,
+              num_inference_steps=2, guidance_scale=5.0)
+    lat = np.random.default_rng(1).standard_normal((1, 4, 2, 8, 12)).astype(np.float32)
+    ref = diffusers.WanPipeline.from_pretrained(str(folder), torch_dtype=torch.float32)
+    ref.set_progress_bar_config(disable=True)
+    with torch.no_grad():
+        expected = np.asarray(ref(**kw, latents=torch.from_numpy(lat), output_type="np").frames)
+    ours = WanPipeline.from_pretrained(str(dst))
+    ours.set_progress_bar_config(disable=True)
+    got = np.asarray(ours(**kw, latents=lat, output_type="np")[0])
+    err = np.linalg.norm(got - expected) / np.linalg.norm(expected)
+    print(f"frames rel L2 {err:.2e}")
+    assert got.shape == expected.shape and err <= 1e-4, err
