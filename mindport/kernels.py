@@ -274,6 +274,16 @@ def _channel_norm(x, w, b, settings):
     return x
 
 
+def _rms_norm(x, w, settings):
+    _require(len(x) >= 1 and w == x[-1:], "weight must be (D,) for x (..., D)")
+    return x
+
+
+def _rotary(x, cos, sin, settings):
+    _require(x == cos == sin and len(x) >= 1 and x[-1] % 2 == 0, "x, cos and sin must share one shape (..., 2n)")
+    return x
+
+
 def _layer_norm(x, w, b, settings):
     _require(len(x) >= 1 and w == b == x[-1:], "weight and bias must be (D,) for x (..., D)")
     return x
@@ -355,6 +365,9 @@ _SPECS = {
     "mp_group_norm": _Spec(3, 2, _group_norm),  # x, weight, bias; groups, eps
     "mp_layer_norm": _Spec(3, 1, _layer_norm),  # x, weight, bias; eps
     "mp_channel_rms_norm": _Spec(3, 1, _channel_norm),  # x, gamma, bias; has_bias
+    "mp_rms_norm": _Spec(2, 2, _rms_norm),  # x, weight; eps, has_weight
+    "mp_rotary_pairs": _Spec(3, 0, _rotary),  # x, cos, sin
+    "mp_gelu_tanh": _Spec(1, 0, _elementwise),
     "mp_geglu": _Spec(1, 0, _geglu),
     "mp_gelu": _Spec(1, 0, _elementwise),
     "mp_silu": _Spec(1, 0, _elementwise),

@@ -5,6 +5,7 @@ MindSpore-ops path that runs where the kernels do not (what Ascend runs)."""
 import numpy as np
 import pytest
 import torch
+import mindspore as ms
 from mindspore import Tensor
 
 from mindport import backend
@@ -98,3 +99,43 @@ def test_take_and_pad_frames(rng, ops_path):
     got = backend.take_frames(src, 0, 5)
     src.asnumpy()[...] = 0.0
     np.testing.assert_array_equal(got.asnumpy(), x)
+
+
+@pytest.mark.parametrize("shape, with_weight", [((2, 7, 96), True), ((3, 40), False), ((1, 5, 1), True)])
+def test_rms_norm(shape, with_weight, rng, ops_path):
+    x = (rng.standard_normal(shape) * 3 + 0.5).astype(np.float32)
+    w = (1 + 0.1 * rng.standard_normal(shape[-1])).astype(np.float32) if with_weight else None
+    fast, slow = both(lambda: backend.rms_norm(Tensor(x), None if w is None else Tensor(w), 1e-6), ops_path)
+    ref = torch.nn.functional.rms_norm(t(x).double(), shape[-1:], None if w is None else t(w).double(), 1e-6)
+    assert_close(fast, ref, rel_l2=2e-7, where="rms norm kernel")
+    assert_close(fast, slow, rel_l2=1e-6, where="rms norm kernel vs ops")
+    half = backend.rms_norm(Tensor(x).astype(ms.float16), None, 1e-6)
+    assert half.dtype == ms.float32
+
+
+def test_rotary_pairs_exact(rng, ops_path):
+    x, cos, sin = (rng.standard_normal((2, 9, 24)).astype(np.float32) for _ in range(3))
+    cos[..., 1::2], sin[..., 1::2] = cos[..., 0::2], sin[..., 0::2]  # tables repeat each value per pair
+    fast, slow = both(lambda: backend.rotary_pairs(Tensor(x), Tensor(cos), Tensor(sin)), ops_path)
+    # diffusers' apply_rotary_emb, in float32
+    x1, x2 = t(x)[..., 0::2], t(x)[..., 1::2]
+    c, s = t(cos)[..., 0::2], t(sin)[..., 1::2]
+    want = torch.empty_like(t(x))
+    want[..., 0::2], want[..., 1::2] = x1 * c - x2 * s, x1 * s + x2 * c
+    np.testing.assert_array_equal(fast, want.numpy())
+    np.testing.assert_array_equal(slow, want.numpy())
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+def test_gelu_tanh(dtype, rng, ops_path):
+    x = np.concatenate([rng.standard_normal(1000) * 4, [-100.0, -20.0, -9.0, 0.0, 9.0, 20.0, 100.0]])
+    x = x.astype(np.float32)
+    fast, slow = both(lambda: backend.gelu_tanh(Tensor(x).astype(getattr(ms, dtype))), ops_path)
+    ref = torch.nn.functional.gelu(t(x).double(), approximate="tanh")
+    if dtype == "float32":
+        assert_close(fast, ref, rel_l2=2e-7, where="gelu tanh kernel")
+        assert_close(fast, slow, rel_l2=2e-7, where="gelu tanh kernel vs ops")
+    else:
+        assert fast.dtype == np.float16
+        assert_close(fast.astype(np.float32), ref, rel_l2=1e-3, where="gelu tanh kernel fp16")
+    assert np.isfinite(fast).all()

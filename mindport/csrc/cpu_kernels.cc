@@ -455,6 +455,89 @@ int mp_channel_rms_norm(int nparam, void **params, int *ndims, int64_t **shapes,
   return 0;
 }
 
+// RMS norm over the last axis (torch.nn.RMSNorm, Wan's q / k norms, T5's layer norm): inputs x (..., D), weight
+// (D), attrs {eps, has_weight}: y = x * rsqrt(mean(x^2) + eps) (* weight), the mean in float64.
+int mp_rms_norm(int nparam, void **params, int *ndims, int64_t **shapes, const char **, void *, void *) {
+  MP_REQUIRE(nparam == 4 && ndims[0] >= 1 && holds(ndims, shapes, 2, 2) &&
+             same(ndims[0], shapes[0], ndims[3], shapes[3]));
+  const int64_t d = shapes[0][ndims[0] - 1];
+  MP_REQUIRE(same(ndims[1], shapes[1], {d}));
+  if (numel(ndims[0], shapes[0]) == 0) return kOk;
+  const float *x = static_cast<const float *>(params[0]);
+  const float *w = static_cast<const float *>(params[1]);
+  const float *attrs = static_cast<const float *>(params[2]);
+  const double eps = attrs[0];
+  const bool has_weight = attrs[1] != 0.0f;
+  float *y = static_cast<float *>(params[3]);
+  const int64_t rows = numel(ndims[0], shapes[0]) / d;
+  parallel_blocks(rows, std::max<int64_t>(1, 8192 / d), [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
+      const float *xs = x + r * d;
+      float *ys = y + r * d;
+      double sq = 0.0;
+#pragma omp simd reduction(+ : sq)
+      for (int64_t i = 0; i < d; ++i) sq += static_cast<double>(xs[i]) * xs[i];
+      const float inv = static_cast<float>(1.0 / std::sqrt(sq / d + eps));
+      if (has_weight) {
+#pragma omp simd
+        for (int64_t i = 0; i < d; ++i) ys[i] = xs[i] * inv * w[i];
+      } else {
+#pragma omp simd
+        for (int64_t i = 0; i < d; ++i) ys[i] = xs[i] * inv;
+      }
+    }
+  });
+  return 0;
+}
+
+// a product as float32 (an empty asm the compiler cannot see through: no fused multiply-add with the next sum)
+static inline float rounded(float v) {
+#if defined(__x86_64__) || defined(__i386__)
+  asm("" : "+x"(v));
+#elif defined(__aarch64__)
+  asm("" : "+w"(v));
+#else
+  volatile float r = v;
+  v = r;
+#endif
+  return v;
+}
+
+// Rotary positions on interleaved pairs (diffusers' Wan): x, cos, sin of one shape (..., 2n), attrs unused:
+// y[2i] = x[2i] cos[2i] - x[2i+1] sin[2i], y[2i+1] = x[2i+1] cos[2i+1] + x[2i] sin[2i+1], each product rounded
+// before the sum (no fused multiply-add: the same numbers as diffusers' separate ops, bit for bit).
+int mp_rotary_pairs(int nparam, void **params, int *ndims, int64_t **shapes, const char **, void *, void *) {
+  MP_REQUIRE(nparam == 5 && ndims[0] >= 1 && same(ndims[0], shapes[0], ndims[1], shapes[1]) &&
+             same(ndims[0], shapes[0], ndims[2], shapes[2]) && same(ndims[0], shapes[0], ndims[4], shapes[4]));
+  MP_REQUIRE(shapes[0][ndims[0] - 1] % 2 == 0);
+  const float *x = static_cast<const float *>(params[0]);
+  const float *cs = static_cast<const float *>(params[1]);
+  const float *sn = static_cast<const float *>(params[2]);
+  float *y = static_cast<float *>(params[4]);
+  const int64_t pairs = numel(ndims[0], shapes[0]) / 2;
+  parallel_blocks(pairs, 4096, [&](int64_t p0, int64_t p1) {
+    for (int64_t p = p0; p < p1; ++p) {
+      const float x0 = x[2 * p], x1 = x[2 * p + 1];
+      y[2 * p] = rounded(x0 * cs[2 * p]) - rounded(x1 * sn[2 * p]);
+      y[2 * p + 1] = rounded(x1 * cs[2 * p + 1]) + rounded(x0 * sn[2 * p + 1]);
+    }
+  });
+  return 0;
+}
+
+// torch's GELU(approximate="tanh") 0.5 x (1 + tanh(u)), u = sqrt(2/pi) (x + 0.044715 x^3), as the same function
+// x * sigmoid(2u) = x / (1 + exp(-2u)), elementwise. attrs unused.
+int mp_gelu_tanh(int nparam, void **params, int *ndims, int64_t **shapes, const char **, void *, void *) {
+  MP_REQUIRE(elementwise(nparam, ndims, shapes));
+  const float *x = static_cast<const float *>(params[0]);
+  float *y = static_cast<float *>(params[2]);
+  parallel_map(x, y, numel(ndims[0], shapes[0]), [](vf v) {
+    const vf u = v + (v * v * v) * 0.044715f;
+    return v / (1.0f + vexp(u * -1.5957691216057308f));  // -2 sqrt(2 / pi)
+  });
+  return 0;
+}
+
 // GEGLU from the projection's output h (..., 2n): h[..., :n] * gelu(h[..., n:]) -> (..., n). attrs unused.
 int mp_geglu(int nparam, void **params, int *ndims, int64_t **shapes, const char **, void *, void *) {
   MP_REQUIRE(nparam == 3 && ndims[0] >= 1 && ndims[2] == ndims[0]);

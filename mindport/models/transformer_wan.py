@@ -15,7 +15,6 @@ per forward at the tokens' full shape.
 from __future__ import annotations
 
 import math
-from functools import lru_cache
 
 import mindspore as ms
 import numpy as np
@@ -40,40 +39,20 @@ TEXT_CONTEXT_LENGTH = 512
 
 
 def gelu_tanh(x: Tensor) -> Tensor:
-    """torch's GELU(approximate="tanh"), 0.5 x (1 + tanh(u)) with u = sqrt(2/pi) (x + 0.044715 x^3), written as
-    x * sigmoid(2u) (the same function): `ops.gelu(approximate="tanh")` took 9.3 ms on 512k values on CPU, this 0.9
-    ms; it matches torch to 5e-8 relative (the tanh form through ops.tanh lost 1.4e-5 where tanh nears -1).
-    TODO(backend): belongs in backend.gelu's tanh path."""
-    x32 = backend.cast(x, F32)
-    u = x32 + (x32 * x32 * x32) * 0.044715
-    return backend.cast(x32 * ops.sigmoid(u * (2.0 * math.sqrt(2.0 / math.pi))), x.dtype)
-
-
-@lru_cache(maxsize=None)
-def _mean_row(d: int) -> Tensor:
-    return Tensor(np.full((1, d), 1.0 / d, np.float32))
+    """torch's GELU(approximate="tanh") in float32, returned in x's dtype (backend.gelu_tanh: a kernel on CPU)."""
+    return backend.gelu_tanh(x)
 
 
 def rms_norm(x: Tensor, weight: Tensor | None, eps: float) -> Tensor:
-    """x * rsqrt(mean(x^2, -1) + eps) * weight in float32 (torch.nn.RMSNorm). The row means are a (D -> 1) matmul
-    and rsqrt * weight an outer product (K = 1 matmul, exact), so every op on the full tensor is same-shape."""
-    x = backend.cast(x, F32)
-    d = x.shape[-1]
-    inv = ops.rsqrt(backend.linear(x * x, _mean_row(d), None) + eps)  # (..., 1)
-    if weight is None:
-        return x * ops.tile(inv, (1,) * (x.ndim - 1) + (d,))
-    return x * backend.linear(inv, backend.cast(weight, F32).reshape(d, 1), None)  # (..., 1) x (1, D) -> (..., D)
-
-
-# (x0, x1) -> (-x1, x0) for each pair of channels, as x @ _SWAP^T: exact (one non-zero product per output)
-_SWAP = Tensor(np.array([[0.0, -1.0], [1.0, 0.0]], np.float32))
+    """x * rsqrt(mean(x^2, -1) + eps) * weight in float32 (torch.nn.RMSNorm; backend.rms_norm: a kernel on CPU)."""
+    return backend.rms_norm(x, weight, eps)
 
 
 def rotate_pairs(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
     """diffusers' Wan rotary embedding on interleaved pairs: (x0, x1) -> (x0 cos - x1 sin, x0 sin + x1 cos), on x
-    (B, L, heads*d) float32 with cos / sin tables already at x's shape. Same products and sums as diffusers: exact."""
-    swapped = backend.linear(x.reshape(-1, 2), _SWAP, None).reshape(x.shape)
-    return backend.add(x * cos, swapped * sin)
+    (B, L, heads*d) float32 with cos / sin tables already at x's shape (backend.rotary_pairs). Same products and
+    sums as diffusers: exact."""
+    return backend.rotary_pairs(x, cos, sin)
 
 
 def _per_token(v: Tensor, tokens: int) -> Tensor:
