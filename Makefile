@@ -41,6 +41,22 @@ parity-full: $(STAMP)
 	done; done; \
 	$(BIN)/python -m parity.full summary; exit $$status
 
+# Wan 2.1 at released size (random weights; not CI), one target per piece so that none runs longer than an hour on
+# 2 cores. Whole components as above; UMT5-XXL (5.7 B) and the I2V 14B transformer (16.4 B) do not fit in memory and
+# are compared streamed, block by block, from a bf16 checkpoint written for the run (11 / 33 GB on disk) and deleted
+# after it (peak memory about one block; see parity/full/streamed.py). Each writes its rows into
+# reports/full/NAME/components/{fp32,fp16}/components.json.
+.PHONY: parity-full-wan parity-full-wan-t2v parity-full-wan-umt5 parity-full-wan-i2v-clip parity-full-wan-i2v-transformer
+parity-full-wan: parity-full-wan-t2v parity-full-wan-umt5 parity-full-wan-i2v-clip parity-full-wan-i2v-transformer
+parity-full-wan-t2v: $(STAMP)  # 1.3B transformer, VAE encode / decode (whole, fp32 and fp16): ~30 min
+	$(BIN)/python -m parity.full components wan2.1-t2v-1.3b --only transformer --only vae.encode --only vae.decode
+parity-full-wan-umt5: $(STAMP)  # UMT5-XXL text encoder, streamed (fp32 and fp16 against one reference pass): ~40 min
+	$(BIN)/python -m parity.full components wan2.1-t2v-1.3b --only text_encoder
+parity-full-wan-i2v-clip: $(STAMP)  # CLIP ViT-H/14 image encoder (whole): ~10 min
+	$(BIN)/python -m parity.full components wan2.1-i2v-14b-480p --only image_encoder
+parity-full-wan-i2v-transformer: $(STAMP)  # I2V 14B transformer, streamed, fp32 only: ~50 min
+	$(BIN)/python -m parity.full components wan2.1-i2v-14b-480p --only transformer --dtype fp32
+
 clean:
 	rm -rf build out .pytest_cache
 

@@ -31,6 +31,10 @@ SETTINGS: dict[str, dict] = {
     "svd-xt": dict(height=64, width=64, frames=2, steps=2, decode_chunk_size=2),
     "i2vgen-xl": dict(height=64, width=64, frames=2, steps=2, decode_chunk_size=2),
     "animatediff-v1-5-2": dict(height=64, width=64, frames=2, steps=2, decode_chunk_size=2),
+    # Wan 2.1: 480p's aspect (480x832) at 64x112 pixels, 5 frames (2 latent frames of 8x14: 56 tokens); the text
+    # context is the pipelines' 512 UMT5 tokens (+ 257 CLIP tokens for I2V)
+    "wan2.1-t2v-1.3b": dict(height=64, width=112, frames=5, steps=2),
+    "wan2.1-i2v-14b-480p": dict(height=64, width=112, frames=5, steps=2),
 }
 
 # model components in build order: (folder, library, class name); weights are drawn with seed * 10 + position
@@ -47,6 +51,21 @@ MODELS: dict[str, list[tuple[str, str, str]]] = {
                            ("unet", "diffusers", "UNet2DConditionModel"),
                            ("vae", "diffusers", "AutoencoderKL"),
                            ("text_encoder", "transformers", "CLIPTextModel")],
+    "wan2.1-t2v-1.3b": [("transformer", "diffusers", "WanTransformer3DModel"),
+                        ("vae", "diffusers", "AutoencoderKLWan"),
+                        ("text_encoder", "transformers", "UMT5EncoderModel")],
+    "wan2.1-i2v-14b-480p": [("transformer", "diffusers", "WanTransformer3DModel"),
+                            ("vae", "diffusers", "AutoencoderKLWan"),
+                            ("text_encoder", "transformers", "UMT5EncoderModel"),
+                            ("image_encoder", "transformers", "CLIPVisionModel")],
+}
+
+# Components too large to build in memory (UMT5-XXL: 23 GB float32; the 14B transformer: 66 GB): `build` leaves them
+# out of the pipeline folder; `streamed_checkpoint` writes each as a sharded bf16 checkpoint (as Wan ships them),
+# tensor by tensor, for the streamed comparison (parity/full/streamed.py), which deletes it afterwards.
+STREAMED: dict[str, set[str]] = {
+    "wan2.1-t2v-1.3b": {"text_encoder"},
+    "wan2.1-i2v-14b-480p": {"transformer", "text_encoder"},
 }
 
 
@@ -90,6 +109,8 @@ def build(name: str, seed: int = 0, cache: Path | None = None, log=print) -> Pat
     index = json.loads((src / "model_index.json").read_text())
     adapter = None
     for i, (folder, _lib, class_name) in enumerate(MODELS[name]):
+        if folder in STREAMED.get(name, ()):
+            continue
         t0 = time.perf_counter()
         model = randomise(construct(name, folder), seed * 10 + i)
         if class_name == "MotionAdapter":
@@ -107,10 +128,12 @@ def build(name: str, seed: int = 0, cache: Path | None = None, log=print) -> Pat
             adapter = None
         gc.collect()
         log(f"  {name}/{folder}: {n / 1e6:.1f} M parameters, {time.perf_counter() - t0:.0f} s")
-    for folder in ("scheduler", "feature_extractor"):
+    for folder in ("scheduler", "feature_extractor", "image_processor"):
         if (src / folder).is_dir():
             shutil.copytree(src / folder, tmp / folder)
-    if "tokenizer" in index:
+    if "tokenizer" in index and index["tokenizer"][1].startswith("T5"):
+        write_tiny_t5_tokenizer(tmp / "tokenizer", model_max_length=512)
+    elif "tokenizer" in index:
         from transformers import CLIPTokenizer
 
         vocab, _ = write_tiny_clip_vocab(tmp / ".vocab")
@@ -123,6 +146,37 @@ def build(name: str, seed: int = 0, cache: Path | None = None, log=print) -> Pat
         os.replace(tmp, out)
     except OSError:  # built concurrently by another process: keep theirs
         shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+def streamed_checkpoint_path(name: str, folder: str, seed: int = 0, cache: Path | None = None) -> Path:
+    return Path(cache or CACHE) / f"{check_name(name)}-{folder}-seed{seed}-bf16"
+
+
+def streamed_checkpoint(name: str, folder: str, seed: int = 0, cache: Path | None = None, log=print) -> Path:
+    """The random-weight bf16 checkpoint of a streamed component (written tensor by tensor; reused if complete).
+    Each tensor is drawn from a generator seeded by (seed, its name): the same config gives the same weights in
+    either pipeline (the two Wan pipelines' identical text encoders)."""
+    from .streamed import write_checkpoint
+
+    class_name = next(cls for f, _l, cls in MODELS[check_name(name)] if f == folder)
+    cfg = {k: v for k, v in read_config(name, folder).items() if not k.startswith("_")}
+    return write_checkpoint(class_name, cfg, streamed_checkpoint_path(name, folder, seed, cache), seed, "bf16", log=log)
+
+
+def write_tiny_t5_tokenizer(out: Path, model_max_length: int = 512) -> Path:
+    """A tiny T5 (Unigram) tokenizer: pad 0, eos 1, unk 2, then lowercase letters, digits, punctuation and the words
+    of the comparison prompts; all ids far below UMT5's 256384 rows. The released spiece model cannot be downloaded
+    here; a tokenizer is not architecture."""
+    import string
+
+    from transformers import T5Tokenizer
+
+    words = "the a cat dog walking at night static".split()
+    pieces = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("\u2581", -2.0)]
+    pieces += [(c, -3.0) for c in string.ascii_lowercase + string.digits + ",.!?'-"]
+    pieces += [("\u2581" + w, -1.0) for w in words]
+    T5Tokenizer(vocab=pieces, extra_ids=0, model_max_length=model_max_length).save_pretrained(str(out))
     return out
 
 

@@ -25,9 +25,12 @@ from ..compare import BARS, compare_modules, first_divergence
 from ..memory import PeakMemory
 from ..metrics import compare
 from ..store import ActivationStore
-from .build import SETTINGS, build, check_name, read_config
+from .build import STREAMED, SETTINGS, build, check_name, read_config, streamed_checkpoint, streamed_checkpoint_path
+from .streamed import explain_reference_only, run_streamed
 
 FP16_MAX = 65504.0
+# our models that take MindSpore tensors (not numpy arrays) for their float inputs
+TENSOR_INPUTS = {"WanTransformer3DModel", "AutoencoderKLWan", "CLIPVisionModel", "UMT5EncoderModel"}
 PROMPTS = ["the cat walking at night", "a dog, static"]  # (prompt, negative prompt): a guidance batch of 2
 
 
@@ -89,6 +92,40 @@ def _unet_motion(rng, s, root, cfg):
             "encoder_hidden_states": context}
 
 
+# Wan 2.1: batch 1, as its pipelines call every model once per guidance branch (cond, then uncond)
+def _wan_text(rng, s, root, cfg):
+    """UMT5 ids as the pipelines pass them: a prompt padded to 512 with its mask. The ids are drawn over the whole
+    vocabulary (the tiny tokenizer's would all sit below 60), so rows from all over the 256384-row table are read."""
+    n = 24
+    ids = np.zeros((1, 512), np.int64)
+    ids[0, :n - 1] = rng.integers(2, cfg["vocab_size"], n - 1)
+    ids[0, n - 1] = 1  # eos
+    mask = np.zeros((1, 512), np.int64)
+    mask[0, :n] = 1
+    return {"input_ids": ids, "attention_mask": mask}
+
+
+def _wan_video(rng, s, root, cfg):
+    return {"x": rng.uniform(-1, 1, (1, 3, s["frames"], s["height"], s["width"])).astype(np.float32)}
+
+
+def _wan_latents(rng, s, root, cfg):
+    return {"z": _normal(rng, 1, cfg["z_dim"], (s["frames"] - 1) // 4 + 1, s["height"] // 8, s["width"] // 8)}
+
+
+def _wan_transformer(rng, s, root, cfg):
+    f, h, w = (s["frames"] - 1) // 4 + 1, s["height"] // 8, s["width"] // 8
+    inputs = {"hidden_states": _normal(rng, 1, cfg["in_channels"], f, h, w), "timestep": np.array([757], np.int64),
+              "encoder_hidden_states": _normal(rng, 1, 512, cfg["text_dim"])}
+    if cfg.get("image_dim"):  # I2V: the CLIP ViT-H penultimate hidden states, 257 tokens
+        inputs["encoder_hidden_states_image"] = _normal(rng, 1, 257, cfg["image_dim"])
+    return inputs
+
+
+def _pixels_1(rng, s, root, cfg):
+    return {"pixel_values": _normal(rng, 1, 3, cfg["image_size"], cfg["image_size"])}
+
+
 # component -> (folder, class name, method called, output field path, inputs)
 COMPONENTS: dict[str, dict[str, tuple]] = {
     "svd-xt": {
@@ -110,11 +147,89 @@ COMPONENTS: dict[str, dict[str, tuple]] = {
         "vae.decode": ("vae", "AutoencoderKL", "decode", "sample", _latents_2d),
         "unet": ("unet", "UNetMotionModel", "__call__", "sample", _unet_motion),
     },
+    # text_encoder (both) and the 14B transformer are streamed (build.STREAMED); the 14B pipeline's VAE and text
+    # encoder have the 1.3B's configs (identical files), so they are compared once, under wan2.1-t2v-1.3b
+    "wan2.1-t2v-1.3b": {
+        "text_encoder": ("text_encoder", "UMT5EncoderModel", "__call__", "last_hidden_state", _wan_text),
+        "vae.encode": ("vae", "AutoencoderKLWan", "encode", "latent_dist.mean", _wan_video),
+        "vae.decode": ("vae", "AutoencoderKLWan", "decode", "sample", _wan_latents),
+        "transformer": ("transformer", "WanTransformer3DModel", "__call__", "sample", _wan_transformer),
+    },
+    "wan2.1-i2v-14b-480p": {
+        "image_encoder": ("image_encoder", "CLIPVisionModel", "__call__", "last_hidden_state", _pixels_1),
+        "transformer": ("transformer", "WanTransformer3DModel", "__call__", "sample", _wan_transformer),
+    },
 }
 
 
 def component_names(name: str) -> list[str]:
     return list(COMPONENTS[check_name(name)])
+
+
+def is_streamed(name: str, component: str) -> bool:
+    return COMPONENTS[check_name(name)][component][0] in STREAMED.get(name, ())
+
+
+def run_streamed_component(name: str, component: str, dtypes=("fp32",), seed: int = 0, floor: bool = True,
+                           log=print) -> dict[str, dict]:
+    """A streamed component (build.STREAMED) of a released config: its bf16 checkpoint (written if absent), then
+    `streamed.run_streamed` on the same seeded inputs a whole comparison would take. One row per dtype."""
+    folder, class_name, method, field, make_inputs = COMPONENTS[check_name(name)][component]
+    s = SETTINGS[name]
+    t0 = time.perf_counter()
+    ckpt = streamed_checkpoint(name, folder, seed, log=log)
+    write_s = time.perf_counter() - t0
+    inputs = make_inputs(np.random.Generator(np.random.PCG64(seed)), s, None, read_config(name, folder))
+    rows = run_streamed(ckpt, component, inputs, field, dtypes, floor=floor, store_dir=ckpt.parent, log=log)
+    for r in rows.values():
+        r["timings"]["checkpoint_write_s"] = round(write_s, 1)
+        r["settings"] = s
+    return rows
+
+
+def run_streamed_child(name, component, dtypes, seed=0, floor=True) -> dict:
+    return run_streamed_component(name, component, tuple(dtypes), seed, floor)
+
+
+def merge_rows(name: str, component: str, outs: dict, seed: int = 0, floor: bool = True, log=print) -> bool:
+    """Run a streamed component in a child process (all dtypes against one reference pass) and put its row into
+    each dtype's OUT/components.json and .md (replacing an earlier row of that component, keeping the others)."""
+    from ..harness import versions
+
+    dtypes = list(outs)
+    first = Path(outs[dtypes[0]])
+    first.mkdir(parents=True, exist_ok=True)
+    result = first / f".{component}.streamed.json"
+    log(f"comparing {name} {component} streamed ({', '.join(dtypes)}) in a child process")
+    t0 = time.perf_counter()
+    cmd = [sys.executable, "-m", "parity.full", "_streamed", name, component, "--seed", str(seed),
+           "--json", str(result)] + [x for d in dtypes for x in ("--dtype", d)] + ([] if floor else ["--no-floor"])
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    wall = round(time.perf_counter() - t0, 1)
+    if proc.returncode != 0 or not result.exists():
+        tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
+        rows = {d: {"component": component, "passed": False, "error": f"exit {proc.returncode}: {tail[0]}"} for d in dtypes}
+    else:
+        rows = json.loads(result.read_text())
+        result.unlink()
+    ok = True
+    for d in dtypes:
+        out = Path(outs[d])
+        out.mkdir(parents=True, exist_ok=True)
+        row = dict(rows[d], wall_s=wall)
+        log(f"  {_summary_line(row)}")
+        previous = out / "components.json"
+        kept = {r["component"]: r for r in json.loads(previous.read_text())["components"]} if previous.exists() else {}
+        kept[component] = row
+        ordered = [kept[c] for c in component_names(name) if c in kept]
+        report = {"name": name, "dtype": d, "seed": seed, "bars": BARS[d], "settings": SETTINGS[name],
+                  "reference": "PyTorch fp32 (diffusers / transformers)", "passed": all(r["passed"] for r in ordered),
+                  "components": ordered, "versions": versions(), "git": _git_state()}
+        report["passed_bars"] = bar_verdict_all(report)
+        previous.write_text(json.dumps(report, indent=1, default=float))
+        (out / "components.md").write_text(components_markdown(report))
+        ok &= row["passed"]
+    return ok
 
 
 # -- one component -----------------------------------------------------------------------------------------------
@@ -196,7 +311,13 @@ def run_component(name: str, component: str, dtype: str = "fp32", seed: int = 0,
     ours.attach_mindspore(component, ours_model)
     t0 = time.perf_counter()
     fn = ours_model if method == "__call__" else getattr(ours_model, method)
-    our_out = _field(fn(**inputs), field).astype("float32").asnumpy()
+    if class_name in TENSOR_INPUTS:
+        import mindspore as ms
+
+        our_out = _field(fn(**{k: ms.Tensor(v) if isinstance(v, np.ndarray) else v for k, v in inputs.items()}), field)
+    else:
+        our_out = _field(fn(**inputs), field)
+    our_out = our_out.astype("float32").asnumpy() if not isinstance(our_out, np.ndarray) else our_out.astype("float32")
     timings["mindspore_forward_s"] = time.perf_counter() - t0
     ours.detach()
     del ours_model, fn
@@ -208,6 +329,7 @@ def run_component(name: str, component: str, dtype: str = "fp32", seed: int = 0,
     # 4. judge every module and the output
     bars = BARS[dtype]
     calls, layers, coverage = compare_modules(ref, ours, dtype, floor_cap)
+    explain_reference_only(coverage, component, layers, None, {m for _, m in ref.modules()})
     out = compare(our_out, ref_out) if our_out.shape == ref_out.shape else {
         "rel_l2": float("inf"), "max_abs": float("inf"), "cosine": 0.0, "finite": False}
     out["shape"] = list(ref_out.shape)
@@ -352,4 +474,26 @@ def components_markdown(report: dict) -> str:
                       for f in r["failed_modules"]]
         if r["nonfinite_count"]:
             lines += ["", f"Non-finite outputs in {r['nonfinite_count']} module calls, first: {r['nonfinite_modules'][:5]}"]
+        acc = r.get("coverage", {}).get("reference_only_accepted")
+        if acc:
+            lines += ["", f"Reference modules our side computes inside their (compared) parent, not as module calls "
+                          f"({len(acc)}): " + ", ".join(f"`{m}`" for m in acc[:12]) + (" ..." if len(acc) > 12 else "")]
+        if "streamed" in r:
+            st, m = r["streamed"], r["memory"]
+            lines += ["", f"**Streamed** ({st['blocks']} blocks, one at a time; blocks fed the reference's inputs: "
+                          f"{st['feed'] == 'reference'}; float64 floor: {st['floor']}) from a {st['checkpoint_gb']} GB "
+                          f"{'/'.join(st['checkpoint_dtypes'])} checkpoint, memory-mapped"
+                          + (f"; embedding rows read: {st['embedding_rows']}" if st.get("embedding_rows") else "")
+                          + f". Peak RssAnon {(m['peak_anon_mb'] + m['baseline_anon_mb']) / 1024:.2f} GB "
+                          f"(per phase above the start, MB: {m.get('phase_peak_anon_mb')}); converter audit passed on "
+                          f"every block: {r.get('converter_audit_passed')}.", "",
+                      "| block | modules | worst module | rel L2 | passed | torch s | float64 s | MindSpore s |",
+                      "|---|---|---|---|---|---|---|---|"]
+            times = {b["block"]: b for b in st["block_times_s"]}
+            for b in r.get("per_block", []):
+                t = times.get(b["block"], {})
+                ms_t = next((v for k, v in t.items() if k.startswith(f"mindspore_{r['dtype']}")), "")
+                lines.append(f"| {b['block']} | {b['modules']} | `{b['worst_module']}` | {b['worst_rel_l2']:.2e} | "
+                             f"{'yes' if b['passed'] else 'no'} | {t.get('torch_s', '')} | {t.get('torch_float64_s', '')} "
+                             f"| {ms_t} |")
     return "\n".join(lines) + "\n"
