@@ -30,6 +30,8 @@ def main(argv=None) -> int:
         s = sub.add_parser(cmd)
         s.add_argument("names", nargs="*", metavar="NAME", help=f"released configs (default all: {', '.join(NAMES)})")
         s.add_argument("--seed", type=int, default=0)
+        if cmd == "summary":
+            s.add_argument("--print", action="store_true", help="print the summary table; do not touch README.md")
         if cmd == "components":
             s.add_argument("--dtype", choices=("fp32", "fp16"), action="append",
                            help="MindSpore dtype, repeatable (default: fp32 and fp16)")
@@ -88,6 +90,11 @@ def main(argv=None) -> int:
                 print(build(n, a.seed))
             return 0
         if a.cmd == "summary":
+            if a.print:
+                from .summary import summary_table
+
+                print(summary_table())
+                return 0
             update_readme()
             return 0
         dtypes = a.dtype or ["fp32", "fp16"]

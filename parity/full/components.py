@@ -25,7 +25,7 @@ from ..compare import BARS, compare_modules, first_divergence
 from ..memory import PeakMemory
 from ..metrics import compare
 from ..store import ActivationStore
-from .build import STREAMED, SETTINGS, build, check_name, read_config, streamed_checkpoint, streamed_checkpoint_path
+from .build import STREAMED, SETTINGS, build, check_name, read_config, streamed_checkpoint
 from .streamed import explain_reference_only, run_streamed
 
 FP16_MAX = 65504.0
@@ -204,10 +204,10 @@ def merge_rows(name: str, component: str, outs: dict, seed: int = 0, floor: bool
     t0 = time.perf_counter()
     cmd = [sys.executable, "-m", "parity.full", "_streamed", name, component, "--seed", str(seed),
            "--json", str(result)] + [x for d in dtypes for x in ("--dtype", d)] + ([] if floor else ["--no-floor"])
-    proc = subprocess.run(cmd, capture_output=True, text=True)
+    proc = subprocess.run(cmd, stderr=subprocess.PIPE, text=True)  # its progress lines go to our stdout
     wall = round(time.perf_counter() - t0, 1)
     if proc.returncode != 0 or not result.exists():
-        tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
+        tail = (proc.stderr or "").strip().splitlines()[-1:] or ["no output"]
         rows = {d: {"component": component, "passed": False, "error": f"exit {proc.returncode}: {tail[0]}"} for d in dtypes}
     else:
         rows = json.loads(result.read_text())
@@ -265,6 +265,7 @@ def run_component(name: str, component: str, dtype: str = "fp32", seed: int = 0,
         raise ValueError(f"{name} has no component {component!r}; expected one of {', '.join(component_names(name))}")
     quiet_reference_libraries()
     folder, class_name, method, field, make_inputs = COMPONENTS[name][component]
+    model_class(class_name)  # import our side now, before the long reference phase (the tree may change meanwhile)
     s = {**SETTINGS[name], **(settings or {})}
     root = build(name, seed)
     cfg = read_config(name, folder)

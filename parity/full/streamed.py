@@ -27,6 +27,7 @@ Peak anonymous memory = skeleton + one block on the larger side (+ its float64 c
 from __future__ import annotations
 
 import gc
+import importlib
 import json
 import math
 import os
@@ -398,6 +399,11 @@ def run_streamed(folder, component: str, inputs: dict, field: str = "sample", dt
     cfg_file = json.loads((folder / "config.json").read_text())
     class_name = cfg_file.get("_class_name") or (cfg_file.get("architectures") or [None])[0]
     spec = spec_for(class_name)
+    # import our side now: the run is long, and the code it compares is the code present when it starts
+    conv = converter_for(class_name, str(folder))
+    cls = model_class(class_name)
+    for module in ("mindport.models.transformer_wan", "mindport.models.umt5"):  # our blocks' modules
+        importlib.import_module(module)
     ckpt = Checkpoint(folder, spec)
     cfg = {k: v for k, v in cfg_file.items() if not k.startswith("_")}
     n_blocks = int(cfg[spec.count])
@@ -446,9 +452,11 @@ def run_streamed(folder, component: str, inputs: dict, field: str = "sample", dt
         prefix = _block_prefix(spec, i) + "."
         return {k[len(prefix):]: ckpt.torch_tensor(k) for k in ckpt.keys() if k.startswith(prefix)}
 
+    skeleton = {"model": ref_model}  # the blocks take its config (dropped with it after the reference passes)
+
     def ref_block(i, args, kwargs):
         t = time.perf_counter()
-        block = reference_block(class_name, cfg, i, ref_model)
+        block = reference_block(class_name, cfg, i, skeleton["model"])
         block.load_state_dict(block_state(i), strict=True, assign=True)
         block.eval()
         name = _block_prefix(spec, i)
@@ -473,6 +481,7 @@ def run_streamed(folder, component: str, inputs: dict, field: str = "sample", dt
         del block
         gc.collect()
         block_times.append(row)
+        log(f"  reference block {i}: {row}, peak RssAnon {mem.peak_mb / 1024:.2f} GB")
         return out
 
     _install(ref_model, spec.blocks, _Stream(n_blocks, ref_block), torch_side=True)
@@ -500,7 +509,7 @@ def run_streamed(folder, component: str, inputs: dict, field: str = "sample", dt
         phase("torch_float64_skeleton_s", t0)
     ref_peak = max(((float(np.abs(store.get(k)).max()), f"{k[0]}.{k[1]}" if k[1] else k[0]) for k in ref.records
                     if np.prod(ref.records[k]["shape"]) > 0), default=(0.0, ""))
-    del ref_model
+    del ref_model, skeleton["model"]
     gc.collect()
     aliases = dict(spec.aliases)
     if aliases:  # name the reference's modules as ours where the libraries differ
@@ -512,8 +521,6 @@ def run_streamed(folder, component: str, inputs: dict, field: str = "sample", dt
                          and isinstance(k[1], str) else k): v for k, v in store._index.items()}
 
     # 3. ours, per dtype: skeleton through our converter, blocks streamed and fed the reference's inputs
-    conv = converter_for(class_name, str(folder))
-    cls = model_class(class_name)
     results = {}
     for dtype in dtypes:
         t0 = time.perf_counter()
@@ -526,7 +533,6 @@ def run_streamed(folder, component: str, inputs: dict, field: str = "sample", dt
         audits = [audit.as_dict()]
         phase(f"mindspore_{dtype}_skeleton_load_s", t0)
         ours = Capture("mindspore", reference=ref)
-        ms_dtype = ms.float16 if dtype == "fp16" else ms.float32
 
         def our_block_run(i, args, kwargs, ours=ours, dtype=dtype, audits=audits):
             t = time.perf_counter()
@@ -553,6 +559,8 @@ def run_streamed(folder, component: str, inputs: dict, field: str = "sample", dt
             del block
             gc.collect()
             block_times[i][f"mindspore_{dtype}_s"] = time.perf_counter() - t
+            log(f"  mindspore {dtype} block {i}: {block_times[i][f'mindspore_{dtype}_s']:.1f} s, "
+                f"peak RssAnon {mem.peak_mb / 1024:.2f} GB")
             return out
 
         _install(ours_model, spec.blocks, _Stream(n_blocks, our_block_run), torch_side=False)
