@@ -47,6 +47,8 @@ TRANSFORMS = {
     "linear_to_conv1x1": lambda a, shape: a.reshape(shape),
     # a projection stored as (in, out) for `x @ proj` (OpenCLIP's `visual.proj`) where the port has a linear layer
     "transpose": lambda a, shape: a.T,
+    # the same values with leading unit axes dropped (Wan's CLIP class / position embeddings: (1, 1, C), (1, N, C))
+    "drop_unit_axes": lambda a, shape: a.reshape(shape),
 }
 
 

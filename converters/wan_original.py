@@ -47,7 +47,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .base import TRANSFORMS, ArchitectureConverter, Rule
+from .base import ArchitectureConverter, Rule
 from .errors import ConversionError
 from .safetensors_io import FP8_TAGS, TensorRef
 from .sources import ComponentSource, read_json
@@ -447,9 +447,6 @@ def infer_vae_config(shapes: dict[str, tuple[int, ...]], where: str = "") -> dic
 # ----------------------------------------------------------------------------------------------------------------
 # CLIP image encoder (I2V): the ViT-H/14 vision tower of Wan's open-clip XLM-RoBERTa CLIP
 # ----------------------------------------------------------------------------------------------------------------
-
-# Wan keeps CLIP's class and position embeddings with leading unit axes ((1, 1, C), (1, N, C)): the same values
-TRANSFORMS.setdefault("drop_unit_axes", lambda a, shape: a.reshape(shape))
 
 _V = r"visual\.transformer\.(\d+)"
 _VL = r"encoder.layers.\1"
