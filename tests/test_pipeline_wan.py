@@ -167,3 +167,55 @@ def test_generate_cli(t2v, i2v, tmp_path, capsys):
     assert "WanPipeline does not take --image" in capsys.readouterr().err
     assert main(["generate", str(t2v), "--out", str(out)]) == 2
     assert "give --prompt" in capsys.readouterr().err
+
+
+def _saved(pipe, tmp_path):
+    pipe.save_pretrained(str(tmp_path / "ref"))
+    pipe.set_progress_bar_config(disable=True)
+    return tmp_path / "ref"
+
+
+@pytest.mark.parametrize("variant", ["two-experts", "flf2v", "i2v-no-image-tokens"])
+def test_wan_variants_match_diffusers(variant, tmp_path):
+    """Wan 2.2 A14B's two experts (boundary_ratio, guidance_scale_2), FLF2V (first and last frame: pos_embed_seq_len,
+    last_image), and an I2V transformer without image tokens (image_dim null, as Wan 2.2 I2V)."""
+    import copy
+
+    import diffusers
+    from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModel
+
+    from parity.fixtures import randomise
+    from parity.wan import PRESETS, tiny_components
+    from parity.wan_i2v import PRESETS as I2V_PRESETS
+
+    if variant == "two-experts":
+        parts = tiny_components(PRESETS["wan-t2v-tiny"], 3)
+        second = randomise(copy.deepcopy(parts["transformer"]), 99)
+        ref, cls = diffusers.WanPipeline(**parts, transformer_2=second, boundary_ratio=0.875), WanPipeline
+        kw = dict(prompt="the cat", height=32, width=48, num_frames=5, num_inference_steps=4, guidance_scale=5.0,
+                  guidance_scale_2=3.0)
+        lat = _latents(0, (1, 4, 2, 8, 12))
+    else:
+        spec = I2V_PRESETS["wan-i2v-tiny"]
+        z = spec["vae"]["z_dim"]
+        tr = dict(spec["transformer"], pos_embed_seq_len=10) if variant == "flf2v" else \
+            {k: v for k, v in spec["transformer"].items() if k not in ("image_dim", "added_kv_proj_dim")}
+        parts = tiny_components({**spec, "transformer": tr, "extra_in_channels": 4 + z}, 5)
+        encoder = processor = None
+        if variant == "flf2v":
+            encoder = randomise(CLIPVisionModel(CLIPVisionConfig(hidden_act="gelu", **spec["vision"])), 55)
+            processor = CLIPImageProcessor(crop_size={"height": 28, "width": 28}, size={"shortest_edge": 28})
+        ref, cls = diffusers.WanImageToVideoPipeline(**parts, image_encoder=encoder, image_processor=processor), \
+            WanImageToVideoPipeline
+        kw = dict(image=synthetic_image(90, 50, 1), prompt="the cat", height=32, width=64, num_frames=9,
+                  num_inference_steps=3)
+        if variant == "flf2v":
+            kw["last_image"] = synthetic_image(90, 50, 2)
+        lat = _latents(1, (1, 4, 3, 8, 16))
+    root = _saved(ref, tmp_path)
+    with torch.no_grad():
+        expected = np.asarray(ref(**kw, latents=torch.from_numpy(lat), output_type="np").frames)
+    ours = cls.from_pretrained(str(root))
+    ours.set_progress_bar_config(disable=True)
+    got = np.asarray(ours(**kw, latents=lat, output_type="np")[0])
+    assert got.shape == expected.shape and rel_l2(got, expected) <= 1e-4, rel_l2(got, expected)
