@@ -93,27 +93,73 @@ def cmd_parity(a) -> int:
 # `mindport generate` flag -> the pipeline __call__ argument it sets (passed only where the pipeline takes it)
 GENERATE_ARGUMENTS = {"prompt": "prompt", "negative_prompt": "negative_prompt", "image": "image", "frames": "num_frames",
                       "steps": "num_inference_steps", "height": "height", "width": "width",
-                      "guidance_scale": "guidance_scale", "decode_chunk_size": "decode_chunk_size"}
+                      "guidance_scale": "guidance_scale", "min_guidance_scale": "min_guidance_scale",
+                      "max_guidance_scale": "max_guidance_scale", "fps": "fps", "motion_bucket_id": "motion_bucket_id",
+                      "noise_aug_strength": "noise_aug_strength", "decode_chunk_size": "decode_chunk_size"}
+POSITIVE = ("frames", "steps", "height", "width", "decode_chunk_size", "fps")
+DEFAULT_FPS = 8
+
+
+def _generate_pipeline(a, root: Path):
+    """The registered pipeline class for the folder: its model_index.json `_class_name`, or with --motion-adapter
+    the pipeline that loads such a base folder (AnimateDiff on an SD 1.5 base)."""
+    from converters import registry
+    from converters.sources import read_json
+    from mindport.pipelines import pipeline_class
+
+    name = read_json(root / "model_index.json").get("_class_name")
+    if a.motion_adapter is None:
+        return pipeline_class(name), {}
+    rows = [r for r in registry.PIPELINES if "motion_adapter" in r.components and
+            (name == r.name or name in r.loads_from)]
+    if not rows:
+        raise ValueError(f"--motion-adapter needs an SD 1.5 base or AnimateDiff folder; {root} holds a {name}")
+    return pipeline_class(rows[0].name), {"motion_adapter": a.motion_adapter}
+
+
+def _write_frames(frames, out: Path, fps: int) -> str:
+    """(F, H, W, 3) in [0, 1] -> a .gif, an .mp4, or (no suffix) a folder of frame_000.png ..."""
+    from mindport.image_processing import numpy_to_pil
+    from mindport.utils import export_to_gif, export_to_video
+
+    if out.suffix == "":
+        out.mkdir(parents=True, exist_ok=True)
+        for i, im in enumerate(numpy_to_pil(frames)):
+            im.save(out / f"frame_{i:03d}.png")
+        return f"{out}/frame_000.png .. frame_{len(frames) - 1:03d}.png"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if out.suffix == ".gif":
+        return export_to_gif(list(frames), str(out), fps=fps)
+    return export_to_video(list(frames), str(out), fps=fps)
 
 
 def cmd_generate(a) -> int:
-    """Any registered pipeline (model_index.json's _class_name), called with the flags its __call__ takes."""
+    """Any registered pipeline (model_index.json's _class_name), called with the flags its __call__ takes. Every
+    flag is checked before a model is loaded; nothing is written unless the video was generated."""
     import inspect
 
     import mindspore as ms
     import numpy as np
 
-    from converters.sources import read_json, resolve
+    from converters.sources import resolve
     from mindport import backend
-    from mindport.pipelines import pipeline_class
-    from mindport.utils import export_to_gif, export_to_video, load_image
+    from mindport.models import model_class
+    from mindport.utils import load_image
 
-    root = resolve(a.src, a.variant)
-    name = read_json(root / "model_index.json").get("_class_name")
-    cls = pipeline_class(name)
+    for flag in POSITIVE:
+        value = getattr(a, flag)
+        if value is not None and value < 1:
+            raise ValueError(f"--{flag.replace('_', '-')} {value}: expected a positive integer")
+    out = Path(a.out)
+    if out.suffix not in ("", ".gif", ".mp4"):
+        raise ValueError(f"--out {out}: expected a .gif, an .mp4, or a folder (no suffix) for PNG frames")
+    root = Path(resolve(a.src, a.variant))
+    cls, extra = _generate_pipeline(a, root)
+    name = cls.__name__
     takes = inspect.signature(cls.__call__).parameters
     given = {flag: getattr(a, flag) for flag in GENERATE_ARGUMENTS if getattr(a, flag) is not None}
-    unused = sorted(f"--{flag.replace('_', '-')}" for flag in given if GENERATE_ARGUMENTS[flag] not in takes)
+    unused = sorted(f"--{flag.replace('_', '-')}" for flag in given
+                    if GENERATE_ARGUMENTS[flag] not in takes and flag != "fps")
     if unused:
         raise ValueError(f"{name} does not take {', '.join(unused)}")
     if "image" in given:
@@ -125,17 +171,21 @@ def cmd_generate(a) -> int:
         raise ValueError(f"{name} generates from an image: give --image PATH_OR_URL")
     if "prompt" in takes and "prompt" not in given and "image" not in takes:
         raise ValueError(f"{name} generates from text: give --prompt TEXT")
+    video_fps = given.get("fps") or DEFAULT_FPS  # the file's frame rate; SVD also conditions on it
+    if "fps" not in takes:
+        given.pop("fps", None)
 
     backend.init_context()
-    pipe = cls.from_pretrained(root, mindspore_dtype=backend.resolve_dtype(a.dtype), variant=a.variant)
+    dtype = backend.resolve_dtype(a.dtype)
+    if extra.get("motion_adapter"):
+        extra["motion_adapter"] = model_class("MotionAdapter").from_pretrained(extra["motion_adapter"],
+                                                                                mindspore_dtype=dtype)
+    pipe = cls.from_pretrained(root, mindspore_dtype=dtype, variant=a.variant, **extra)
     kwargs = {GENERATE_ARGUMENTS[flag]: value for flag, value in given.items()}
-    out = pipe(**kwargs, output_type="np", generator=np.random.Generator(np.random.PCG64(a.seed)))
-    video = np.asarray(out[0])
+    result = pipe(**kwargs, output_type="np", generator=np.random.Generator(np.random.PCG64(a.seed)))
+    video = np.asarray(result[0])
     frames = video[0] if video.ndim == 5 else video  # (B, F, H, W, 3) or one video's (F, H, W, 3)
-    path = Path(a.out)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    written = export_to_gif(list(frames), str(path), fps=a.fps) if path.suffix == ".gif" else \
-        export_to_video(list(frames), str(path), fps=a.fps)
+    written = _write_frames(frames, out, video_fps)
     print(f"generated {len(frames)} frames at {frames.shape[2]}x{frames.shape[1]} with {name} "
           f"(MindSpore {ms.__version__}): {written}")
     return EXIT_OK
@@ -201,15 +251,21 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--prompt", help="text prompt (AnimateDiff, I2VGen-XL, Wan)")
     g.add_argument("--negative-prompt")
     g.add_argument("--image", help="conditioning image, path or URL (SVD, I2VGen-XL, Wan I2V)")
-    g.add_argument("--out", default="generated.mp4", help=".mp4 or .gif")
+    g.add_argument("--out", default="generated.mp4", help=".mp4, .gif, or a folder (no suffix) of PNG frames")
     g.add_argument("--frames", type=int, help="default: the pipeline's")
     g.add_argument("--steps", type=int, help="default: the pipeline's")
     g.add_argument("--height", type=int, help="default: the image's, rounded down to 16; else the pipeline's")
     g.add_argument("--width", type=int, help="default: the image's, rounded down to 16; else the pipeline's")
-    g.add_argument("--guidance-scale", type=float, help="default: the pipeline's (SVD: min/max guidance instead)")
+    g.add_argument("--guidance-scale", type=float, help="default: the pipeline's")
+    g.add_argument("--min-guidance-scale", type=float, help="SVD (default 1.0)")
+    g.add_argument("--max-guidance-scale", type=float, help="SVD (default 3.0)")
+    g.add_argument("--motion-bucket-id", type=int, help="SVD (default 127)")
+    g.add_argument("--noise-aug-strength", type=float, help="SVD (default 0.02)")
     g.add_argument("--decode-chunk-size", type=int, help="frames decoded at a time (SVD, AnimateDiff, I2VGen-XL)")
+    g.add_argument("--motion-adapter", help="AnimateDiff on an SD 1.5 base folder: this MotionAdapter folder or id")
     g.add_argument("--seed", type=int, default=42)
-    g.add_argument("--fps", type=int, default=8)
+    g.add_argument("--fps", type=int, help=f"frame rate of the written video (default {DEFAULT_FPS}); SVD also "
+                                            "conditions on it (its default 7)")
     g.add_argument("--dtype", choices=["fp32", "fp16"], default="fp32")
     g.add_argument("--variant")
     g.set_defaults(fn=cmd_generate)
