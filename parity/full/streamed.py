@@ -22,7 +22,25 @@ the random bf16 one `write_checkpoint` draws, as Wan ships its weights). Nothing
 4. `parity.compare.compare_modules` judges every module call, exactly as for a whole component.
 
 Peak anonymous memory = skeleton + one block on the larger side (+ its float64 copy during the floor pass).
-`python -m parity.full stream ...` runs it on any checkpoint folder (see `--help`)."""
+
+Usage, on a real checkpoint (e.g. a downloaded `Wan-AI/Wan2.1-I2V-14B-480P-Diffusers`):
+
+    python -m parity.full stream WAN_DIR/transformer  --out reports/wan14b/transformer            # fp32
+    python -m parity.full stream WAN_DIR/text_encoder --out reports/wan14b/text_encoder --dtype fp32 --dtype fp16
+        [--feed own]       chain our own block outputs (the whole-model run) instead of the reference's
+        [--no-floor]       skip the float64 passes (about half the time)
+        [--height 64 --width 112 --frames 5]   the latent video the transformer sees (seeded inputs)
+
+It writes `streamed.json` (the rows of `parity.full.components`, plus per-block results and timings) and
+`streamed.md`; exit 0 when every module is within its bound. For the released configs with random weights,
+`python -m parity.full components NAME --only COMPONENT` (or `make parity-full-wan-umt5` /
+`make parity-full-wan-i2v-transformer`) writes the bf16 checkpoint first (`write_checkpoint`), runs this, and
+deletes the checkpoint (`--keep` keeps it).
+
+In Python: `run_streamed(folder, component, inputs, field, dtypes)` with the model's forward arguments as numpy
+arrays; `write_checkpoint(class_name, config, out, seed)` for a random one. A new architecture needs a `StreamSpec`
+row (where its block list lives, which block arguments both libraries pass alike) and its block constructors in
+`reference_block` / `our_block`."""
 
 from __future__ import annotations
 
@@ -266,6 +284,14 @@ class Checkpoint:
     def keys(self):
         return self.refs.keys()
 
+    def release(self) -> None:
+        """Unmap the files (both readers): the pages a block read leave the process's resident set with it, so RSS
+        (not only anonymous RSS) stays near one block; the next read maps the file again."""
+        self._torch.clear()
+        for ref in self.refs.values():
+            if ref.mapping is not None:
+                ref.mapping._map = None
+
 
 def _rows_ref(ref, rows: np.ndarray):
     """A TensorRef whose load() gathers `rows` of a memory-mapped table (the rest of the table is never read)."""
@@ -441,6 +467,7 @@ def run_streamed(folder, component: str, inputs: dict, field: str = "sample", dt
     if missing or unexpected:
         raise ValueError(f"{folder}: reference skeleton: missing {missing[:5]}, unexpected {unexpected[:5]}")
     del sd
+    ckpt.release()
     ref_model = ref_model.float()
     phase("torch_skeleton_load_s", t0)
     ref = Capture("torch", store=store)
@@ -479,6 +506,7 @@ def run_streamed(folder, component: str, inputs: dict, field: str = "sample", dt
             _remove(floor_cap, handles)
             row["torch_float64_s"] = time.perf_counter() - t
         del block
+        ckpt.release()
         gc.collect()
         block_times.append(row)
         log(f"  reference block {i}: {row}, peak RssAnon {mem.peak_mb / 1024:.2f} GB")
@@ -531,6 +559,7 @@ def run_streamed(folder, component: str, inputs: dict, field: str = "sample", dt
         mapped, audit = map_tensors(conv, tensors, pspec, f"{folder} (skeleton)")
         ours_model.load_arrays({mp.target: materialise(mp, pspec[mp.target][0], np.float32) for mp in mapped}, dtype)
         audits = [audit.as_dict()]
+        ckpt.release()
         phase(f"mindspore_{dtype}_skeleton_load_s", t0)
         ours = Capture("mindspore", reference=ref)
 
@@ -557,6 +586,7 @@ def run_streamed(folder, component: str, inputs: dict, field: str = "sample", dt
             if feed == "reference":
                 out = ms.Tensor(np.array(store.get((component, prefix, 0)))).astype(out.dtype)
             del block
+            ckpt.release()
             gc.collect()
             block_times[i][f"mindspore_{dtype}_s"] = time.perf_counter() - t
             log(f"  mindspore {dtype} block {i}: {block_times[i][f'mindspore_{dtype}_s']:.1f} s, "
