@@ -182,3 +182,148 @@ def materialise(mp: Mapped, shape: tuple[int, ...], np_dtype) -> np.ndarray:
         arr = arr[index * rows:(index + 1) * rows]
     arr = TRANSFORMS[mp.transform](arr, tuple(shape))
     return np.asarray(arr, dtype=np_dtype) if np_dtype is not None else np.asarray(arr)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The same rows read backwards (export: MindSpore parameters -> a PyTorch layout)
+# ----------------------------------------------------------------------------------------------------------------
+
+# Each transform's declared inverse: (the transform that undoes it, the source shape from the target shape). A
+# transform missing here cannot be exported; a row using it is refused by name, never guessed.
+INVERSE_TRANSFORMS = {
+    IDENTITY: (IDENTITY, lambda shape: tuple(shape)),
+    "conv1x1_to_linear": ("linear_to_conv1x1", lambda shape: (*shape, 1, 1)),
+    "linear_to_conv1x1": ("conv1x1_to_linear", lambda shape: tuple(shape[:2])),
+    "transpose": ("transpose", lambda shape: tuple(shape[::-1])),
+    # the only rows using it (Wan's CLIP class and position embeddings) dropped leading unit axes of a rank-3 tensor:
+    # (1, 1, C) -> (C,), (1, N, C) -> (N, C)
+    "drop_unit_axes": ("restore_unit_axes", lambda shape: (1,) * (3 - len(shape)) + tuple(shape)),
+}
+TRANSFORMS["restore_unit_axes"] = lambda a, shape: a.reshape(shape)
+
+
+class NotInvertible(ConversionError):
+    """A row whose source pattern cannot be written back from its target (a regex construct outside a group, a
+    group the target does not reference, a transform without a declared inverse)."""
+
+
+def _scan_pattern(pattern: str):
+    """Split a row's source regex into literal text and top-level capturing groups:
+    [("lit", text) | ("group", number, regex text)]. Optional non-capturing groups (`(?:prefix)?`) and lookaheads
+    are zero-or-optional text: written back as nothing. Any other regex construct outside a group is refused."""
+    out, i, n, number = [], 0, len(pattern), 0
+    special = set(".^$*+?{}[]|")
+    while i < n:
+        c = pattern[i]
+        if c == "\\":
+            nxt = pattern[i + 1] if i + 1 < n else ""
+            if nxt.isalnum():  # \d, \w, \1 ...: a class or reference, not a literal
+                raise NotInvertible(f"pattern {pattern!r}: {c + nxt!r} outside a group has no single spelling")
+            out.append(("lit", nxt))
+            i += 2
+            continue
+        if c == "(":
+            depth, j = 0, i
+            while j < n:
+                if pattern[j] == "\\":
+                    j += 2
+                    continue
+                if pattern[j] == "[":  # a character class may hold parentheses
+                    j = pattern.index("]", j + 1) + 1
+                    continue
+                depth += {"(": 1, ")": -1}.get(pattern[j], 0)
+                j += 1
+                if depth == 0:
+                    break
+            body = pattern[i:j]
+            optional = j < n and pattern[j] == "?"
+            if body.startswith(("(?!", "(?=")):  # lookahead: zero-width
+                i = j
+                continue
+            if body.startswith("(?:"):
+                if not optional:
+                    raise NotInvertible(f"pattern {pattern!r}: non-capturing group {body!r} is not optional")
+                i = j + 1  # an optional spelling (a prefix some files carry): written back without it
+                continue
+            if body.startswith("(?"):
+                raise NotInvertible(f"pattern {pattern!r}: group {body!r} is not a plain capturing group")
+            number += 1
+            inner = re.compile(body).groups - 1  # capturing groups nested inside count in Python's numbering
+            if j < n and pattern[j] in "?*+{":
+                raise NotInvertible(f"pattern {pattern!r}: group {body!r} is repeated or optional")
+            out.append(("group", number, body[1:-1]))
+            number += inner
+            i = j
+            continue
+        if c in special:
+            raise NotInvertible(f"pattern {pattern!r}: {c!r} outside a group has no single spelling")
+        out.append(("lit", c))
+        i += 1
+    return out
+
+
+_REF = re.compile(r"\\(\d+)|\\g<(\d+)>")
+
+
+@dataclass(frozen=True)
+class InverseRow:
+    """One row read backwards: target names fully matching `pattern` came from the source name `template` (a
+    `re` template over `pattern`'s named groups); `part` = (index, count) when the row split one source tensor."""
+
+    rule: Rule
+    pattern: str
+    template: str
+    part: tuple[int, int] | None
+    transform: str  # the inverse transform's name
+
+    def source_for(self, target: str) -> str | None:
+        m = _compile(self.pattern).fullmatch(target)
+        return m.expand(self.template) if m else None
+
+
+def invert_rule(rule: Rule) -> list[InverseRow]:
+    """The row's inverse, one InverseRow per target (a split row has several). Raises NotInvertible naming the row
+    when it cannot be read backwards. A drop row (target None) has no inverse: []."""
+    if rule.target is None:
+        return []
+    if rule.transform not in INVERSE_TRANSFORMS:
+        raise NotInvertible(f"row {rule.source!r}: transform {rule.transform!r} declares no inverse")
+    tokens = _scan_pattern(rule.source)
+    groups = {t[1]: t[2] for t in tokens if t[0] == "group"}
+    templates = rule.target if isinstance(rule.target, tuple) else (rule.target,)
+    rows = []
+    for index, target in enumerate(templates):
+        pattern, pos, seen = [], 0, set()
+        for m in _REF.finditer(target):
+            pattern.append(re.escape(target[pos:m.start()]))
+            g = int(m.group(1) or m.group(2))
+            if g not in groups:
+                raise NotInvertible(f"row {rule.source!r}: target {target!r} refers to group {g}, which is not a "
+                                    "top-level group of the source")
+            pattern.append(f"(?P=g{g})" if g in seen else f"(?P<g{g}>{groups[g]})")
+            seen.add(g)
+            pos = m.end()
+        pattern.append(re.escape(target[pos:]))
+        unused = sorted(set(groups) - seen)
+        if unused:
+            raise NotInvertible(f"row {rule.source!r}: target {target!r} does not keep group(s) {unused}; the source "
+                                "name cannot be rebuilt from it")
+        template = "".join(t[1].replace("\\", "\\\\") if t[0] == "lit" else f"\\g<g{t[1]}>" for t in tokens)
+        part = (index, len(templates)) if len(templates) > 1 else None
+        rows.append(InverseRow(rule, "".join(pattern), template, part, INVERSE_TRANSFORMS[rule.transform][0]))
+    return rows
+
+
+def forward_target(rules, key: str) -> tuple[Rule | None, list[str] | None]:
+    """What the forward mapping does with one (normalised) source key: (the row, its targets), (None, [key]) for
+    the identity, (row, None) for a drop row. Several matching rows: ConversionError (as map_tensors)."""
+    hits = [(r, m) for r in rules if (m := r.match(key))]
+    if len(hits) > 1:
+        raise ConversionError(f"key {key!r} matches several rule rows ({', '.join(repr(r.source) for r, _ in hits)})")
+    if not hits:
+        return None, [key]
+    rule, m = hits[0]
+    if rule.target is None:
+        return rule, None
+    templates = rule.target if isinstance(rule.target, tuple) else (rule.target,)
+    return rule, [m.expand(t) for t in templates]

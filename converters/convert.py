@@ -145,8 +145,34 @@ def _write_weights(name: str, out: Path, mapped: list[Mapped], shapes: dict, dty
     return tensors
 
 
+# Dropped keys whose bytes are kept beside the weights (`buffers.safetensors`, the source's bytes unchanged): buffers
+# the PyTorch models persist but ours recompute (AnimateDiff's sinusoidal tables, CLIP's position_ids). The MindSpore
+# side never reads them; `mindport export` writes them back, so an export is the source bit for bit (recomputing
+# them in NumPy matches PyTorch's float32 sin/cos only to 1 ulp).
+KEPT_BUFFERS = re.compile(r"(?:.+\.)?(?:pos_embed\.pe|pos_encoder\.pe|embeddings\.position_ids)")
+KEPT_BUFFERS_FILE = "buffers.safetensors"
+
+
+def _write_kept_buffers(src: ComponentSource, out: Path, audit: Audit) -> list[str]:
+    keys = [k for k in audit.dropped if KEPT_BUFFERS.fullmatch(k) and k in src.tensors]
+    if not keys:
+        return []
+    entries = []
+    for k in keys:
+        ref = src.tensors[k]
+        if ref.loader is None:
+            entries.append((k, tuple(ref.shape), ref.dtype, lambda r=ref: RawSpan(r.file, r.offset, r.nbytes)))
+        else:  # a pickle: its array (bf16 / fp8 widened to float32)
+            arr = np.asarray(ref.load())
+            entries.append((k, tuple(arr.shape), {np.dtype(np.float32): "F32", np.dtype(np.float16): "F16",
+                                                  np.dtype(np.int64): "I64"}.get(arr.dtype, "F32"), lambda a=arr: a))
+    write_safetensors(out / KEPT_BUFFERS_FILE, entries, {"format": "mindport-buffers"})
+    return keys
+
+
 def _component_record(name: str, src: ComponentSource, out: Path, plan, tensors: dict, dtype, keep_fp32) -> dict:
     config, _, audit, _ = plan
+    kept = _write_kept_buffers(src, out, audit)
     (out / "config.json").write_text(json.dumps({"_class_name": src.class_name, **config}, indent=2, sort_keys=True))
     return {
         "class_name": src.class_name,
@@ -155,6 +181,7 @@ def _component_record(name: str, src: ComponentSource, out: Path, plan, tensors:
                          "kept_fp32_tensors": sum(1 for t in tensors.values() if t["dtype_reason"].startswith("kept"))},
         "audit": audit.as_dict(),
         **({"notes": src.notes} if src.notes else {}),
+        **({"kept_buffers": {"file": KEPT_BUFFERS_FILE, "keys": kept}} if kept else {}),
         "tensors": tensors,
     }
 

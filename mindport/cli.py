@@ -43,6 +43,22 @@ def cmd_convert(a) -> int:
     return EXIT_OK
 
 
+def cmd_export(a) -> int:
+    from converters.export import export
+
+    manifest = export(a.src, a.out, fmt=a.format, dtype=a.dtype, overwrite=a.overwrite)
+    comps = manifest["components"]
+    n = sum(c.get("audit", {}).get("tensors_written", 0) for c in comps.values())
+    files = sorted({f for c in comps.values() for f in c.get("files", []) if f.endswith(".safetensors")})
+    lost = sum(len(v["keys"]) for v in manifest.get("not_restored", {}).values())
+    names = ", ".join(f"{k} ({v['class_name']})" for k, v in comps.items())
+    print(f"exported {a.src} -> {a.out} ({a.format}): {names}; "
+          f"{n} tensors in {', '.join(files)}, audit passed"
+          f"{f'; {lost} key(s) the conversion dropped are not restored (see the manifest)' if lost else ''}; "
+          f"manifest: {Path(a.out) / 'manifest.json'}")
+    return EXIT_OK
+
+
 def cmd_parity(a) -> int:
     from parity.harness import run_parity
 
@@ -223,6 +239,16 @@ def build_parser() -> argparse.ArgumentParser:
                                             "making an AnimateDiff pipeline folder")
     c.add_argument("--overwrite", action="store_true", help="replace DST if it exists")
     c.set_defaults(fn=cmd_convert)
+
+    e = sub.add_parser("export", help="export a mindport folder (convert or save_pretrained output) to PyTorch: a "
+                                      "diffusers folder or the original single-file layouts")
+    e.add_argument("src", help="a folder written by `mindport convert` or mindport's save_pretrained")
+    e.add_argument("out")
+    e.add_argument("--format", default="diffusers", help="diffusers (default) or original (SD 1.5 LDM / SVD "
+                                                          "generative-models file, AnimateDiff motion module, Wan-AI names)")
+    e.add_argument("--dtype", help="store weights in this dtype: fp32, fp16 or bf16 (default: as stored)")
+    e.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
+    e.set_defaults(fn=cmd_export)
 
     r = sub.add_parser("parity", help="compare MindSpore against PyTorch diffusers, module by module")
     r.add_argument("src", nargs="?", help="PyTorch diffusers pipeline folder or Hub id")

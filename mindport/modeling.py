@@ -188,6 +188,37 @@ class ModelMixin(nn.Cell):
 
         return load_component(cls, path, subfolder=subfolder, dtype=mindspore_dtype, variant=variant, overrides=overrides)
 
+    def save_pretrained(self, save_directory) -> None:
+        """Write the mindport format, as `mindport convert` does: `config.json` and `mindspore_model.safetensors`
+        (keys = parameter names, each parameter in its current dtype, streamed one at a time). `from_pretrained`
+        loads it again; `mindport export` turns it into a PyTorch diffusers folder or an original single file, so a
+        model changed on the MindSpore side (fine-tuned) goes back to PyTorch. The weights are written under a
+        temporary name and renamed into place."""
+        import os
+
+        from converters.safetensors_io import write_safetensors
+        from converters.sources import CONVERTED_WEIGHTS
+
+        tags = {ms.float32: "F32", ms.float16: "F16", ms.bfloat16: "BF16"}
+        entries = []
+        for name, p in self.parameters_and_names():
+            tag = tags.get(p.dtype)
+            if tag is None:
+                raise ValueError(f"{type(self).__name__}: parameter {name} is {p.dtype}; mindport stores float32, "
+                                 "float16 or bfloat16")
+            produce = (lambda p=p: p.asnumpy()) if tag != "BF16" else (lambda p=p: p.astype(ms.float32).asnumpy())
+            entries.append((name, tuple(p.shape), tag, produce))
+        folder = Path(save_directory)
+        folder.mkdir(parents=True, exist_ok=True)
+        tmp = folder / f".{CONVERTED_WEIGHTS}.partial-{os.getpid()}"
+        try:
+            write_safetensors(tmp, entries, {"format": "mindport", "component": folder.name,
+                                             "written_by": "save_pretrained"})
+            os.replace(tmp, folder / CONVERTED_WEIGHTS)
+        finally:
+            tmp.unlink(missing_ok=True)
+        self.save_config(folder)
+
     def save_config(self, folder) -> None:
         cfg = {"_class_name": self.diffusers_class, **dict(self.config)}
         Path(folder).mkdir(parents=True, exist_ok=True)

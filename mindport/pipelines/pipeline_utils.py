@@ -117,6 +117,44 @@ class DiffusionPipeline:
             raise TypeError(f"{cls.__name__}.from_pretrained got unexpected arguments: {', '.join(sorted(kwargs))}")
         return cls(**components)
 
+    def save_pretrained(self, save_directory) -> None:
+        """Write the pipeline in the mindport format `mindport convert` writes: `model_index.json` (diffusers' and
+        transformers' class names), per model `config.json` + `mindspore_model.safetensors` (`ModelMixin.
+        save_pretrained`), the scheduler's config, the tokenizer's files and the image processor's config.
+        `from_pretrained` loads it again; `mindport export` makes a PyTorch diffusers folder of it."""
+        import json
+
+        from ..modeling import ModelMixin
+
+        root = Path(save_directory)
+        root.mkdir(parents=True, exist_ok=True)
+        index = {"_class_name": type(self).__name__}
+        for name in self.components_order:
+            comp = getattr(self, name, None)
+            folder = root / name
+            if comp is None:
+                index[name] = [None, None]
+            elif isinstance(comp, ModelMixin):
+                comp.save_pretrained(folder)
+                index[name] = [comp.config_library, comp.diffusers_class]
+            elif type(comp).__name__ in SCHEDULER_ROWS:
+                comp.save_config(folder)
+                index[name] = ["diffusers", type(comp).__name__]
+            elif isinstance(comp, dict):  # an image processor's config
+                folder.mkdir(parents=True, exist_ok=True)
+                (folder / "preprocessor_config.json").write_text(json.dumps(comp, indent=2, sort_keys=True))
+                index[name] = ["transformers", comp.get("image_processor_type", "CLIPImageProcessor")]
+            elif hasattr(comp, "save_pretrained"):  # a transformers tokenizer
+                comp.save_pretrained(str(folder))
+                index[name] = ["transformers", type(comp).__name__]
+            else:
+                raise ValueError(f"{type(self).__name__}.save_pretrained: component {name!r} is a "
+                                 f"{type(comp).__name__}, which mindport cannot save")
+        for key in self.config_keys:
+            if getattr(self, key, None) is not None:
+                index[key] = getattr(self, key)
+        (root / "model_index.json").write_text(json.dumps(index, indent=2, sort_keys=True))
+
     # progress bars, as diffusers' set_progress_bar_config
     def set_progress_bar_config(self, **kwargs):
         self._progress = kwargs
