@@ -1,0 +1,247 @@
+"""LoRA files -> low-rank pairs on named modules of an SD 1.5 / AnimateDiff pipeline, validated before anything is
+applied. Pure library: imports neither mindport nor parity; the caller hands the target modules' weight shapes.
+
+A LoRA adds `scale * up @ down` to a weight (a Linear (out, in), or a Conv2d (out, in, kh, kw) with a (r, in, kh, kw)
+`down` convolution and a 1x1 `up` convolution: LoCon). scale = alpha / rank, alpha from the file (`.alpha` tensors),
+else from the adapter config in the safetensors metadata (`lora_adapter_metadata`: `<component>.lora_alpha`,
+`alpha_pattern`, `rank_pattern`, `use_rslora`), else alpha = rank.
+
+Layouts, one explicit row per key spelling (`LORA_RULES`; a key matched by two rows is an error, so order never
+matters). `<C>` is the component (`unet` or `text_encoder`), `<P>` a module path in diffusers naming:
+
+    peft / diffusers        <C>.<P>.lora_A.weight, <C>.<P>.lora_B.weight       (text encoder: `text_model.` optional)
+    diffusers, older        <C>.<P>.lora.down.weight, .lora_linear_layer.up.weight, <C>.<P>.alpha
+                            unet.<attn>.processor.to_{q,k,v,out}_lora.{down,up}.weight  -> <attn>.to_{q,k,v,out.0}
+                            text_encoder.<...self_attn>.to_{q,k,v,out}_lora.*          -> <...>.{q,k,v,out}_proj
+    kohya / A1111           lora_unet_<P with _ for .>.lora_{down,up}.weight, .alpha  (LoCon convs alike)
+                            lora_te_<P with _ for .>.*                                  (the text encoder)
+    AnimateDiff release     <block>.motion_modules.J.temporal_transformer.transformer_blocks.K.attention_blocks.N
+    (motion LoRA, .ckpt)        .processor.to_{q,k,v,out}_lora.{down,up}.weight
+                            -> unet <block>.motion_modules.J.transformer_blocks.K.attn{N+1}.to_{q,k,v,out.0}
+
+A file whose keys carry no component prefix and no kohya / release spelling is a UNet LoRA (as diffusers reads it):
+its keys get `unet.` first. kohya names are resolved against the target's own module paths (underscores are
+ambiguous: `to_out_0`, `ff_net_0_proj`), never by string replacement.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .errors import ConversionError
+from .safetensors_io import FLOAT_TAGS, TensorRef, read_header
+
+COMPONENTS = ("unet", "text_encoder")
+
+
+@dataclass(frozen=True)
+class LoraRule:
+    """Keys fully matching `source` give the `role` ("down", "up", "alpha", or a group reference such as r"\\4") of
+    the module at `target` (a `re` template) in `component` (a name or a template). `layout` names the spelling;
+    kohya rows' targets are underscored names, resolved against the component's module paths."""
+
+    source: str
+    component: str
+    target: str
+    role: str
+    layout: str
+    reason: str = ""
+
+    def match(self, key: str):
+        return re.fullmatch(self.source, key)
+
+
+_C = r"(unet|text_encoder)"
+_TE_PREFIX = r"(?:text_model\.)?"  # transformers 4 kept CLIP's text_model level, transformers 5 does not
+_MM = r"((?:down_blocks|up_blocks)\.\d+|mid_block)\.motion_modules\.(\d+)\.temporal_transformer\.transformer_blocks\.(\d+)"
+
+LORA_RULES: tuple[LoraRule, ...] = (
+    # peft, as diffusers' save_lora_weights writes it
+    LoraRule(_C + r"\." + _TE_PREFIX + r"(.+)\.lora_A\.weight", r"\1", r"\2", "down", "peft"),
+    LoraRule(_C + r"\." + _TE_PREFIX + r"(.+)\.lora_B\.weight", r"\1", r"\2", "up", "peft"),
+    # older diffusers files: LoRALinearLayer / LoRAConv2dLayer under the layer, network alphas next to it
+    LoraRule(_C + r"\." + _TE_PREFIX + r"(.+?)\.lora(?:_linear_layer)?\.(down|up)\.weight", r"\1", r"\2", r"\3",
+             "diffusers-old", "LoRALinearLayer / LoRAConv2dLayer named lora or lora_linear_layer"),
+    LoraRule(_C + r"\." + _TE_PREFIX + r"(.+)\.alpha", r"\1", r"\2", "alpha", "diffusers-old",
+             "network alpha of the module"),
+    LoraRule(r"unet\.(.+?)(?:\.processor)?\.(to_q|to_k|to_v)_lora\.(down|up)\.weight", "unet", r"\1.\2", r"\3",
+             "diffusers-old", "attention processor LoRA (LoRAAttnProcessor): to_q_lora is to_q's"),
+    LoraRule(r"unet\.(.+?)(?:\.processor)?\.to_out_lora\.(down|up)\.weight", "unet", r"\1.to_out.0", r"\2",
+             "diffusers-old", "attention processor LoRA: to_out_lora is to_out.0's"),
+    LoraRule(r"text_encoder\." + _TE_PREFIX + r"(.+\.self_attn)\.to_(q|k|v)_lora\.(down|up)\.weight", "text_encoder",
+             r"\1.\2_proj", r"\3", "diffusers-old", "CLIP attention: to_q_lora is q_proj's"),
+    LoraRule(r"text_encoder\." + _TE_PREFIX + r"(.+\.self_attn)\.to_out_lora\.(down|up)\.weight", "text_encoder",
+             r"\1.out_proj", r"\2", "diffusers-old", "CLIP attention: to_out_lora is out_proj's"),
+    # kohya-ss / A1111 (SD 1.x is trained on diffusers' module tree, dots spelled as underscores)
+    LoraRule(r"lora_unet_(\w+)\.lora_(down|up)\.weight", "unet", r"\1", r"\2", "kohya"),
+    LoraRule(r"lora_unet_(\w+)\.alpha", "unet", r"\1", "alpha", "kohya"),
+    LoraRule(r"lora_te_(\w+)\.lora_(down|up)\.weight", "text_encoder", r"\1", r"\2", "kohya"),
+    LoraRule(r"lora_te_(\w+)\.alpha", "text_encoder", r"\1", "alpha", "kohya"),
+    # the original AnimateDiff motion LoRAs (v2_lora_*.ckpt): attention_blocks.N is attnN+1
+    LoraRule(_MM + r"\.attention_blocks\.0\.processor\.(to_q|to_k|to_v)_lora\.(down|up)\.weight", "unet",
+             r"\1.motion_modules.\2.transformer_blocks.\3.attn1.\4", r"\5", "animatediff-original"),
+    LoraRule(_MM + r"\.attention_blocks\.1\.processor\.(to_q|to_k|to_v)_lora\.(down|up)\.weight", "unet",
+             r"\1.motion_modules.\2.transformer_blocks.\3.attn2.\4", r"\5", "animatediff-original"),
+    LoraRule(_MM + r"\.attention_blocks\.0\.processor\.to_out_lora\.(down|up)\.weight", "unet",
+             r"\1.motion_modules.\2.transformer_blocks.\3.attn1.to_out.0", r"\4", "animatediff-original"),
+    LoraRule(_MM + r"\.attention_blocks\.1\.processor\.to_out_lora\.(down|up)\.weight", "unet",
+             r"\1.motion_modules.\2.transformer_blocks.\3.attn2.to_out.0", r"\4", "animatediff-original"),
+)
+
+
+@dataclass
+class LoraEntry:
+    """One module's low-rank pair: weight += scale * up @ down (conv: up (out, r, 1, 1), down (r, in, kh, kw))."""
+
+    component: str
+    path: str
+    kind: str  # "linear" | "conv"
+    down: TensorRef
+    up: TensorRef
+    rank: int
+    alpha: float
+    scale: float  # alpha / rank (alpha / sqrt(rank) with rsLoRA)
+    keys: tuple[str, ...]
+
+
+@dataclass
+class LoraPlan:
+    file: str
+    layouts: list[str]
+    entries: list[LoraEntry] = field(default_factory=list)
+
+    def touched(self) -> list[str]:
+        return [f"{e.component}.{e.path}.weight" for e in self.entries]
+
+
+def read_lora_file(path) -> tuple[dict[str, TensorRef], dict]:
+    """The tensors (not yet read) and metadata of a LoRA file: safetensors, or a torch pickle (.ckpt / .pt / .pth /
+    .bin, read with weights_only=True; needs torch)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConversionError(f"{path}: LoRA file not found")
+    if path.suffix == ".safetensors":
+        return read_header(path)
+    from .sources import _bin_tensors  # a torch pickle: torch imported lazily there
+
+    return _bin_tensors(path), {}
+
+
+def _adapter_config(metadata: dict, component: str, where: str) -> dict:
+    raw = metadata.get("lora_adapter_metadata")
+    if not raw:
+        return {}
+    try:
+        packed = json.loads(raw)
+    except ValueError:
+        raise ConversionError(f"{where}: metadata lora_adapter_metadata is not JSON") from None
+    prefix = component + "."
+    return {k[len(prefix):]: v for k, v in packed.items() if k.startswith(prefix)}
+
+
+def _pattern_value(patterns: dict, path: str):
+    # peft's rank_pattern / alpha_pattern: a key matches a module path ending in it (regex allowed)
+    for key, value in (patterns or {}).items():
+        if re.fullmatch(rf"(.*\.)?(?:{key})", path):
+            return value
+    return None
+
+
+def _classify(key: str, where: str):
+    hits = [(r, m) for r in LORA_RULES if (m := r.match(key))]
+    if len(hits) > 1:
+        rows = ", ".join(repr(r.source) for r, _ in hits)
+        raise ConversionError(f"{where}: key {key!r} matches several LoRA rule rows ({rows}); the table is ambiguous")
+    if not hits:
+        raise ConversionError(f"{where}: key {key!r} matches no LoRA layout mindport reads (peft/diffusers lora_A/lora_B, "
+                              "kohya lora_unet_/lora_te_ lora_down/lora_up, AnimateDiff motion LoRA)")
+    rule, m = hits[0]
+    return rule, m.expand(rule.component), m.expand(rule.target), m.expand(rule.role)
+
+
+def map_lora(tensors: dict[str, TensorRef], metadata: dict, targets: dict[str, dict[str, tuple[int, ...]]],
+             where: str) -> LoraPlan:
+    """Map every key of a LoRA file to a module of `targets` ({component: {module path: weight shape}}) and check it:
+    each key used once, each module's down and up present, shapes consistent with the module's weight (rank equal
+    in both), floating dtypes. Raises ConversionError naming the first offending key; reads no tensor data except
+    `.alpha` scalars."""
+    keys = list(tensors)
+    if not keys:
+        raise ConversionError(f"{where}: the LoRA file holds no tensors")
+    known = ("unet.", "text_encoder.", "lora_unet_", "lora_te")
+    renamed = {k: k for k in keys}
+    if not any(k.startswith(known) or ".temporal_transformer." in k for k in keys):
+        renamed = {k: "unet." + k for k in keys}  # a bare UNet LoRA, as diffusers reads one
+    kohya_names = {c: {p.replace(".", "_"): p for p in paths} for c, paths in targets.items()}
+    groups: dict[tuple[str, str], dict] = {}
+    layouts: set[str] = set()
+    for key in keys:
+        rule, comp, target, role = _classify(renamed[key], where)
+        if comp not in targets:
+            raise ConversionError(f"{where}: key {key!r} is for the {comp}, which this pipeline does not have")
+        if rule.layout == "kohya":
+            names = kohya_names[comp]
+            path = names.get(target) or (names.get(target[len("text_model_"):]) if target.startswith("text_model_") else None)
+            if path is None:
+                raise ConversionError(f"{where}: key {key!r} names no {comp} module (kohya name {target!r}); "
+                                      "a LoRA for another architecture?")
+            target = path
+        elif target not in targets[comp]:
+            raise ConversionError(f"{where}: key {key!r} targets {comp} module {target!r}, which does not exist or is "
+                                  "not a Linear / Conv2d; a LoRA for another architecture?")
+        layouts.add(rule.layout)
+        slot = groups.setdefault((comp, target), {"keys": []})
+        if role in slot:
+            raise ConversionError(f"{where}: key {key!r} gives the {role} of {comp}.{target} again (also "
+                                  f"{slot[role][0]!r})")
+        slot[role] = (key, tensors[key])
+        slot["keys"].append(key)
+
+    plan = LoraPlan(file=where, layouts=sorted(layouts))
+    configs = {c: _adapter_config(metadata, c, where) for c in targets}
+    for (comp, path), slot in sorted(groups.items()):
+        for role in ("down", "up"):
+            if role not in slot:
+                raise ConversionError(f"{where}: {comp}.{path} has no {role} weight (keys {slot['keys']})")
+        (dkey, down), (ukey, up) = slot["down"], slot["up"]
+        for k, ref in ((dkey, down), (ukey, up)):
+            if ref.dtype not in FLOAT_TAGS:
+                raise ConversionError(f"{where}: {k!r} has dtype {ref.dtype}; floating point expected")
+        weight = tuple(targets[comp][path])
+        kind = "linear" if len(weight) == 2 else "conv"
+        rank = down.shape[0] if down.shape else 0
+        if kind == "linear":
+            ok_down, ok_up = down.shape == (rank, weight[1]), up.shape == (weight[0], rank)
+            want = f"down ({rank}, {weight[1]}) and up ({weight[0]}, {rank})"
+        else:
+            ok_down = down.shape == (rank, weight[1], *weight[2:])
+            ok_up = up.shape == (weight[0], rank, 1, 1)
+            want = f"down ({rank}, {weight[1]}, {weight[2]}, {weight[3]}) and up ({weight[0]}, {rank}, 1, 1)"
+        if rank == 0 or not ok_down:
+            raise ConversionError(f"{where}: {dkey!r} has shape {tuple(down.shape)}, but {comp}.{path} (weight "
+                                  f"{weight}) needs {want}")
+        if not ok_up:
+            raise ConversionError(f"{where}: {ukey!r} has shape {tuple(up.shape)}, but {comp}.{path} (weight "
+                                  f"{weight}) needs {want}")
+        cfg = configs[comp]
+        if cfg.get("use_dora"):
+            raise ConversionError(f"{where}: the {comp} adapter is DoRA (use_dora), which mindport does not apply")
+        if "alpha" in slot:
+            akey, aref = slot["alpha"]
+            arr = np.asarray(aref.load(), np.float64)
+            if arr.size != 1:
+                raise ConversionError(f"{where}: {akey!r} has shape {tuple(aref.shape)}; a scalar alpha expected")
+            alpha = float(arr.reshape(()))
+        else:
+            alpha = _pattern_value(cfg.get("alpha_pattern"), path)
+            if alpha is None:
+                alpha = cfg.get("lora_alpha")
+            alpha = float(alpha) if alpha is not None else float(rank)
+        scale = alpha / (rank ** 0.5 if cfg.get("use_rslora") else rank)
+        plan.entries.append(LoraEntry(comp, path, kind, down, up, rank, alpha, scale, tuple(slot["keys"])))
+    return plan
