@@ -23,6 +23,10 @@ def _pair(v, n=2):
 
 
 class Linear(nn.Cell):
+    # the unfused LoRA paths on this layer (mindport.lora sets it per instance while an adapter is active): a callable
+    # (x, y) -> y + the low-rank terms; None costs one attribute test and no op
+    lora = None
+
     def __init__(self, in_features: int, out_features: int, bias: bool = True):
         super().__init__()
         self.in_features, self.out_features = in_features, out_features
@@ -30,10 +34,13 @@ class Linear(nn.Cell):
         self.bias = _param((out_features,), "zeros") if bias else None
 
     def construct(self, x: Tensor) -> Tensor:
-        return backend.linear(x, self.weight, self.bias)
+        y = backend.linear(x, self.weight, self.bias)
+        return y if self.lora is None else self.lora(x, y)
 
 
 class Conv2d(nn.Cell):
+    lora = None  # as Linear.lora (LoCon: a (r, in, kh, kw) conv then a 1x1 conv)
+
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, groups=1, bias=True):
         super().__init__()
         k = _pair(kernel_size)
@@ -42,7 +49,8 @@ class Conv2d(nn.Cell):
         self.bias = _param((out_channels,), "zeros") if bias else None
 
     def construct(self, x: Tensor) -> Tensor:
-        return backend.conv2d(x, self.weight, self.bias, self.stride, self.padding, self.groups)
+        y = backend.conv2d(x, self.weight, self.bias, self.stride, self.padding, self.groups)
+        return y if self.lora is None else self.lora(x, y)
 
 
 class Conv3d(nn.Cell):

@@ -9,8 +9,12 @@ Given an SD 1.5 `UNet2DConditionModel`, the pipeline builds the `UNetMotionModel
 diffusers does); a saved AnimateDiffPipeline folder already holds the UNetMotionModel. Random numbers come from a
 numpy Generator (`mindport.utils.randn`): the initial latents, then the scheduler's own draws (DDIM with eta > 0).
 
-Not ported: IP-Adapter images, FreeInit, FreeNoise, LoRA scales. Deviation: diffusers 0.42 ignores
-`num_videos_per_prompt` (always 1); here it is honoured (each prompt's videos are consecutive in the batch).
+LoRA (mindport.lora): `load_lora_weights`, `set_adapters`, `fuse_lora`, `unfuse_lora`, `unload_lora_weights`, style
+LoRAs (peft/diffusers, kohya/A1111, LoCon) and motion LoRAs (diffusers and original AnimateDiff layouts).
+
+Not ported: IP-Adapter images, FreeInit, FreeNoise, LoRA scales at call time (`cross_attention_kwargs`).
+Deviation: diffusers 0.42 ignores `num_videos_per_prompt` (always 1); here it is honoured (each prompt's videos are
+consecutive in the batch).
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from mindspore import Tensor, ops
 
 from .. import backend
 from .. import image_processing as ip
+from ..lora import LoraLoaderMixin
 from ..modeling import required_config
 from ..models.unet_2d_condition import UNet2DConditionModel
 from ..models.unet_motion_model import MotionAdapter, UNetMotionModel
@@ -34,7 +39,7 @@ CALLBACK_TENSOR_INPUTS = ("latents", "prompt_embeds", "negative_prompt_embeds")
 OUTPUT_TYPES = ("pil", "np", "latent")
 
 
-class AnimateDiffPipeline(DiffusionPipeline):
+class AnimateDiffPipeline(LoraLoaderMixin, DiffusionPipeline):
     # components and loads_from from the registry row: an SD 1.5 pipeline folder is a valid base, its UNet becomes a
     # UNetMotionModel with the given adapter
     def __init__(self, vae, text_encoder, tokenizer, unet, motion_adapter: MotionAdapter | None = None,

@@ -1,0 +1,306 @@
+"""LoRA on MindSpore pipelines, with the calls diffusers / mindone users make:
+
+    pipe.load_lora_weights("style.safetensors", adapter_name="style")       # peft/diffusers, kohya/A1111 (LoCon too)
+    pipe.load_lora_weights("v2_lora_ZoomIn.ckpt", adapter_name="zoom")       # AnimateDiff motion LoRAs, both layouts
+    pipe.set_adapters(["style", "zoom"], adapter_weights=[0.8, 0.6])
+    pipe.fuse_lora(lora_scale=1.0); pipe.unfuse_lora(); pipe.unload_lora_weights()
+
+An active, unfused adapter is an extra low-rank path on each layer it targets: y = W x + b + s * up(down(x)), with s =
+adapter weight * alpha / rank (a Conv2d's down is a convolution with the layer's stride and padding, its up a 1x1
+convolution). Layers without an active adapter run exactly as before (`Linear.lora` / `Conv2d.lora` stay None).
+`fuse_lora` adds lora_scale * s * up @ down to the weights and keeps the original arrays; `unfuse_lora` puts those
+back (bit for bit, nothing is subtracted). Files are mapped and checked by `converters.lora` (every key, every shape)
+and read completely before any layer or weight is touched: a refused file leaves the pipeline as it was.
+
+Deviations from diffusers: `unload_lora_weights` also restores fused weights (diffusers keeps them fused);
+`disable_lora` stops the unfused paths only (fused weights stay until `unfuse_lora`); per-block scale dicts in
+`set_adapters` and `cross_attention_kwargs={"scale": ...}` at call time are not ported.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from mindspore import Tensor
+
+from converters import ConversionError
+from converters.lora import LoraPlan, map_lora, read_lora_file
+
+from . import backend
+from .layers import Conv2d, Linear
+
+LORA_COMPONENTS = ("unet", "text_encoder")
+
+
+def lora_targets(cell) -> dict:
+    """{module path: layer} of the layers a LoRA may target in a model: Linear, and Conv2d without groups."""
+    return {name: c for name, c in cell.cells_and_names()
+            if isinstance(c, Linear) or (isinstance(c, Conv2d) and c.groups == 1)}
+
+
+class LowRankPaths:
+    """The `lora` callable of one layer: y + sum over the active adapters of up_s(down(x)), up_s = s * up."""
+
+    def __init__(self, layer, pairs: list[tuple[Tensor, Tensor]]):
+        self.pairs = pairs
+        self.conv = isinstance(layer, Conv2d)
+        self.stride, self.padding = (layer.stride, layer.padding) if self.conv else (None, None)
+
+    def __call__(self, x: Tensor, y: Tensor) -> Tensor:
+        for down, up in self.pairs:
+            if self.conv:
+                t = backend.conv2d(backend.conv2d(x, down, None, self.stride, self.padding), up, None)
+            else:
+                t = backend.linear(backend.linear(x, down, None), up, None)
+            y = backend.add(y, t)
+        return y
+
+
+@dataclass
+class Adapter:
+    name: str
+    file: str
+    sha256: str
+    layouts: list[str]
+    # (component, path) -> (kind, down float32, up float32, alpha / rank)
+    modules: dict = field(default_factory=dict)
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(16 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+class LoraState:
+    """The adapters loaded into a set of models, which are active with which weight, and which are fused."""
+
+    def __init__(self):
+        self.adapters: dict[str, Adapter] = {}
+        self.active: list[str] = []
+        self.weights: dict[str, float] = {}
+        self.enabled = True
+        self.fused: dict[tuple[str, str], np.ndarray] = {}  # (component, path) -> the weight before fusing
+        self.fused_adapters: set[tuple[str, str]] = set()  # (adapter, component) merged into the weights
+        self.hooked: set[tuple[str, str]] = set()
+
+
+class LoraLoaderMixin:
+    """`load_lora_weights` and friends for pipelines with a `unet` and / or a `text_encoder` built from mindport
+    layers (AnimateDiffPipeline: UNetMotionModel or UNet2DConditionModel, CLIPTextModel)."""
+
+    _lora_components = LORA_COMPONENTS
+
+    # state -------------------------------------------------------------------------------------------------------
+    @property
+    def _lora(self) -> LoraState:
+        state = self.__dict__.get("_lora_state")
+        if state is None:
+            state = self.__dict__["_lora_state"] = LoraState()
+        return state
+
+    def _lora_models(self) -> dict:
+        return {c: getattr(self, c, None) for c in self._lora_components if getattr(self, c, None) is not None}
+
+    def _lora_layer(self, component: str, path: str):
+        return lora_targets(self._lora_models()[component])[path]
+
+    # loading -----------------------------------------------------------------------------------------------------
+    def lora_plan(self, path, weight_name: str | None = None) -> LoraPlan:
+        """Map and check a LoRA file against this pipeline's models without applying it."""
+        file = Path(path)
+        if weight_name is not None:
+            file = file / weight_name
+        elif file.is_dir():
+            names = sorted(p.name for p in file.iterdir() if p.suffix == ".safetensors")
+            if len(names) != 1:
+                raise ConversionError(f"{file}: expected one .safetensors LoRA file in the folder, found "
+                                      f"{names or 'none'}; pass weight_name=")
+            file = file / names[0]
+        tensors, metadata = read_lora_file(file)
+        targets = {c: {p: tuple(layer.weight.shape) for p, layer in lora_targets(m).items()}
+                   for c, m in self._lora_models().items()}
+        return map_lora(tensors, metadata, targets, str(file))
+
+    def load_lora_weights(self, pretrained_model_name_or_path_or_dict, weight_name: str | None = None,
+                          adapter_name: str | None = None, **kwargs):
+        """Load a LoRA file (or a folder holding one; `weight_name` picks the file) as adapter `adapter_name`
+        (default `default_N`) and make it active with weight 1.0, next to the adapters already active (as
+        diffusers does). Every key and shape is checked and every tensor read before any layer changes."""
+        if kwargs:
+            raise TypeError(f"load_lora_weights: unsupported arguments {sorted(kwargs)}")
+        state = self._lora
+        if adapter_name is None:
+            adapter_name = f"default_{len(state.adapters)}"
+        if adapter_name in state.adapters:
+            raise ValueError(f"load_lora_weights: adapter name {adapter_name!r} is already in use; loaded: "
+                             f"{sorted(state.adapters)}")
+        if not isinstance(pretrained_model_name_or_path_or_dict, (str, Path)):
+            raise TypeError("load_lora_weights: pass the path of a LoRA file or folder (state dicts are not supported)")
+        plan = self.lora_plan(pretrained_model_name_or_path_or_dict, weight_name)
+        adapter = Adapter(adapter_name, plan.file, _sha256(Path(plan.file)), plan.layouts)
+        for e in plan.entries:
+            try:
+                down, up = np.asarray(e.down.load(), np.float32), np.asarray(e.up.load(), np.float32)
+            except ConversionError:
+                raise
+            except Exception as err:  # a truncated file: name it, apply nothing
+                raise ConversionError(f"{plan.file}: cannot read {e.keys[0]!r} ({type(err).__name__})") from None
+            if not (np.isfinite(down).all() and np.isfinite(up).all()):
+                raise ConversionError(f"{plan.file}: the LoRA of {e.component}.{e.path} holds non-finite values")
+            adapter.modules[(e.component, e.path)] = (e.kind, down, up, e.scale)
+        # nothing above touched a layer; from here on nothing can fail on the file's account
+        state.adapters[adapter_name] = adapter
+        state.weights[adapter_name] = 1.0
+        state.active.append(adapter_name)
+        self._lora_refresh()
+
+    # selection ---------------------------------------------------------------------------------------------------
+    def set_adapters(self, adapter_names, adapter_weights=None):
+        """Activate exactly these adapters with these weights (a number, or one per adapter; None means 1.0)."""
+        names = [adapter_names] if isinstance(adapter_names, str) else list(adapter_names)
+        state = self._lora
+        unknown = [n for n in names if n not in state.adapters]
+        if unknown:
+            raise ValueError(f"set_adapters: no adapter named {unknown[0]!r}; loaded: {sorted(state.adapters)}")
+        if adapter_weights is None or isinstance(adapter_weights, (int, float)):
+            weights = [1.0 if adapter_weights is None else float(adapter_weights)] * len(names)
+        else:
+            weights = list(adapter_weights)
+            if len(weights) != len(names):
+                raise ValueError(f"set_adapters: {len(weights)} weights for {len(names)} adapters")
+            if not all(isinstance(w, (int, float)) or w is None for w in weights):
+                raise ValueError("set_adapters: adapter weights must be numbers (per-block scale dicts are not ported)")
+            weights = [1.0 if w is None else float(w) for w in weights]
+        state.active = names
+        state.weights.update(zip(names, weights))
+        self._lora_refresh()
+
+    def get_active_adapters(self) -> list[str]:
+        return list(self._lora.active)
+
+    def get_list_adapters(self) -> dict[str, list[str]]:
+        out: dict[str, list[str]] = {}
+        for name, adapter in self._lora.adapters.items():
+            for comp in sorted({c for c, _ in adapter.modules}):
+                out.setdefault(comp, []).append(name)
+        return out
+
+    def disable_lora(self):
+        """Stop the unfused adapters' paths (fused weights stay until `unfuse_lora`)."""
+        self._lora.enabled = False
+        self._lora_refresh()
+
+    def enable_lora(self):
+        self._lora.enabled = True
+        self._lora_refresh()
+
+    def delete_adapters(self, adapter_names):
+        names = [adapter_names] if isinstance(adapter_names, str) else list(adapter_names)
+        state = self._lora
+        unknown = [n for n in names if n not in state.adapters]
+        if unknown:
+            raise ValueError(f"delete_adapters: no adapter named {unknown[0]!r}; loaded: {sorted(state.adapters)}")
+        if any(n == f for n in names for f, _ in state.fused_adapters):
+            raise ValueError(f"delete_adapters: {names} include fused adapters; call unfuse_lora first")
+        for n in names:
+            del state.adapters[n]
+            state.weights.pop(n, None)
+        state.active = [n for n in state.active if n not in names]
+        self._lora_refresh()
+
+    # fusing ------------------------------------------------------------------------------------------------------
+    def fuse_lora(self, components=LORA_COMPONENTS, lora_scale: float = 1.0, safe_fusing: bool = False,
+                  adapter_names=None):
+        """Merge the active adapters (or `adapter_names`) into the weights of `components`, each times
+        lora_scale * its adapter weight * alpha / rank; the original weights are kept for `unfuse_lora`."""
+        state = self._lora
+        names = state.active if adapter_names is None else (
+            [adapter_names] if isinstance(adapter_names, str) else list(adapter_names))
+        unknown = [n for n in names if n not in state.adapters]
+        if unknown:
+            raise ValueError(f"fuse_lora: no adapter named {unknown[0]!r}; loaded: {sorted(state.adapters)}")
+        components = [components] if isinstance(components, str) else list(components)
+        # 1. every new weight computed first (a non-finite result refuses the whole fuse under safe_fusing)
+        models = self._lora_models()
+        layers = {c: lora_targets(models[c]) for c in components if c in models}
+        new: dict[tuple[str, str], np.ndarray] = {}
+        for n in names:
+            for (comp, path), (kind, down, up, scale) in state.adapters[n].modules.items():
+                if comp not in layers or (n, comp) in state.fused_adapters:
+                    continue
+                key = (comp, path)
+                param = layers[comp][path].weight
+                if key not in new:
+                    new[key] = param.asnumpy().astype(np.float32)
+                s = float(lora_scale) * state.weights.get(n, 1.0) * scale
+                new[key] = new[key] + s * _delta(kind, down, up, new[key].shape)
+        if safe_fusing:
+            bad = [f"{c}.{p}" for (c, p), w in new.items() if not np.isfinite(w).all()]
+            if bad:
+                raise ValueError(f"fuse_lora: fusing gives non-finite weights in {bad[0]}; nothing fused")
+        # 2. written, each original kept once (a second fuse stacks on the first; unfuse restores the very first)
+        for (comp, path), w in new.items():
+            param = layers[comp][path].weight
+            original = param.asnumpy()
+            state.fused.setdefault((comp, path), original.copy())
+            param.set_data(Tensor(w.astype(original.dtype)))
+        state.fused_adapters.update((n, c) for n in names for c in layers)
+        self._lora_refresh()
+
+    def unfuse_lora(self, components=LORA_COMPONENTS):
+        """Put back the weights kept by `fuse_lora`, exactly."""
+        state = self._lora
+        components = [components] if isinstance(components, str) else list(components)
+        models = self._lora_models()
+        for (comp, path) in list(state.fused):
+            if comp in components and comp in models:
+                self._lora_layer(comp, path).weight.set_data(Tensor(state.fused.pop((comp, path))))
+        state.fused_adapters = {(n, c) for n, c in state.fused_adapters if c not in components or c not in models}
+        self._lora_refresh()
+
+    def unload_lora_weights(self):
+        """Remove every adapter: fused weights restored, low-rank paths removed."""
+        self.unfuse_lora(components=list(self._lora_components))
+        state = self._lora
+        state.adapters.clear()
+        state.active, state.weights, state.fused_adapters = [], {}, set()
+        state.enabled = True
+        self._lora_refresh()
+
+    # applying ----------------------------------------------------------------------------------------------------
+    def _lora_refresh(self):
+        """Set each targeted layer's `lora` to the active, unfused adapters' paths (None where there are none)."""
+        state = self._lora
+        models = self._lora_models()
+        per_layer: dict[tuple[str, str], list] = {}
+        if state.enabled:
+            for n in state.active:
+                w = state.weights.get(n, 1.0)
+                for key, (kind, down, up, scale) in state.adapters[n].modules.items():
+                    if (n, key[0]) in state.fused_adapters:
+                        continue
+                    per_layer.setdefault(key, []).append((down, up * np.float32(w * scale)))
+        targets = {c: lora_targets(m) for c, m in models.items()}
+        for key in state.hooked - set(per_layer):
+            comp, path = key
+            if comp in targets and path in targets[comp]:
+                targets[comp][path].lora = None
+        for (comp, path), pairs in per_layer.items():
+            layer = targets[comp][path]
+            dtype = layer.weight.dtype
+            tensors = [(Tensor(d).astype(dtype), Tensor(u).astype(dtype)) for d, u in pairs]
+            layer.lora = LowRankPaths(layer, tensors)
+        state.hooked = set(per_layer)
+
+
+def _delta(kind: str, down: np.ndarray, up: np.ndarray, shape) -> np.ndarray:
+    """up @ down in the weight's shape (conv: (out, r) @ (r, in*kh*kw))."""
+    if kind == "linear":
+        return up @ down
+    return (up.reshape(up.shape[0], -1) @ down.reshape(down.shape[0], -1)).reshape(shape)
