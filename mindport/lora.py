@@ -20,6 +20,9 @@ Deviations from diffusers: `unload_lora_weights` also restores fused weights (di
 from __future__ import annotations
 
 import hashlib
+import json
+import os
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -304,3 +307,110 @@ def _delta(kind: str, down: np.ndarray, up: np.ndarray, shape) -> np.ndarray:
     if kind == "linear":
         return up @ down
     return (up.reshape(up.shape[0], -1) @ down.reshape(down.shape[0], -1)).reshape(shape)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# `mindport convert SRC DST --lora FILE[:SCALE]`: LoRAs fused into a converted folder's weights
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def parse_lora_spec(spec: str) -> tuple[str, float]:
+    """"FILE" or "FILE:SCALE" (a trailing number after the last colon) -> (file, scale)."""
+    head, sep, tail = str(spec).rpartition(":")
+    if sep and head:
+        try:
+            return head, float(tail)
+        except ValueError:
+            pass
+    return str(spec), 1.0
+
+
+def fuse_into_converted(folder, loras: list[tuple[str, float]]) -> list[dict]:
+    """Fuse LoRA files (each with its scale, times alpha / rank) into the unet / text_encoder weights of a folder
+    written by `mindport convert`. Every file is mapped and checked against the models built from the folder's
+    configs before any weight file is rewritten. Returns the manifest records: file, sha256, scale, layouts and the
+    parameters touched."""
+    from converters.safetensors_io import RawSpan, read_header, write_safetensors
+    from converters.sources import CONVERTED_WEIGHTS, read_json
+
+    from .models import model_class
+
+    folder = Path(folder)
+    index = read_json(folder / "model_index.json")
+    models = {}
+    for comp in LORA_COMPONENTS:
+        entry = index.get(comp)
+        if isinstance(entry, list) and len(entry) == 2 and entry[1]:
+            models[comp] = model_class(entry[1]).from_config(read_json(folder / comp / "config.json"))
+    if not models:
+        raise ConversionError(f"{folder}: holds no unet or text_encoder for a LoRA (model_index.json components: "
+                              f"{sorted(k for k in index if not k.startswith('_'))})")
+    targets = {c: {p: tuple(layer.weight.shape) for p, layer in lora_targets(m).items()} for c, m in models.items()}
+    # 1. every file mapped and checked, every pair read
+    per_param: dict[tuple[str, str], list] = {}
+    records = []
+    for file, scale in loras:
+        tensors, metadata = read_lora_file(file)
+        plan = map_lora(tensors, metadata, targets, str(file))
+        for e in plan.entries:
+            down, up = np.asarray(e.down.load(), np.float32), np.asarray(e.up.load(), np.float32)
+            per_param.setdefault((e.component, f"{e.path}.weight"), []).append((e.kind, down, up, scale * e.scale))
+        records.append({"file": str(file), "sha256": _sha256(Path(file)), "scale": scale, "layouts": plan.layouts,
+                        "alpha_over_rank": sorted({round(e.scale, 6) for e in plan.entries}),
+                        "touched": plan.touched()})
+    # 2. each touched component's weights rewritten (untouched tensors copied as bytes), then swapped in
+    for comp in sorted({c for c, _ in per_param}):
+        path = folder / comp / CONVERTED_WEIGHTS
+        refs, meta = read_header(path)
+        missing = [k for c, k in per_param if c == comp and k not in refs]
+        if missing:
+            raise ConversionError(f"{path}: has no tensor {missing[0]!r} to fuse a LoRA into")
+        entries = []
+        for name, ref in sorted(refs.items(), key=lambda kv: kv[1].offset):
+            terms = per_param.get((comp, name))
+            if terms is None:
+                entries.append((name, ref.shape, ref.dtype, (lambda r=ref: RawSpan(r.file, r.offset, r.nbytes))))
+                continue
+
+            def fused(r=ref, terms=terms):
+                w = np.asarray(r.load(), np.float32)
+                for kind, down, up, s in terms:
+                    w = w + np.float32(s) * _delta(kind, down, up, w.shape)
+                return w
+
+            entries.append((name, ref.shape, ref.dtype, fused))
+        tmp = path.with_name(path.name + ".lora-tmp")
+        try:
+            write_safetensors(tmp, entries, meta)
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
+    return records
+
+
+def convert_with_lora(src, dst, loras: list[tuple[str, float]], overwrite: bool = False, **convert_kwargs) -> dict:
+    """`mindport convert SRC DST --lora FILE[:SCALE] ...`: convert into a staging folder, fuse the LoRAs, record them
+    in the manifest (`lora`), and only then move the folder to DST. A refused LoRA leaves DST as it was."""
+    from converters.sources import MANIFEST
+
+    from .loading import convert_checkpoint
+
+    dst = Path(dst)
+    if dst.exists() and not overwrite:
+        raise ConversionError(f"{dst}: already exists (pass --overwrite to replace it)")
+    for file, _ in loras:
+        if not Path(file).is_file():
+            raise ConversionError(f"{file}: LoRA file not found")
+    stage = dst.parent / f".{dst.name}.lora-{os.getpid()}"
+    shutil.rmtree(stage, ignore_errors=True)
+    try:
+        manifest = convert_checkpoint(src, stage, overwrite=True, **convert_kwargs)
+        manifest["lora"] = fuse_into_converted(stage, loras)
+        (stage / MANIFEST).write_text(json.dumps(manifest, indent=2))
+        if dst.exists():
+            shutil.rmtree(dst)
+        os.replace(stage, dst)
+    except BaseException:
+        shutil.rmtree(stage, ignore_errors=True)
+        raise
+    return manifest
