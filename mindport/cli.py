@@ -30,13 +30,22 @@ def _quiet_frameworks() -> None:
 def cmd_convert(a) -> int:
     from mindport.loading import convert_checkpoint
 
-    manifest = convert_checkpoint(a.src, a.dst, variant=a.variant, dtype=a.dtype, overwrite=a.overwrite,
-                                  config_dir=a.config, keep_fp32=a.keep_fp32, motion_adapter=a.motion_adapter)
+    kwargs = dict(variant=a.variant, dtype=a.dtype, overwrite=a.overwrite, config_dir=a.config, keep_fp32=a.keep_fp32,
+                  motion_adapter=a.motion_adapter)
+    if a.lora:
+        from mindport.lora import convert_with_lora, parse_lora_spec
+
+        manifest = convert_with_lora(a.src, a.dst, [parse_lora_spec(s) for s in a.lora], **kwargs)
+    else:
+        manifest = convert_checkpoint(a.src, a.dst, **kwargs)
     n = sum(c.get("audit", {}).get("parameters", 0) for c in manifest["components"].values())
     comps = ", ".join(f"{k} ({v['class_name']})" for k, v in manifest["components"].items())
     dropped = sum(len(d["keys"]) for d in manifest.get("dropped", {}).values())
     print(f"converted {a.src} -> {a.dst}: {comps}; {n} parameter tensors, audit passed"
           f"{f'; {dropped} unused key(s) dropped by explicit rows' if dropped else ''}; manifest: {Path(a.dst) / 'manifest.json'}")
+    for rec in manifest.get("lora", []):
+        print(f"fused LoRA {rec['file']} (scale {rec['scale']:g}, {'/'.join(rec['layouts'])}): "
+              f"{len(rec['touched'])} weights")
     if a.dtype == "bf16":
         print("note: bf16 is stored for Ascend; MindSpore cannot run bf16 on CPU: load it there with "
               "mindspore_dtype=ms.float32 (exact) or ms.float16")
@@ -237,6 +246,9 @@ def build_parser() -> argparse.ArgumentParser:
                                     "diffusers pipeline folder (default: built-in SD 1.5 / SVD-xt configs)")
     c.add_argument("--motion-adapter", help="SD 1.5 single file: add this MotionAdapter (folder or motion-module file), "
                                             "making an AnimateDiff pipeline folder")
+    c.add_argument("--lora", action="append", metavar="FILE[:SCALE]",
+                   help="fuse this LoRA into the unet / text_encoder weights (repeatable; scale default 1.0, times the "
+                        "file's alpha / rank); the manifest records file, sha256, scale and the weights touched")
     c.add_argument("--overwrite", action="store_true", help="replace DST if it exists")
     c.set_defaults(fn=cmd_convert)
 
