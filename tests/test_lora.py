@@ -195,6 +195,7 @@ def test_original_release_motion_lora_is_its_diffusers_twin(files, pipe):
 def _bad_files(files, root: Path):
     from safetensors.torch import load_file, save_file
 
+    root.mkdir(parents=True, exist_ok=True)
     good = load_file(str(files["kohya"]))
     peft = load_file(str(files["peft"]))
     bad = {}
@@ -244,3 +245,38 @@ def test_bad_lora_files_are_refused_in_one_line_and_change_nothing(files, pipe, 
     finally:
         pipe.unload_lora_weights()
     assert np.array_equal(frames(pipe), plain)
+
+
+def test_convert_with_lora_fuses_and_records(files, pipe, tmp_path, capsys):
+    """`mindport convert SRC DST --lora FILE:SCALE ...` gives the frames of the unfused adapters at those weights
+    (1e-5); the manifest records file, sha256, scale, layouts and touched weights; a refused LoRA exits 2 and
+    leaves no DST and no staging folder."""
+    import json
+
+    from mindport.cli import main
+
+    dst = tmp_path / "converted"
+    assert main(["convert", str(files["folder"]), str(dst), "--lora", f"{files['kohya']}:0.7",
+                 "--lora", f"{files['motion']}:1.3"]) == 0
+    records = json.loads((dst / "manifest.json").read_text())["lora"]
+    assert [(r["file"], r["scale"], r["sha256"]) for r in records] == [
+        (str(files["kohya"]), 0.7, _sha(files["kohya"])), (str(files["motion"]), 1.3, _sha(files["motion"]))]
+    assert records[0]["layouts"] == ["kohya"] and records[1]["layouts"] == ["diffusers-old"]
+    assert "unet.down_blocks.0.resnets.0.conv1.weight" in records[0]["touched"]
+    assert "text_encoder.encoder.layers.0.mlp.fc1.weight" in records[0]["touched"]
+    assert all(".motion_modules." in t for t in records[1]["touched"])
+    converted = AnimateDiffPipeline.from_pretrained(str(dst))
+    converted.set_progress_bar_config(disable=True)
+    pipe.load_lora_weights(str(files["kohya"]), adapter_name="style")
+    pipe.load_lora_weights(str(files["motion"]), adapter_name="motion")
+    try:
+        pipe.set_adapters(["style", "motion"], [0.7, 1.3])
+        assert_close(frames(converted), frames(pipe), rel_l2=1e-5, where="convert --lora (fused) vs unfused adapters")
+    finally:
+        pipe.unload_lora_weights()
+    bad = _bad_files(files, tmp_path / "bad")["rank_mismatch.safetensors"]
+    capsys.readouterr()
+    assert main(["convert", str(files["folder"]), str(tmp_path / "refused"), "--lora", str(bad)]) == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if "error" in line]  # (and a cleared progress bar)
+    assert len(err) == 1 and err[0].startswith("mindport convert: error: ") and str(bad) in err[0], err
+    assert not (tmp_path / "refused").exists() and not list(tmp_path.glob(".refused*"))
