@@ -55,25 +55,30 @@ _STORE_NP = {"F32": np.float32, "F16": np.float16, "BF16": np.float32, "F64": np
 class Buffer:
     """One kind of tensor a layout stores and a drop row removes. `anchor`: a regex over MindSpore parameter names,
     one buffer (or several, `names`) per match, the names being `re` templates over the anchor's groups; `make`:
-    how its values are recomputed (a name in MAKERS) when the converted folder did not keep the source's bytes."""
+    how its values are recomputed (a name in `_make`) when the converted folder did not keep the source's bytes;
+    `same_as`: the names the same values have in the other layout (kept bytes are taken from those too)."""
 
     anchor: str
     names: tuple[str, ...]
     make: str
     reason: str
+    same_as: tuple[str, ...] = ()
 
 
-_MOTION_BLOCK = r"(.*\.motion_modules\.\d+\.transformer_blocks\.\d+)\.attn1\.to_q\.weight"
-_MOTION_ORIGINAL = (r"((?:down_blocks|up_blocks)\.\d+|mid_block)\.motion_modules\.(\d+)\.transformer_blocks\.(\d+)"
-                    r"\.attn1\.to_q\.weight")
-DIFFUSERS_PE = Buffer(_MOTION_BLOCK, (r"\1.pos_embed.pe",), "sinusoid",
-                      "diffusers' SinusoidalPositionalEmbedding.pe is a persistent buffer: from_pretrained expects it")
-ORIGINAL_PE = Buffer(_MOTION_ORIGINAL, tuple(
-    rf"\1.motion_modules.\2.temporal_transformer.transformer_blocks.\3.attention_blocks.{i}.pos_encoder.pe"
-    for i in (0, 1)), "sinusoid", "the original release stores a pos_encoder table in both attention blocks")
+_MOTION_BLOCK = (r"((?:down_blocks|up_blocks)\.\d+|mid_block)\.motion_modules\.(\d+)\.transformer_blocks\.(\d+)"
+                 r"\.attn1\.to_q\.weight")
+_DIFFUSERS_PE = r"\1.motion_modules.\2.transformer_blocks.\3.pos_embed.pe"
+_ORIGINAL_PE = tuple(rf"\1.motion_modules.\2.temporal_transformer.transformer_blocks.\3.attention_blocks.{i}.pos_encoder.pe"
+                     for i in (0, 1))
+DIFFUSERS_PE = Buffer(_MOTION_BLOCK, (_DIFFUSERS_PE,), "sinusoid",
+                      "diffusers' SinusoidalPositionalEmbedding.pe is a persistent buffer: from_pretrained expects it",
+                      same_as=_ORIGINAL_PE)
+ORIGINAL_PE = Buffer(_MOTION_BLOCK, _ORIGINAL_PE, "sinusoid",
+                     "the original release stores a pos_encoder table in both attention blocks", same_as=(_DIFFUSERS_PE,))
 LDM_POSITION_IDS = Buffer(r"embeddings\.position_embedding\.weight",
                           ("cond_stage_model.transformer.text_model.embeddings.position_ids",), "position_ids",
-                          "SD 1.5 releases store the CLIP text embeddings' position_ids buffer")
+                          "SD 1.5 releases store the CLIP text embeddings' position_ids buffer",
+                          same_as=("embeddings.position_ids", "text_model.embeddings.position_ids"))
 
 # (format, class name) -> its buffers. transformers 5 does not persist CLIP's position_ids, so a diffusers export
 # has none; diffusers persists the motion modules' position tables.
@@ -246,8 +251,9 @@ def plan_buffers(kind: str, class_name: str, rules, params: dict[str, TensorRef]
                     raise ConversionError(f"{where}: buffer {name!r} is not one the {kind} rows drop; BUFFERS and "
                                           "the rule table disagree")
                 fresh = _make(buf.make, config, tuple(ref.shape), where)
-                kept_ref = kept.get(name)
-                if kept_ref is not None and tuple(kept_ref.shape) == fresh.shape:
+                candidates = [kept.get(n) for n in (name, *(m.expand(t) for t in buf.same_as))]
+                kept_ref = next((r for r in candidates if r is not None and tuple(r.shape) == fresh.shape), None)
+                if kept_ref is not None:
                     outs.append(OutTensor(name, fresh.shape, [kept_ref], rule=rule.source,
                                           origin=f"{BUFFERS_FILE} (the source's bytes)"))
                 else:

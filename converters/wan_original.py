@@ -608,6 +608,14 @@ def open_release_transformer(root: Path) -> ComponentSource:
     return component_source(root, tensors, layout, released_config(root), files)
 
 
+def release_path(root: Path, name: str) -> Path:
+    """A release file: Wan-AI's pickle, or the same weights as safetensors under the same stem (what `mindport
+    export --format original` writes, having no torch to pickle with)."""
+    path = Path(root) / RELEASE_FILES[name]
+    alt = path.with_suffix(".safetensors")
+    return alt if path.suffix == ".pth" and not path.exists() and alt.exists() else path
+
+
 def open_release(root: Path):
     """An original Wan 2.1 release folder -> (component sources, model_index, plain components, notes).
     The transformer alone (no VAE and no T5 file) is a WanTransformer3DModel component folder (sources {".": ...})."""
@@ -616,7 +624,7 @@ def open_release(root: Path):
     root = Path(root)
     released = released_config(root)
     transformer = open_release_transformer(root)
-    present = {name: (root / rel).exists() for name, rel in RELEASE_FILES.items()}
+    present = {name: release_path(root, name).exists() for name in RELEASE_FILES}
     if not present["vae"] and not present["text_encoder"]:
         return {".": transformer}, None, {}, {"source_format": "wan-original-transformer"}
     for name in ("vae", "text_encoder"):
@@ -625,7 +633,7 @@ def open_release(root: Path):
                                   f"(found {RELEASE_FILES['vae' if name == 'text_encoder' else 'text_encoder']})")
     sources = {"transformer": transformer}
     for name in ("text_encoder", "vae"):
-        path = root / RELEASE_FILES[name]
+        path = release_path(root, name)
         part = read_tensors([path])
         got = detect(part)
         want = "wan-umt5" if name == "text_encoder" else "wan-vae"
@@ -640,7 +648,7 @@ def open_release(root: Path):
                               f"{'with' if i2v else 'without'} a CLIP image embedder; only Wan 2.1 releases (t2v, "
                               "i2v, flf2v) convert as a folder (convert the transformer file on its own)")
     if i2v:
-        clip = root / RELEASE_FILES["image_encoder"]
+        clip = release_path(root, "image_encoder")
         if not clip.exists():
             raise ConversionError(f"{root}: an image-conditioned ({model_type}) Wan release needs "
                                   f"{RELEASE_FILES['image_encoder']}")
