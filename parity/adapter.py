@@ -46,9 +46,9 @@ class PipelineAdapter:
         """A diffusers pipeline with random weights for the preset `spec`."""
         raise NotImplementedError
 
-    def noise_modules(self) -> tuple[tuple, tuple]:
-        """(diffusers modules whose `randn_tensor`, mindport modules whose `randn` the pipelines draw through)."""
-        raise NotImplementedError
+    # the modules whose `randn_tensor` (diffusers) / `randn` (mindport) the pipelines draw their noise through
+    reference_noise_modules: tuple[str, ...] = ()
+    our_noise_modules: tuple[str, ...] = ()
 
     def call_kwargs(self, settings: dict) -> dict:
         """Identical call arguments for both pipelines, from the run settings."""
@@ -94,9 +94,11 @@ class PipelineAdapter:
         pipe.set_progress_bar_config(disable=True)
         return pipe
 
-    def patch_noise(self, noise):
-        """Every random draw of both pipelines through the shared noise source. Returns an undo function."""
-        return patch_randn(noise, *self.noise_modules())
+    def patch_noise(self, noise, reference: bool = True):
+        """Every random draw of both pipelines (with reference=False: of ours only, diffusers not imported) through
+        the shared noise source. Returns an undo function."""
+        ref = [import_module(m) for m in self.reference_noise_modules] if reference else []
+        return patch_randn(noise, ref, [import_module(m) for m in self.our_noise_modules])
 
     def run_reference(self, pipe, kwargs, callback=None) -> np.ndarray:
         """`callback(step, latents) -> numpy array or None` sees the latents after every step (numpy) and may
@@ -150,9 +152,10 @@ def check_run_settings(preset: str, run: dict) -> dict:
 def patch_randn(noise, reference_modules, our_modules):
     """Replace `randn_tensor` in each diffusers module and `randn` in each mindport module by draws from `noise`
     (logged with the calling function's name). Returns an undo function."""
-    import torch
 
     def ref_randn(shape, generator=None, device=None, dtype=None, layout=None):
+        import torch
+
         who = sys._getframe(1).f_code.co_name
         return torch.from_numpy(noise.draw("torch", who, shape)).to(dtype or torch.float32)
 

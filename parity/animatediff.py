@@ -100,15 +100,12 @@ class AnimateDiffAdapter(PipelineAdapter):
 
         return AnimateDiffPipeline(**make_components(spec, seed))
 
-    def noise_modules(self):
-        """The initial latents and (eta > 0) DDIM's variance noise."""
-        from diffusers.pipelines.animatediff import pipeline_animatediff as ref_pipe
-        from diffusers.schedulers import scheduling_ddim as ref_ddim
-
-        from mindport.pipelines import animatediff as our_pipe
-        from mindport.schedulers import scheduling_ddim as our_ddim
-
-        return (ref_pipe, ref_ddim), (our_pipe, our_ddim)
+    # where the initial latents and (eta > 0) DDIM's variance noise come from
+    reference_noise_modules = (
+        "diffusers.pipelines.animatediff.pipeline_animatediff",
+        "diffusers.schedulers.scheduling_ddim",
+    )
+    our_noise_modules = ("mindport.pipelines.animatediff", "mindport.schedulers.scheduling_ddim")
 
     def call_kwargs(self, settings: dict) -> dict:
         """Identical arguments for both pipelines: a prompt and a negative prompt with guidance."""

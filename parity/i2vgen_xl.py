@@ -120,16 +120,13 @@ class I2VGenXLAdapter(PipelineAdapter):
         expose_text_model(pipe.text_encoder)
         return pipe
 
-    def noise_modules(self):
-        """The VAE posterior sample, the initial latents and (eta > 0) DDIM's variance noise."""
-        from diffusers.models.autoencoders import vae as ref_vae
-        from diffusers.pipelines.deprecated.i2vgen_xl import pipeline_i2vgen_xl as ref_pipe
-        from diffusers.schedulers import scheduling_ddim as ref_ddim
-
-        from mindport.pipelines import i2vgen_xl as our_pipe
-        from mindport.schedulers import scheduling_ddim as our_ddim
-
-        return (ref_vae, ref_pipe, ref_ddim), (our_pipe, our_ddim)
+    # where the VAE posterior sample, the initial latents and (eta > 0) DDIM's variance noise come from
+    reference_noise_modules = (
+        "diffusers.models.autoencoders.vae",
+        "diffusers.pipelines.deprecated.i2vgen_xl.pipeline_i2vgen_xl",
+        "diffusers.schedulers.scheduling_ddim",
+    )
+    our_noise_modules = ("mindport.pipelines.i2vgen_xl", "mindport.schedulers.scheduling_ddim")
 
     def call_kwargs(self, settings: dict) -> dict:
         """Identical arguments for both pipelines; the image is synthesised from the seed (larger than the output,

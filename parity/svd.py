@@ -84,16 +84,13 @@ class StableVideoDiffusionAdapter(PipelineAdapter):
         return StableVideoDiffusionPipeline(vae=vae, image_encoder=clip, unet=unet, scheduler=scheduler,
                                             feature_extractor=fe)
 
-    def noise_modules(self):
-        """The noise augmentation, then the initial latents (and the Euler scheduler's churn noise, which SVD's
-        settings never draw)."""
-        from diffusers.pipelines.stable_video_diffusion import pipeline_stable_video_diffusion as ref_pipe
-        from diffusers.schedulers import scheduling_euler_discrete as ref_euler
-
-        from mindport.pipelines import stable_video_diffusion as our_pipe
-        from mindport.schedulers import scheduling_euler_discrete as our_euler
-
-        return (ref_pipe, ref_euler), (our_pipe, our_euler)
+    # where the noise augmentation, the initial latents (and the Euler scheduler's churn noise, which SVD's settings
+    # never draw) come from
+    reference_noise_modules = (
+        "diffusers.pipelines.stable_video_diffusion.pipeline_stable_video_diffusion",
+        "diffusers.schedulers.scheduling_euler_discrete",
+    )
+    our_noise_modules = ("mindport.pipelines.stable_video_diffusion", "mindport.schedulers.scheduling_euler_discrete")
 
     def call_kwargs(self, settings: dict) -> dict:
         """Identical arguments for both pipelines; the image is synthesised from the seed."""

@@ -94,13 +94,9 @@ class WanAdapter(PipelineAdapter):
 
         return WanPipeline(**tiny_components(spec, seed))
 
-    def noise_modules(self):
-        """The initial latents."""
-        from diffusers.pipelines.wan import pipeline_wan as ref_pipe
-
-        from mindport.pipelines import wan as our_pipe
-
-        return (ref_pipe,), (our_pipe,)
+    # where the initial latents come from
+    reference_noise_modules = ("diffusers.pipelines.wan.pipeline_wan",)
+    our_noise_modules = ("mindport.pipelines.wan",)
 
     def call_kwargs(self, settings: dict) -> dict:
         return dict(prompt=PROMPT, negative_prompt=NEGATIVE_PROMPT, height=settings["height"],

@@ -42,13 +42,9 @@ class WanI2VAdapter(WanAdapter):
                                              do_rescale=True)
         return WanImageToVideoPipeline(**parts, image_encoder=image_encoder, image_processor=image_processor)
 
-    def noise_modules(self):
-        """The initial latents."""
-        from diffusers.pipelines.wan import pipeline_wan_i2v as ref_pipe
-
-        from mindport.pipelines import wan as our_pipe
-
-        return (ref_pipe,), (our_pipe,)
+    # where the initial latents come from
+    reference_noise_modules = ("diffusers.pipelines.wan.pipeline_wan_i2v",)
+    our_noise_modules = ("mindport.pipelines.wan",)
 
     def call_kwargs(self, settings: dict) -> dict:
         w, h = settings["width"], settings["height"]
