@@ -16,6 +16,8 @@ from converters.sources import read_json, resolve
 
 from . import baseline as baseline_mod
 from . import gates, isolation, weightcheck
+from . import golden as golden_mod
+from . import lora as lora_mod
 from .capture import Capture
 from .compare import (
     BARS,
@@ -32,14 +34,22 @@ from .noise import SharedNoise
 from .report_writer import write_reports
 from .store import ActivationStore
 
-def versions() -> dict:
-    import diffusers
-    import mindspore
-    import torch
-    import transformers
+# settings of the comparing side, not of the reference run (not saved in, nor taken from, a golden reference)
+GOLDEN_OWN_SETTINGS = ("dtype", "bars", "converted", "golden", "isolation")
 
-    return {"mindspore": mindspore.__version__, "torch": torch.__version__, "diffusers": diffusers.__version__,
-            "transformers": transformers.__version__, "numpy": np.__version__, "python": platform.python_version(),
+
+def versions() -> dict:
+    """Library versions of this process ("not installed" where a reference library cannot be imported: a
+    comparison against a golden reference runs without torch and diffusers)."""
+    from importlib import import_module
+
+    out = {}
+    for name in ("mindspore", "torch", "diffusers", "transformers"):
+        try:
+            out[name] = import_module(name).__version__
+        except ImportError:
+            out[name] = "not installed"
+    return {**out, "numpy": np.__version__, "python": platform.python_version(),
             "machine": f"{platform.machine()} {platform.system()}"}
 
 
@@ -47,7 +57,7 @@ def run_parity(src, out, converted=None, steps: int = 3, frames: int | None = No
                seed: int = 0, height: int | None = None, width: int | None = None,
                decode_chunk_size: int | None = None, baseline=None, floor: bool = True, isolate: bool = True,
                weight_samples: int = 12, weight_tensors=(), weight_budget_s: float = 60.0,
-               isolate_depth: int | None = None,
+               isolate_depth: int | None = None, loras=(), save_golden=None, golden=None,
                log=print) -> dict:
     """Returns the report dict (also written to OUT/report.json, report.md, report.html and the frame images).
 
@@ -59,33 +69,60 @@ def run_parity(src, out, converted=None, steps: int = 3, frames: int | None = No
     2. MindSpore: a free-running run (the frames, and the plain timing); a captured run re-synchronised to the
        reference latents after each step, every module compared on the fly; teacher forcing of every module; the
        weight-mapping check's MindSpore side.
-    3. Gates, module bounds (noise floor), first divergence, step x block matrix, baseline, reports."""
+    3. Gates, module bounds (noise floor), first divergence, step x block matrix, baseline, reports.
+
+    `save_golden=DIR` also writes the PyTorch side as a golden reference (parity/golden.py); `golden=DIR` replaces
+    the PyTorch phase by one (no torch or diffusers needed; SRC optional, the run's settings come from the golden;
+    teacher forcing and the weight-mapping check need the live reference and are skipped)."""
     from mindport.loading import convert_checkpoint
 
     if dtype not in BARS:
         raise ConversionError(f"--dtype {dtype!r} is not supported for parity; expected one of {', '.join(BARS)}")
+    gold = golden_mod.Golden(golden) if golden is not None else None
+    if gold is not None:
+        if converted is None and src is None:
+            raise ConversionError("comparing against a golden reference needs --converted DST (a `mindport convert` "
+                                  "output) or SRC to convert")
+        flags = {"steps": steps, "frames": frames, "height": height, "width": width, "seed": seed,
+                 "decode_chunk_size": decode_chunk_size}
+        bad = [f"--{k.replace('_', '-')} {v} (golden: {gold.settings.get(k)})" for k, v in flags.items()
+               if v is not None and v != gold.settings.get(k)]
+        if bad:
+            raise ConversionError(f"{golden}: the golden reference ran other settings than asked: {', '.join(bad)}")
+        steps, seed = gold.settings["steps"], gold.settings["seed"]
+        isolate, weight_samples, weight_tensors = False, 0, ()
+    steps = 3 if steps is None else steps
+    seed = 0 if seed is None else seed
     if steps < 1:
         raise ConversionError(f"--steps must be at least 1, got {steps}")
     base_report = baseline_mod.load(baseline) if baseline is not None else None
-    quiet_reference_libraries()
+    if gold is None:
+        quiet_reference_libraries()
     memory = PeakMemory()
     t_start = time.perf_counter()
-    root = resolve(src)
-    index = read_json(root / "model_index.json")
-    pipeline = index.get("_class_name")
-    adapter = adapter_for(pipeline, str(root / "model_index.json"))
+    root = resolve(src) if src is not None else None
+    pipeline = gold.settings["pipeline"] if gold is not None else read_json(root / "model_index.json").get("_class_name")
+    adapter = adapter_for(pipeline, str(golden if gold is not None else root / "model_index.json"))
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
 
     # 1. settings: explicit flags, else what a tiny fixture was built for, else diffusers' defaults for the configs
+    #    (against a golden: the golden's)
+    run = ({k: v for k, v in gold.settings.items() if k not in GOLDEN_OWN_SETTINGS} if gold is not None else
+           adapter.settings(root, frames=frames, height=height, width=width, decode_chunk_size=decode_chunk_size))
     settings = {
-        "pipeline": pipeline, "source": str(src), "dtype": dtype, "seed": seed, "steps": steps,
-        **adapter.settings(root, frames=frames, height=height, width=width, decode_chunk_size=decode_chunk_size),
+        "pipeline": pipeline, "source": str(src if gold is None else gold.settings["source"]), "dtype": dtype,
+        "seed": seed, "steps": steps, **run,
         "bars": {**BARS[dtype], "module_rule": f"max({FLOOR_FACTOR:g} x noise floor, {FLOOR_MIN:g})" if dtype == "fp32"
                  else f"{BARS[dtype]['module']:g} (fp16 against PyTorch fp32)"},
         "reference": "PyTorch fp32 (diffusers)", "floor": "PyTorch float64 vs float32, same inputs" if floor else None,
         "module_comparison": "latents re-synchronised to the reference after every step",
     }
+    if gold is not None:
+        settings.update(golden=str(golden), reference=f"golden reference ({gold.settings['reference']})",
+                        floor=gold.settings.get("floor"), isolation="needs the live reference (not in a golden)")
+    if loras:  # (file, scale) pairs: fused on both sides (parity/lora.py)
+        settings["loras"] = lora_mod.lora_records(loras)
     if base_report is not None:
         baseline_mod.check_settings(settings, base_report, baseline)
     components = adapter.components
@@ -115,11 +152,18 @@ def run_parity(src, out, converted=None, steps: int = 3, frames: int | None = No
         tmpdir = tempfile.TemporaryDirectory(prefix="mindport-parity-")
         converted = Path(tmpdir.name) / "converted"
         log(f"converting {root} -> {converted}")
-        timed("convert_s", lambda: convert_checkpoint(root, converted, progress=False))
+        if loras:
+            from mindport.lora import convert_with_lora
+
+            timed("convert_s", lambda: convert_with_lora(root, converted, list(loras), progress=False))
+        else:
+            timed("convert_s", lambda: convert_checkpoint(root, converted, progress=False))
+    elif loras:
+        lora_mod.check_converted(converted, settings["loras"])
     settings["converted"] = str(converted)
 
     noise = SharedNoise(seed)
-    undo = adapter.patch_noise(noise)
+    undo = adapter.patch_noise(noise, reference=gold is None)
     kwargs = adapter.call_kwargs(settings)
     ref_store, our_store = ActivationStore(), ActivationStore()
     ref_cap = Capture("torch", ref_store)
@@ -130,42 +174,58 @@ def run_parity(src, out, converted=None, steps: int = 3, frames: int | None = No
     ref_latents: list[np.ndarray] = []
     step_errors: list[float] = []
     iso_floor, introduced, weight_rows, weight = {}, {}, [], None
+    if gold is not None:  # the reference side from the golden: no PyTorch phase
+        ref_cap, floor_cap, ref_schedule = gold.capture, gold.floor, gold.schedule
+        ref_latents, ref_frames = gold.latents, gold.frames
+        our_cap.reference = ref_cap
+        noise.runs.append(gold.noise_run)
+    golden_info = {"compared_against": str(golden), "reference_versions": gold.versions} if gold is not None else None
     try:
-        # 3. PyTorch phase
-        ref_pipe = timed("load_s", adapter.load_reference, root)
-        ref_schedule = gates.schedule(ref_pipe.scheduler, steps)
-        log(f"running PyTorch reference ({pipeline}, {settings['steps']} steps, {settings['frames']} frames)")
-        noise.start("torch", "plain")
-        timed("torch_s", adapter.run_reference, ref_pipe, kwargs)
+        # 3. PyTorch phase (skipped against a golden reference: loaded above)
+        if gold is None:
+            ref_pipe = timed("load_s", adapter.load_reference, root)
+            if loras:
+                lora_mod.apply_reference(ref_pipe, loras)
+            ref_schedule = gates.schedule(ref_pipe.scheduler, steps)
+            log(f"running PyTorch reference ({pipeline}, {settings['steps']} steps, {settings['frames']} frames)")
+            noise.start("torch", "plain")
+            timed("torch_s", adapter.run_reference, ref_pipe, kwargs)
 
-        def record(i, lat):
-            ref_latents.append(lat)
-            ref_cap.step = i + 1
+            def record(i, lat):
+                ref_latents.append(lat)
+                ref_cap.step = i + 1
 
-        ref_frames = captured(ref_cap, ref_pipe, "reference", "torch_captured_s", adapter.run_reference, record)
-        # first-call inputs of every module (teacher forcing, gates): one more run, identical to the reference run
-        # (same noise, deterministic), kept apart so the output capture's overhead is measured on its own
-        captured(inputs_cap, ref_pipe, "inputs", "isolation_s", adapter.run_reference, None)
-        ref_cap.inputs = inputs_cap.inputs
-        if weight_samples or weight_tensors:
-            picks = weightcheck.sample(ref_pipe, components, weight_samples, seed, weight_tensors)
-            log(f"weight-mapping check, PyTorch side ({len(picks)} tensors)")
-            weight_rows = timed("weight_check_s", weightcheck.torch_side, ref_pipe, ref_cap, picks, seed, weight_budget_s)
-        if floor:
-            import torch
+            ref_frames = captured(ref_cap, ref_pipe, "reference", "torch_captured_s", adapter.run_reference, record)
+            # first-call inputs of every module (teacher forcing, gates): one more run, identical to the reference run
+            # (same noise, deterministic), kept apart so the output capture's overhead is measured on its own
+            captured(inputs_cap, ref_pipe, "inputs", "isolation_s", adapter.run_reference, None)
+            ref_cap.inputs = inputs_cap.inputs
+            if weight_samples or weight_tensors:
+                picks = weightcheck.sample(ref_pipe, components, weight_samples, seed, weight_tensors)
+                log(f"weight-mapping check, PyTorch side ({len(picks)} tensors)")
+                weight_rows = timed("weight_check_s", weightcheck.torch_side, ref_pipe, ref_cap, picks, seed,
+                                    weight_budget_s)
+            if floor:
+                import torch
 
-            log("noise floor: PyTorch float64, re-synchronised to the fp32 latents after each step")
-            ref_pipe.to(torch.float64)
+                log("noise floor: PyTorch float64, re-synchronised to the fp32 latents after each step")
+                ref_pipe.to(torch.float64)
 
-            def resync64(i, _lat):
-                floor_cap.step = i + 1
-                return ref_latents[i]
+                def resync64(i, _lat):
+                    floor_cap.step = i + 1
+                    return ref_latents[i]
 
-            captured(floor_cap, ref_pipe, "float64", "floor_s", adapter.run_reference, resync64)
-            if isolate:
-                iso_floor = timed("floor_s", isolation.torch_floor, ref_pipe, ref_cap, components)
-        del ref_pipe
-        gc.collect()
+                captured(floor_cap, ref_pipe, "float64", "floor_s", adapter.run_reference, resync64)
+                if isolate:
+                    iso_floor = timed("floor_s", isolation.torch_floor, ref_pipe, ref_cap, components)
+            if save_golden is not None:
+                log(f"saving the golden reference -> {save_golden}")
+                golden_info = golden_mod.save(
+                    save_golden, {k: v for k, v in settings.items() if k not in GOLDEN_OWN_SETTINGS}, versions(),
+                    noise.runs[0], ref_schedule, ref_cap, floor_cap if floor else None, ref_latents, ref_frames,
+                    denoiser)
+            del ref_pipe
+            gc.collect()
 
         # 4. MindSpore phase
         our_pipe = timed("load_s", adapter.load_ours, converted, dtype)
@@ -254,6 +314,7 @@ def run_parity(src, out, converted=None, steps: int = 3, frames: int | None = No
         "baseline": None,
         "settings": settings,
         "versions": versions(),
+        "golden": golden_info,
         "timings": {**{k: round(v, 3) for k, v in timings.items()},
                     "overhead": round(captured / plain, 2) if plain else None,
                     "activations_mb": round((ref_store.nbytes + our_store.nbytes) / 2**20, 1), **memory.stop()},
