@@ -69,9 +69,13 @@ def cmd_export(a) -> int:
 
 
 def cmd_parity(a) -> int:
+    from mindport.lora import parse_lora_spec
     from parity.harness import run_parity
 
-    if (a.src is None) == (a.config_only is None):
+    if a.golden is not None:
+        if a.config_only is not None or a.save_golden is not None:
+            raise ValueError("--golden compares against a saved reference: it excludes --config-only and --save-golden")
+    elif (a.src is None) == (a.config_only is None):
         raise ValueError("give either SRC (a PyTorch diffusers folder or Hub id) or --config-only NAME, not both")
     src, run = a.src, {}
     if a.config_only is not None:
@@ -79,13 +83,14 @@ def cmd_parity(a) -> int:
 
         if a.config_only not in NAMES:
             raise ValueError(f"--config-only {a.config_only!r} is not a released config; expected one of {', '.join(NAMES)}")
-        src, run = prepare(a.config_only, a.seed)
+        src, run = prepare(a.config_only, a.seed if a.seed is not None else 0)
     flags = {k: getattr(a, k) for k in ("frames", "height", "width", "decode_chunk_size") if getattr(a, k) is not None}
     report = run_parity(src, a.out, converted=a.converted, dtype=a.dtype, seed=a.seed,
-                        **{"steps": a.steps if a.steps is not None else run.get("steps", 3),
+                        **{"steps": a.steps if a.steps is not None or a.golden else run.get("steps", 3),
                            **{k: v for k, v in run.items() if k not in ("steps", "seed")}, **flags},
                         baseline=a.baseline, floor=not a.no_floor, isolate=not a.no_isolation,
                         weight_samples=a.weight_samples, weight_tensors=a.weight_tensor or (),
+                        loras=[parse_lora_spec(s) for s in a.lora or ()], save_golden=a.save_golden, golden=a.golden,
                         log=lambda m: print(m, file=sys.stderr))
     f = report["frames"]
     fd = report["first_divergence"]
@@ -111,6 +116,14 @@ def cmd_parity(a) -> int:
                   f"(baseline {r['baseline_rel_l2']:.2e})")
     for p in report["problems"]:
         print(f"problem: {p}")
+    g = report.get("golden") or {}
+    if g.get("bytes") is not None:
+        print(f"golden reference: {g['path']} ({g['bytes'] / 2**20:.1f} MiB, {100 * g['fraction']:.1f}% of the "
+              f"full capture's {g['full_capture_bytes'] / 2**20:.1f} MiB)")
+    if a.junit_xml:
+        from parity.junit import write_junit
+
+        print(f"junit: {write_junit(report, a.junit_xml)}")
     print(f"report: {Path(a.out) / 'report.md'} and {Path(a.out) / 'report.html'}")
     return EXIT_OK if report["passed"] else EXIT_PARITY_FAILED
 
@@ -273,7 +286,11 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--width", type=int)
     r.add_argument("--decode-chunk-size", type=int, help="frames decoded at a time (default: all)")
     r.add_argument("--dtype", choices=["fp32", "fp16"], default="fp32", help="MindSpore dtype (reference: PyTorch fp32)")
-    r.add_argument("--seed", type=int, default=0)
+    r.add_argument("--seed", type=int, help="the shared noise stream's seed (default 0)")
+    r.add_argument("--save-golden", metavar="G", help="also save the PyTorch side as a golden reference folder G")
+    r.add_argument("--golden", metavar="G", help="compare against the golden reference G instead of running PyTorch "
+                                                "(torch and diffusers need not be installed; give --converted DST)")
+    r.add_argument("--junit-xml", metavar="FILE", help="also write the verdicts as a JUnit XML file (CI)")
     r.add_argument("--out", required=True, help="report folder")
     r.add_argument("--baseline", help="a committed report.json: fail when a module's error grows beyond its recorded spread")
     r.add_argument("--weight-samples", type=int, default=12, help="source tensors perturbed by the weight-mapping check")
@@ -281,6 +298,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also check this source tensor (repeatable), e.g. unet.conv_in.weight")
     r.add_argument("--no-floor", action="store_true", help="skip the PyTorch float64 noise floor (fixed bars instead)")
     r.add_argument("--no-isolation", action="store_true", help="skip teacher forcing of every module")
+    r.add_argument("--lora", action="append", metavar="FILE[:SCALE]",
+                   help="load this LoRA on both sides (repeatable): diffusers' load_lora_weights / set_adapters / "
+                        "fuse_lora for the reference, `convert --lora` for ours")
     r.set_defaults(fn=cmd_parity)
 
     g = sub.add_parser("generate", help="generate a video with the MindSpore pipeline a folder holds (any supported "
