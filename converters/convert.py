@@ -147,8 +147,8 @@ def _write_weights(name: str, out: Path, mapped: list[Mapped], shapes: dict, dty
 
 # Dropped keys whose bytes are kept beside the weights (`buffers.safetensors`, the source's bytes unchanged): buffers
 # the PyTorch models persist but ours recompute (AnimateDiff's sinusoidal tables, CLIP's position_ids). The MindSpore
-# side never reads them; `mindport export` writes them back, so an export is the source bit for bit (recomputing
-# them in NumPy matches PyTorch's float32 sin/cos only to 1 ulp).
+# side never reads them; `mindport export` writes them back, so an export is the source bit for bit (PyTorch's
+# float32 sin/cos tables cannot be recomputed exactly in NumPy: they differ from correctly rounded ones by up to 2e-6).
 KEPT_BUFFERS = re.compile(r"(?:.+\.)?(?:pos_embed\.pe|pos_encoder\.pe|embeddings\.position_ids)")
 KEPT_BUFFERS_FILE = "buffers.safetensors"
 
