@@ -153,7 +153,8 @@ def test_style_kohya_and_motion_lora_match_diffusers(files, pipe, plain):
     pipe.enable_lora()
     pipe.fuse_lora(lora_scale=0.5)  # a fused adapter is unloaded with its weights restored
     pipe.unload_lora_weights()
-    assert pipe.get_active_adapters() == [] and all(np.array_equal(_weights(pipe)[k], v) for k, v in before.items())
+    after = _weights(pipe)
+    assert pipe.get_active_adapters() == [] and all(np.array_equal(after[k], v) for k, v in before.items())
     assert np.array_equal(frames(pipe), plain), "unload_lora_weights must give back the plain pipeline's frames"
 
 
@@ -236,7 +237,8 @@ def test_bad_lora_files_are_refused_in_one_line_and_change_nothing(files, pipe, 
             message = str(err.value)
             assert "\n" not in message and str(path) in message, f"{name}: {message}"
             assert pipe.get_active_adapters() == ["motion"], name
-            assert all(np.array_equal(_weights(pipe)[k], v) for k, v in before.items()), name
+            after = _weights(pipe)
+            assert all(np.array_equal(after[k], v) for k, v in before.items()), name
         with pytest.raises(ValueError, match="already in use"):
             pipe.load_lora_weights(str(files["kohya"]), adapter_name="motion")
         with pytest.raises(ValueError, match="no adapter named 'nope'"):
