@@ -243,10 +243,12 @@ def pipeline_components(root: Path) -> dict[str, tuple[str | None, str | None]]:
     return comps
 
 
-def publish(dst, overwrite: bool, build: Callable[[Path], dict]) -> dict:
+def publish(dst, overwrite: bool, build: Callable[[Path], dict], manifest_name: str = MANIFEST) -> dict:
     """Write through a temporary sibling folder: `build(tmp)` fills it and returns the manifest's components; the
     folder is renamed to DST only when every component passed its audit. Any failure (or an interrupt) removes the
-    temporary folder and leaves DST untouched; an existing DST is refused unless `overwrite`."""
+    temporary folder and leaves DST untouched; an existing DST is refused unless `overwrite`. The manifest is
+    written as `manifest_name` (`mindport export` names its own, so that an exported PyTorch folder is not taken
+    for a converted one)."""
     dst = Path(dst)
     if dst.exists() and not overwrite:
         raise ConversionError(f"{dst}: already exists (pass --overwrite to replace it)")
@@ -258,7 +260,7 @@ def publish(dst, overwrite: bool, build: Callable[[Path], dict]) -> dict:
         failed = [n for n, c in manifest["components"].items() if "audit" in c and not c["audit"]["passed"]]
         if failed:
             raise ConversionError(f"{dst}: audit failed for {', '.join(failed)}")
-        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))
+        (tmp / manifest_name).write_text(json.dumps(manifest, indent=2))
         if dst.exists():
             shutil.rmtree(dst)
         os.replace(tmp, dst)

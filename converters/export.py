@@ -42,6 +42,7 @@ from .sources import CONVERTED_WEIGHTS, MANIFEST, file_records, read_json
 from . import wan_original as wan
 
 FORMATS = ("diffusers", "original")
+EXPORT_MANIFEST = "mindport_export.json"  # sources, sha256, rows applied, audit (not `manifest.json`: a converted folder's)
 BUFFERS_FILE = "buffers.safetensors"  # written by `mindport convert`: the source's bytes of the BUFFERS tensors
 EXPORT_TAGS = {"fp32": "F32", "fp16": "F16", "bf16": "BF16"}
 _STORE_NP = {"F32": np.float32, "F16": np.float16, "BF16": np.float32, "F64": np.float64}
@@ -577,4 +578,4 @@ def export(src, out, fmt: str = "diffusers", dtype: str | None = None, overwrite
         manifest["format"] = f"{fmt} (exported by mindport)"
         return (_export_diffusers if fmt == "diffusers" else _export_original)(src, tmp, manifest, dtype)
 
-    return publish(out, overwrite, build)
+    return publish(out, overwrite, build, manifest_name=EXPORT_MANIFEST)

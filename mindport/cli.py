@@ -64,7 +64,7 @@ def cmd_export(a) -> int:
     print(f"exported {a.src} -> {a.out} ({a.format}): {names}; "
           f"{n} tensors in {', '.join(files)}, audit passed"
           f"{f'; {lost} key(s) the conversion dropped are not restored (see the manifest)' if lost else ''}; "
-          f"manifest: {Path(a.out) / 'manifest.json'}")
+          f"manifest: {Path(a.out) / 'mindport_export.json'}")
     return EXIT_OK
 
 

@@ -97,7 +97,7 @@ def test_convert_then_export_is_the_identity(exported, preset):
         if comp.is_dir() and not (comp / "config.json").exists():
             for f in comp.iterdir():
                 assert (out / comp.name / f.name).read_bytes() == f.read_bytes(), f
-    manifest = json.loads((out / "manifest.json").read_text())
+    manifest = json.loads((out / "mindport_export.json").read_text())
     for name, comp in manifest["components"].items():
         if "audit" in comp:
             audit = comp["audit"]
@@ -220,7 +220,7 @@ def test_sd15_single_file_round_trip(tmp_path):
     convert_checkpoint(path, tmp_path / "ms", progress=False, config_dir=folder)
     assert main(["export", str(tmp_path / "ms"), str(tmp_path / "orig"), "--format", "original"]) == 0
     assert_same_file(tmp_path / "orig" / "ldm-sd15.safetensors", path, missing_ok={"alphas_cumprod", "model_ema.decay"})
-    manifest = json.loads((tmp_path / "orig" / "manifest.json").read_text())
+    manifest = json.loads((tmp_path / "orig" / "mindport_export.json").read_text())
     lost = sorted(k for entry in manifest["not_restored"].values() for k in entry["keys"])
     assert lost == ["alphas_cumprod", "model_ema.decay"]
     # diffusers reads the exported file into the same weights as the original file
@@ -311,7 +311,7 @@ def test_wan_clip_round_trip(tmp_path):
     assert main(["export", str(tmp_path / "ms"), str(tmp_path / "orig"), "--format", "original"]) == 0
     dropped = {"log_scale", "textual.token_embedding.weight", "visual.head"}  # not held by a CLIPVisionModel
     assert_same_file(tmp_path / "orig" / path.name, path, missing_ok=dropped)
-    manifest = json.loads((tmp_path / "orig" / "manifest.json").read_text())
+    manifest = json.loads((tmp_path / "orig" / "mindport_export.json").read_text())
     assert sorted(manifest["not_restored"]["."]["keys"]) == sorted(dropped)
 
 
