@@ -223,7 +223,8 @@ def conv2d(x: Tensor, w: Tensor, b: Tensor | None, stride=(1, 1), padding=(0, 0)
 
 
 def conv3d(x: Tensor, w: Tensor, b: Tensor | None, padding=(0, 0, 0), stride=(1, 1, 1)) -> Tensor:
-    """3D convolution: the mp_conv kernel on CPU ((kt, 3, 3) kernels as Winograd F(2x2, 3x3) per frame, temporal
+    """3D convolution: the mp_conv kernel on CPU ((kt, 3, 3) kernels on frames of 32x32 and up as Winograd F(2x2, 3x3)
+    per frame, temporal
     (kt, 1, 1) kernels as frame-shifted sgemms, strides computed directly, not subsampled); without it and where
     native conv is slow, kt 2D convolutions over frame-shifted inputs summed (frames folded into the batch, reusing
     conv2d's path; a time stride keeps every stride-th frame of the stride-1 result)."""

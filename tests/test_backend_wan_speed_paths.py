@@ -39,11 +39,13 @@ def both(fn, ops_path):
     return fast, slow
 
 
-# (x shape, w shape, padding, stride): Winograd over frames ((3, 3, 3) with 16+ input channels; time padding;
-# odd sizes; few output channels as conv_out's 3), time-strided temporal (3, 1, 1) and strided (3, 3, 3) (im2col)
-CONV3D = [((1, 16, 3, 9, 7), (16, 16, 3, 3, 3), (0, 1, 1), (1, 1, 1)),
-          ((2, 24, 5, 8, 10), (20, 24, 3, 3, 3), (1, 1, 1), (1, 1, 1)),
-          ((1, 16, 2, 6, 6), (16, 16, 3, 3, 3), (2, 0, 2), (1, 1, 1)),
+# (x shape, w shape, padding, stride): Winograd over frames ((3, 3, 3), 16+ channels in and out, 256+ output tiles of
+# 2x2; time padding; odd sizes), the same below 256 tiles (im2col), few output channels as conv_out's 3 (im2col),
+# one frame (2D Winograd), time-strided temporal (3, 1, 1) and strided (3, 3, 3) (im2col)
+CONV3D = [((1, 16, 3, 34, 32), (16, 16, 3, 3, 3), (0, 1, 1), (1, 1, 1)),
+          ((2, 24, 5, 32, 20), (20, 24, 3, 3, 3), (1, 1, 1), (1, 1, 1)),
+          ((1, 16, 2, 33, 31), (16, 16, 3, 3, 3), (2, 0, 2), (1, 1, 1)),
+          ((1, 16, 3, 9, 7), (16, 16, 3, 3, 3), (0, 1, 1), (1, 1, 1)),
           ((1, 32, 4, 6, 5), (3, 32, 3, 3, 3), (0, 1, 1), (1, 1, 1)),
           ((1, 17, 1, 5, 5), (33, 17, 1, 3, 3), (0, 1, 1), (1, 1, 1)),
           ((2, 12, 5, 4, 6), (10, 12, 3, 1, 1), (0, 0, 0), (2, 1, 1)),
