@@ -121,6 +121,8 @@ class LoraLoaderMixin:
             file = file / weight_name
         elif file.is_dir():
             names = sorted(p.name for p in file.iterdir() if p.suffix == ".safetensors")
+            if "pytorch_lora_weights.safetensors" in names:  # what diffusers' save_lora_weights writes
+                names = ["pytorch_lora_weights.safetensors"]
             if len(names) != 1:
                 raise ConversionError(f"{file}: expected one .safetensors LoRA file in the folder, found "
                                       f"{names or 'none'}; pass weight_name=")

@@ -312,3 +312,20 @@ def test_parity_with_lora(files, tmp_path, capsys):
         assert main([*args, "--converted", str(plain), "--out", str(tmp_path / "r3")]) == 1
     finally:
         parity.lora.check_converted = original
+
+
+def test_fp16_pipeline_with_loras_against_diffusers_fp32(files):
+    """An fp16 pipeline runs the low-rank paths in fp16 (pairs cast to the layer's dtype) and fuses into fp16
+    weights: frames within the fp16 bar (1e-2) of diffusers fp32 with the same LoRAs, fused and unfused alike."""
+    import mindspore as ms
+
+    pipe16 = AnimateDiffPipeline.from_pretrained(str(files["folder"]), mindspore_dtype=ms.float16)
+    pipe16.set_progress_bar_config(disable=True)
+    pipe16.load_lora_weights(str(files["kohya"]), adapter_name="style")
+    pipe16.load_lora_weights(str(files["motion"]), adapter_name="motion")
+    pipe16.set_adapters(["style", "motion"], [0.7, 1.3])
+    expected = reference_frames(files["folder"], [(files["kohya"], "style"), (files["motion"], "motion")], [0.7, 1.3])
+    assert_close(frames(pipe16), expected, rel_l2=1e-2, where="fp16 unfused LoRAs vs diffusers fp32")
+    pipe16.fuse_lora()
+    assert pipe16.unet.dtype == ms.float16
+    assert_close(frames(pipe16), expected, rel_l2=1e-2, where="fp16 fused LoRAs vs diffusers fp32")
