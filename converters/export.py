@@ -450,6 +450,8 @@ def _not_restored(manifest: dict, source_manifest: dict) -> None:
     """What the conversion dropped and this export does not write back (the source manifest's lists): recorded,
     so nobody mistakes the export for the whole original file."""
     written = {name for c in manifest["components"].values() for name in c.get("tensors", {})}
+    written |= {f for c in manifest["components"].values() for t in c.get("tensors", {}).values()
+                for f in (t.get("from") or [])}  # kept buffers written under the other layout's names
     out = {}
     for row, entry in (source_manifest.get("dropped") or {}).items():
         keys = [k for k in entry.get("keys", []) if k not in written]

@@ -231,6 +231,56 @@ def test_sd15_single_file_round_trip(tmp_path):
     assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
 
 
+def test_sd15_file_plus_motion_module_round_trip(tmp_path):
+    """An AnimateDiff folder converted from an SD 1.5 file and a motion-module file exports as those two files."""
+    from safetensors.torch import save_file
+
+    from tests.test_animatediff_convert import to_original
+    from tests.test_single_file import make_sd_folder, write_sd15_file
+
+    folder = make_sd_folder(tmp_path / "sd", "2lvl")
+    path = write_sd15_file(folder, tmp_path / "sd15.safetensors")
+    ucfg = json.loads((folder / "unet" / "config.json").read_text())
+    torch.manual_seed(0)
+    adapter = randomise(diffusers.MotionAdapter(block_out_channels=tuple(ucfg["block_out_channels"]),
+                                                motion_layers_per_block=1, motion_num_attention_heads=2,
+                                                motion_norm_num_groups=4, motion_max_seq_length=8), 5)
+    mm = tmp_path / "mm_sd_v15.safetensors"
+    save_file({k: v.contiguous() for k, v in to_original(adapter.state_dict()).items()}, str(mm))
+    cfg = tmp_path / "config"  # heads and norm groups do not show in a motion module's shapes
+    shutil.copytree(folder, cfg, ignore=shutil.ignore_patterns("*.safetensors"))
+    adapter.save_config(cfg / "motion_adapter")
+    assert main(["convert", str(path), str(tmp_path / "ms"), "--config", str(cfg), "--motion-adapter", str(mm)]) == 0
+    assert main(["export", str(tmp_path / "ms"), str(tmp_path / "orig"), "--format", "original"]) == 0
+    assert_same_file(tmp_path / "orig" / "ldm-sd15.safetensors", path, missing_ok={"alphas_cumprod", "model_ema.decay"})
+    assert_same_file(tmp_path / "orig" / "motion_module.safetensors", mm)
+
+
+def test_full_size_rows_write_every_parameter_back():
+    """Released sizes (SD 1.5, SVD-xt built-in configs; models on the meta device, names and shapes only): every
+    parameter is written back by exactly one row, each output name once, splits regrouped (OpenCLIP's in_proj)."""
+    from converters.export import plan_names
+    from converters.safetensors_io import TensorRef
+    from converters.single_file import SD15, SVD
+
+    for layout in (SD15, SVD):
+        for name, (cls, _, rows) in layout.components.items():
+            cfg = {k: v for k, v in layout.defaults[name].items() if not k.startswith("_") and k != "architectures"}
+            with torch.device("meta"):
+                if cls == "CLIPTextModel":
+                    model = transformers.CLIPTextModel(transformers.CLIPTextConfig(**cfg))
+                elif cls == "CLIPVisionModelWithProjection":
+                    model = transformers.CLIPVisionModelWithProjection(transformers.CLIPVisionConfig(**cfg))
+                else:
+                    model = getattr(diffusers, cls)(**cfg)
+            refs = {k: TensorRef("-", k, "F32", tuple(v.shape), 0, 0) for k, v in model.state_dict().items()
+                    if not k.endswith("position_ids")}
+            outs = plan_names(rows(layout.defaults[name]), refs, strict=True, where=name, layout=layout.name)
+            assert sum(len(o.refs) for o in outs) == len(refs) and len({o.name for o in outs}) == len(outs)
+            assert all(o.name.startswith(("model.diffusion_model.", "first_stage_model.", "cond_stage_model.",
+                                          "conditioner.")) for o in outs)
+
+
 def test_svd_single_file_round_trip(tmp_path):
     from tests.test_single_file import write_svd_file
 
