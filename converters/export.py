@@ -419,24 +419,44 @@ def _diffusers_config(comp: Component) -> dict:
     return {"_class_name": comp.class_name, **comp.config}
 
 
-def _export_diffusers_component(comp: Component, out: Path, dtype, root: Path) -> dict:
+def respell_as_recorded(outs: list[OutTensor], recorded: dict) -> int:
+    """A converter's `normalise_keys` accepts whole-checkpoint spellings no row names (CLIP's `text_model.` /
+    `vision_model.` prefix, present or not): the rows give the installed libraries' spelling. When the conversion
+    recorded the source's name of a tensor (manifest `tensors[parameter].source`) and it is that name with a prefix
+    added or removed, the export takes the source's spelling back. Returns how many names changed."""
+    changed = 0
+    for o in outs:
+        rec = recorded.get(o.refs[0].name) if len(o.refs) == 1 and o.rule == IDENTITY else None
+        if not isinstance(rec, dict) or rec.get("rule") != IDENTITY or rec.get("part"):
+            continue
+        source = rec.get("source")
+        if isinstance(source, str) and source != o.name and (source.endswith("." + o.name) or
+                                                             o.name.endswith("." + source)):
+            o.name, o.origin, changed = source, f"{o.origin} (spelled as the source: {source})", changed + 1
+    return changed
+
+
+def _export_diffusers_component(comp: Component, out: Path, dtype, root: Path, recorded: dict | None = None) -> dict:
     where = str(comp.folder)
     conv = converter_for(comp.class_name, where)
     outs = plan_names(conv.rules, comp.params, strict=False, where=where, layout=f"diffusers {comp.class_name}")
+    respelled = respell_as_recorded(outs, recorded or {})
     buffers = plan_buffers("diffusers", comp.class_name, conv.rules, comp.params, comp.config, comp.kept, where)
     audit = _audit(comp, outs, buffers)
     out.mkdir(parents=True, exist_ok=True)
     weights = "model.safetensors" if _is_transformers(comp) else "diffusion_pytorch_model.safetensors"
     records = write_file(out / weights, outs + buffers, dtype, {"format": "pt"})
     (out / "config.json").write_text(json.dumps(_diffusers_config(comp), indent=2, sort_keys=True))
-    return _component_manifest(comp, root, [weights, "config.json"], records, audit)
+    return {**_component_manifest(comp, root, [weights, "config.json"], records, audit),
+            **({"respelled_as_source": respelled} if respelled else {})}
 
 
 def _export_diffusers(root: Path, tmp: Path, manifest: dict, dtype) -> dict:
     index, models, plain, source_manifest = open_source(root)
     for name, comp in models.items():
         out = tmp if name == "." else tmp / name
-        manifest["components"][name] = _export_diffusers_component(comp, out, dtype, root)
+        recorded = ((source_manifest.get("components") or {}).get(name) or {}).get("tensors") or {}
+        manifest["components"][name] = _export_diffusers_component(comp, out, dtype, root, recorded)
     for name, (cls, folder) in plain.items():
         _copy_plain(folder, tmp / name)
         manifest["components"][name] = {"class_name": cls, "copied": True}

@@ -133,6 +133,24 @@ def test_fp16_variant_round_trips(tmp_path):
         assert_same_file(tmp_path / "pt" / comp / f"{name}.safetensors", src / comp / f"{name}.fp16.safetensors")
 
 
+@pytest.mark.parametrize("preset, component, prefix", [("animatediff-tiny", "text_encoder", "text_model."),
+                                                       ("wan-i2v-tiny", "image_encoder", "vision_model.")])
+def test_prefixed_transformers_spelling_round_trips(tmp_path, preset, component, prefix):
+    """transformers 4 and released files prefix CLIP's tower (`text_model.`, `vision_model.`); transformers 5 saves
+    these two bare. The converters accept both; the export gives the source's spelling back (recorded by convert)."""
+    from converters.safetensors_io import load_safetensors, save_arrays
+
+    src = build(preset) / component
+    folder = tmp_path / "prefixed"
+    folder.mkdir()
+    shutil.copy(src / "config.json", folder / "config.json")
+    save_arrays(folder / "model.safetensors", {prefix + k: v for k, v in load_safetensors(src / "model.safetensors").items()},
+                {"format": "pt"})
+    convert_checkpoint(folder, tmp_path / "ms", progress=False)
+    assert main(["export", str(tmp_path / "ms"), str(tmp_path / "pt")]) == 0
+    assert_same_file(tmp_path / "pt" / "model.safetensors", folder / "model.safetensors")
+
+
 def test_export_dtype_casts(exported, tmp_path):
     _, converted, _ = exported("svd-tiny")
     export(converted / "unet", tmp_path / "unet16", dtype="fp16")
