@@ -28,7 +28,7 @@ import json
 import math
 import re
 import shutil
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -145,17 +145,6 @@ class OutTensor:
 
 def _tag_of(arr) -> str:
     return {np.dtype(np.float32): "F32", np.dtype(np.float16): "F16", np.dtype(np.int64): "I64"}[np.asarray(arr).dtype]
-
-
-@dataclass
-class Plan:
-    name: str
-    class_name: str
-    config: dict
-    outs: list[OutTensor]
-    audit: dict
-    source_files: list[Path]
-    buffers: dict = field(default_factory=dict)
 
 
 class _Inverse:
@@ -317,10 +306,8 @@ def open_source(root: Path) -> tuple[dict | None, dict[str, Component], dict[str
         models, plain = {}, {}
         for name, (lib, cls) in pipeline_components(root).items():
             folder = root / name
-            if lib is None or cls is None:
+            if lib is None or cls is None or not folder.is_dir():  # as convert: an entry without a folder is skipped
                 continue
-            if not folder.is_dir():
-                raise ConversionError(f"{root / 'model_index.json'}: component {name!r} ({cls}) has no folder {folder}")
             if (folder / "config.json").is_file():
                 models[name] = open_mindport_component(folder, name, lib)
             else:
@@ -436,27 +423,30 @@ def respell_as_recorded(outs: list[OutTensor], recorded: dict) -> int:
     return changed
 
 
-def _export_diffusers_component(comp: Component, out: Path, dtype, root: Path, recorded: dict | None = None) -> dict:
+def _plan_diffusers_component(comp: Component, recorded: dict) -> tuple[list[OutTensor], dict, int]:
     where = str(comp.folder)
     conv = converter_for(comp.class_name, where)
     outs = plan_names(conv.rules, comp.params, strict=False, where=where, layout=f"diffusers {comp.class_name}")
-    respelled = respell_as_recorded(outs, recorded or {})
+    respelled = respell_as_recorded(outs, recorded)
     buffers = plan_buffers("diffusers", comp.class_name, conv.rules, comp.params, comp.config, comp.kept, where)
-    audit = _audit(comp, outs, buffers)
-    out.mkdir(parents=True, exist_ok=True)
-    weights = "model.safetensors" if _is_transformers(comp) else "diffusion_pytorch_model.safetensors"
-    records = write_file(out / weights, outs + buffers, dtype, {"format": "pt"})
-    (out / "config.json").write_text(json.dumps(_diffusers_config(comp), indent=2, sort_keys=True))
-    return {**_component_manifest(comp, root, [weights, "config.json"], records, audit),
-            **({"respelled_as_source": respelled} if respelled else {})}
+    return outs + buffers, _audit(comp, outs, buffers), respelled
 
 
 def _export_diffusers(root: Path, tmp: Path, manifest: dict, dtype) -> dict:
+    """Every component planned and audited first; then each written (weights streamed, config, plain folders)."""
     index, models, plain, source_manifest = open_source(root)
+    recorded = {name: ((source_manifest.get("components") or {}).get(name) or {}).get("tensors") or {}
+                for name in models}
+    plans = {name: _plan_diffusers_component(comp, recorded[name]) for name, comp in models.items()}
     for name, comp in models.items():
+        outs, audit, respelled = plans[name]
         out = tmp if name == "." else tmp / name
-        recorded = ((source_manifest.get("components") or {}).get(name) or {}).get("tensors") or {}
-        manifest["components"][name] = _export_diffusers_component(comp, out, dtype, root, recorded)
+        out.mkdir(parents=True, exist_ok=True)
+        weights = "model.safetensors" if _is_transformers(comp) else "diffusion_pytorch_model.safetensors"
+        records = write_file(out / weights, outs, dtype, {"format": "pt"})
+        (out / "config.json").write_text(json.dumps(_diffusers_config(comp), indent=2, sort_keys=True))
+        manifest["components"][name] = {**_component_manifest(comp, root, [weights, "config.json"], records, audit),
+                                        **({"respelled_as_source": respelled} if respelled else {})}
     for name, (cls, folder) in plain.items():
         _copy_plain(folder, tmp / name)
         manifest["components"][name] = {"class_name": cls, "copied": True}
@@ -551,24 +541,27 @@ def _original_units(index: dict | None, models: dict[str, Component], root: Path
 
 
 def _export_original(root: Path, tmp: Path, manifest: dict, dtype) -> dict:
+    """Every file's components planned and audited first; then each file written."""
     index, models, plain, source_manifest = open_source(root)
+    files = []
     for file_name, layout, parts in _original_units(index, models, root):
-        outs, files = [], []
-        audits = {}
+        outs, owners, audits = [], {}, {}
         for comp, rows in parts:
             where = str(comp.folder)
             kind = layout if layout in ("ldm-sd15", "sgm-svd") else "original"
             comp_outs = plan_names(rows, comp.params, strict=True, where=where, layout=layout)
             buffers = plan_buffers(kind, comp.class_name, rows, comp.params, comp.config, comp.kept, where)
             audits[comp.name] = (_audit(comp, comp_outs, buffers), comp)
+            owners.update({o.name: comp.name for o in comp_outs + buffers})
             outs += comp_outs + buffers
+        files.append((file_name, layout, parts, outs, owners, audits))
+    for file_name, layout, parts, outs, owners, audits in files:
         records = write_file(tmp / file_name, outs, dtype, {"format": "pt"})
         for name, (audit, comp) in audits.items():
-            mine = {k: v for k, v in records.items() if any(
-                f in comp.params or f in comp.kept for f in (v["from"] or []))}
+            mine = {k: v for k, v in records.items() if owners[k] == name}
             manifest["components"][name] = {**_component_manifest(comp, root, [file_name], mine, audit),
                                             "layout": layout}
-        if layout.startswith("wan WanTransformer3DModel"):
+        if layout == "wan WanTransformer3DModel":
             (tmp / "config.json").write_text(json.dumps(wan_release_config(parts[0][0].config), indent=2))
     if "tokenizer" in plain and any(c.class_name.startswith("Wan") for c in models.values()):
         _copy_plain(plain["tokenizer"][1], tmp / wan.RELEASE_FILES["tokenizer"])
