@@ -54,7 +54,7 @@ def files(tmp_path_factory):
     ref.unet.add_adapter(ucfg)
     ref.text_encoder.add_adapter(tcfg)
     usd, tsd = get_peft_model_state_dict(ref.unet), get_peft_model_state_dict(ref.text_encoder)
-    scale_b = 0.5  # B around the size of a trained LoRA's, so that the style moves frames by a few percent
+    scale_b = 0.15  # B around the size of a trained LoRA's, so that the style moves frames by a few percent
     usd = {k: v * scale_b if "lora_B" in k else v for k, v in usd.items()}
     tsd = {k: v * scale_b if "lora_B" in k else v for k, v in tsd.items()}
     diffusers.AnimateDiffPipeline.save_lora_weights(root / "peft", unet_lora_layers=usd, text_encoder_lora_layers=tsd,
@@ -82,8 +82,8 @@ def files(tmp_path_factory):
         for proj, out_name in (("to_q", "to_q"), ("to_k", "to_k"), ("to_v", "to_v"), ("to_out", "to_out.0")):
             w = module.get_submodule(out_name).base_layer.weight if hasattr(module.get_submodule(out_name), "base_layer") \
                 else module.get_submodule(out_name).weight
-            down = torch.randn(2, w.shape[1], generator=gen) * 0.3
-            up = torch.randn(w.shape[0], 2, generator=gen) * 0.3
+            down = torch.randn(2, w.shape[1], generator=gen) * 0.2
+            up = torch.randn(w.shape[0], 2, generator=gen) * 0.2
             for role, t in (("down", down), ("up", up)):
                 motion_diffusers[f"unet.{name}.processor.{proj}_lora.{role}.weight"] = t
                 motion_original[f"{original}.{proj}_lora.{role}.weight"] = t
