@@ -362,6 +362,8 @@ def write_file(path: Path, outs: list[OutTensor], dtype: str | None, metadata: d
         tag = _out_tag(o, dtype)
         entries.append((o.name, o.shape, tag, _producer(o, tag)))
         records[o.name] = {"from": [r.name for r in o.refs] or None, "rule": o.rule, "transform": o.transform,
+                           **({"concatenated": "rows of the parts, in order (a split row read backwards)"}
+                              if len(o.refs) > 1 else {}),
                            "dtype": tag, "shape": list(o.shape), **({"origin": o.origin} if not o.refs or
                                                                     o.origin.startswith(BUFFERS_FILE) else {})}
     write_safetensors(path, entries, metadata)
