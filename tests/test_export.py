@@ -219,6 +219,24 @@ def test_diffusers_frames_identical_from_the_export(exported, preset):
     assert frames[0].shape == frames[1].shape and np.array_equal(frames[0], frames[1])
 
 
+def test_export_needs_no_torch(exported, tmp_path):
+    """converters.export reads and writes safetensors with numpy: it runs with torch, diffusers, transformers and
+    mindspore unimportable."""
+    import subprocess
+    import sys
+
+    _, converted, _ = exported("animatediff-tiny")
+    code = ("import sys\n"
+            "for m in ('torch', 'diffusers', 'transformers', 'mindspore', 'safetensors'): sys.modules[m] = None\n"
+            "from converters.export import export\n"
+            f"export({str(converted)!r}, {str(tmp_path / 'pt')!r})\n"
+            f"export({str(converted / 'motion_adapter')!r}, {str(tmp_path / 'orig')!r}, fmt='original')\n")
+    run = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).resolve().parent.parent,
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert_same_folder(tmp_path / "pt", build("animatediff-tiny"))
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # a weight changed on the MindSpore side
 # ---------------------------------------------------------------------------------------------------------------
