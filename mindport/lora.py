@@ -14,15 +14,18 @@ and read completely before any layer or weight is touched: a refused file leaves
 
 Deviations from diffusers: `unload_lora_weights` also restores fused weights (diffusers keeps them fused);
 `disable_lora` stops the unfused paths only (fused weights stay until `unfuse_lora`); per-block scale dicts in
-`set_adapters` and `cross_attention_kwargs={"scale": ...}` at call time are not ported.
-"""
+`set_adapters` are not ported. `cross_attention_kwargs={"scale": s}` at call time scales the unfused paths (as
+diffusers scales its peft layers); fused adapters are part of the weights and do not follow it (as in diffusers)."""
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import inspect
 import json
 import os
 import shutil
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -91,6 +94,7 @@ class LoraState:
         self.fused: dict[tuple[str, str], np.ndarray] = {}  # (component, path) -> the weight before fusing
         self.fused_adapters: set[tuple[str, str]] = set()  # (adapter, component) merged into the weights
         self.hooked: set[tuple[str, str]] = set()
+        self.call_scale = 1.0  # cross_attention_kwargs={"scale": s} during one pipeline call
 
 
 class LoraLoaderMixin:
@@ -278,6 +282,22 @@ class LoraLoaderMixin:
         state.enabled = True
         self._lora_refresh()
 
+    @contextmanager
+    def lora_scale(self, scale: float | None):
+        """Within the block, every unfused adapter's path is scaled by `scale` too (diffusers'
+        `cross_attention_kwargs={"scale": ...}`: the text encoder's and the UNet's LoRA layers alike)."""
+        state = self._lora
+        if scale is None or float(scale) == 1.0 or not state.hooked:
+            yield
+            return
+        state.call_scale = float(scale)
+        self._lora_refresh()
+        try:
+            yield
+        finally:
+            state.call_scale = 1.0
+            self._lora_refresh()
+
     # applying ----------------------------------------------------------------------------------------------------
     def _lora_refresh(self):
         """Set each targeted layer's `lora` to the active, unfused adapters' paths (None where there are none)."""
@@ -286,7 +306,7 @@ class LoraLoaderMixin:
         per_layer: dict[tuple[str, str], list] = {}
         if state.enabled:
             for n in state.active:
-                w = state.weights.get(n, 1.0)
+                w = state.weights.get(n, 1.0) * state.call_scale
                 for key, (kind, down, up, scale) in state.adapters[n].modules.items():
                     if (n, key[0]) in state.fused_adapters:
                         continue
@@ -302,6 +322,24 @@ class LoraLoaderMixin:
             tensors = [(Tensor(d).astype(dtype), Tensor(u).astype(dtype)) for d, u in pairs]
             layer.lora = LowRankPaths(layer, tensors)
         state.hooked = set(per_layer)
+
+
+def accepts_lora_scale(call):
+    """Decorates a pipeline's `__call__` with diffusers' `cross_attention_kwargs` argument; its "scale" scales the
+    unfused LoRA paths for that call. Other keys (attention-processor arguments) are refused."""
+
+    @functools.wraps(call)
+    def wrapped(self, *args, cross_attention_kwargs: dict | None = None, **kwargs):
+        extra = sorted(set(cross_attention_kwargs or {}) - {"scale"})
+        if extra:
+            raise ValueError(f"cross_attention_kwargs: only 'scale' (the LoRA scale) is supported, got {extra}")
+        with self.lora_scale((cross_attention_kwargs or {}).get("scale")):
+            return call(self, *args, **kwargs)
+
+    sig = inspect.signature(call)
+    wrapped.__signature__ = sig.replace(parameters=[*sig.parameters.values(), inspect.Parameter(
+        "cross_attention_kwargs", inspect.Parameter.KEYWORD_ONLY, default=None)])
+    return wrapped
 
 
 def _delta(kind: str, down: np.ndarray, up: np.ndarray, shape) -> np.ndarray:

@@ -94,7 +94,7 @@ def files(tmp_path_factory):
                 original=root / "v2_lora_Test.ckpt", root=root)
 
 
-def reference_frames(folder, loras, weights):
+def reference_frames(folder, loras, weights, **call):
     """diffusers' frames with `loras` [(file, adapter name)] loaded by its own load_lora_weights, set to `weights`."""
     ref = diffusers.AnimateDiffPipeline.from_pretrained(str(folder))
     ref.set_progress_bar_config(disable=True)
@@ -103,11 +103,11 @@ def reference_frames(folder, loras, weights):
     if loras:
         ref.set_adapters([n for _, n in loras], adapter_weights=weights)
     with torch.no_grad():
-        return ref(**RUN, latents=torch.from_numpy(_latents()), output_type="np").frames
+        return ref(**RUN, latents=torch.from_numpy(_latents()), output_type="np", **call).frames
 
 
-def frames(pipe):
-    return np.asarray(pipe(**RUN, latents=_latents(), output_type="np")[0])
+def frames(pipe, **call):
+    return np.asarray(pipe(**RUN, latents=_latents(), output_type="np", **call)[0])
 
 
 @pytest.fixture(scope="module")
@@ -329,3 +329,23 @@ def test_fp16_pipeline_with_loras_against_diffusers_fp32(files):
     pipe16.fuse_lora()
     assert pipe16.unet.dtype == ms.float16
     assert_close(frames(pipe16), expected, rel_l2=1e-2, where="fp16 fused LoRAs vs diffusers fp32")
+
+
+def test_call_time_lora_scale_matches_diffusers(files, pipe):
+    """cross_attention_kwargs={"scale": 0.5} scales the unfused LoRA paths for one call, as diffusers does (text
+    encoder and UNet): frames within 1e-4; the next call is back at full scale; other keys are refused."""
+    pipe.load_lora_weights(str(files["kohya"]), adapter_name="style")
+    pipe.load_lora_weights(str(files["motion"]), adapter_name="motion")
+    try:
+        pipe.set_adapters(["style", "motion"], [0.7, 1.3])
+        full = frames(pipe)
+        ours = frames(pipe, cross_attention_kwargs={"scale": 0.5})
+        expected = reference_frames(files["folder"], [(files["kohya"], "style"), (files["motion"], "motion")],
+                                    [0.7, 1.3], cross_attention_kwargs={"scale": 0.5})
+        assert rel_l2(ours, full) > 1e-2
+        assert_close(ours, expected, rel_l2=1e-4, where="call-time LoRA scale 0.5 vs diffusers")
+        assert np.array_equal(frames(pipe), full)
+        with pytest.raises(ValueError, match="only 'scale'"):
+            frames(pipe, cross_attention_kwargs={"scale": 0.5, "foo": 1})
+    finally:
+        pipe.unload_lora_weights()

@@ -12,7 +12,9 @@ numpy Generator (`mindport.utils.randn`): the initial latents, then the schedule
 LoRA (mindport.lora): `load_lora_weights`, `set_adapters`, `fuse_lora`, `unfuse_lora`, `unload_lora_weights`, style
 LoRAs (peft/diffusers, kohya/A1111, LoCon) and motion LoRAs (diffusers and original AnimateDiff layouts).
 
-Not ported: IP-Adapter images, FreeInit, FreeNoise, LoRA scales at call time (`cross_attention_kwargs`).
+`cross_attention_kwargs={"scale": s}` scales the unfused LoRA paths for one call, as in diffusers.
+
+Not ported: IP-Adapter images, FreeInit, FreeNoise.
 Deviation: diffusers 0.42 ignores `num_videos_per_prompt` (always 1); here it is honoured (each prompt's videos are
 consecutive in the batch).
 """
@@ -27,7 +29,7 @@ from mindspore import Tensor, ops
 
 from .. import backend
 from .. import image_processing as ip
-from ..lora import LoraLoaderMixin
+from ..lora import LoraLoaderMixin, accepts_lora_scale
 from ..modeling import required_config
 from ..models.unet_2d_condition import UNet2DConditionModel
 from ..models.unet_motion_model import MotionAdapter, UNetMotionModel
@@ -183,6 +185,7 @@ class AnimateDiffPipeline(LoraLoaderMixin, DiffusionPipeline):
             raise ValueError(f"`decode_chunk_size` must be at least 1, got {decode_chunk_size}")
 
     # 4. the call -------------------------------------------------------------------------------------------------
+    @accepts_lora_scale
     def __call__(
         self,
         prompt=None,
