@@ -349,3 +349,114 @@ def test_call_time_lora_scale_matches_diffusers(files, pipe):
             frames(pipe, cross_attention_kwargs={"scale": 0.5, "foo": 1})
     finally:
         pipe.unload_lora_weights()
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# converters.lora on its own: every layout row, alphas, refusals (no pipelines, milliseconds)
+# ------------------------------------------------------------------------------------------------------------------
+
+TARGETS = {
+    "unet": {"down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q": (8, 6),
+             "down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_out.0": (6, 8),
+             "down_blocks.0.attentions.0.transformer_blocks.0.ff.net.0.proj": (12, 6),
+             "down_blocks.0.resnets.0.conv1": (6, 4, 3, 3),
+             "down_blocks.0.motion_modules.0.transformer_blocks.0.attn2.to_v": (6, 6)},
+    "text_encoder": {"encoder.layers.0.self_attn.q_proj": (4, 4), "encoder.layers.0.mlp.fc1": (5, 4)},
+}
+
+
+def _refs(arrays: dict):
+    from converters.safetensors_io import TensorRef
+
+    return {k: TensorRef("mem", k, "F32", tuple(np.shape(v)), 0, 0, (lambda v=v: np.asarray(v, np.float32)))
+            for k, v in arrays.items()}
+
+
+def _pair(out, inp, r=2, conv=None):
+    down = np.ones((r, inp, *conv)) if conv else np.ones((r, inp))
+    up = np.ones((out, r, 1, 1)) if conv else np.ones((out, r))
+    return down, up
+
+
+def _plan(arrays, metadata=None):
+    from converters.lora import map_lora
+
+    return map_lora(_refs(arrays), metadata or {}, TARGETS, "mem.safetensors")
+
+
+@pytest.mark.parametrize("down_key, up_key, component, path", [
+    ("unet.down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q.lora_A.weight",
+     "unet.down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q.lora_B.weight", "unet",
+     "down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q"),
+    ("text_encoder.text_model.encoder.layers.0.mlp.fc1.lora_A.weight",
+     "text_encoder.text_model.encoder.layers.0.mlp.fc1.lora_B.weight", "text_encoder", "encoder.layers.0.mlp.fc1"),
+    ("unet.down_blocks.0.attentions.0.transformer_blocks.0.attn1.processor.to_out_lora.down.weight",
+     "unet.down_blocks.0.attentions.0.transformer_blocks.0.attn1.processor.to_out_lora.up.weight", "unet",
+     "down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_out.0"),
+    ("unet.down_blocks.0.attentions.0.transformer_blocks.0.ff.net.0.proj.lora.down.weight",
+     "unet.down_blocks.0.attentions.0.transformer_blocks.0.ff.net.0.proj.lora.up.weight", "unet",
+     "down_blocks.0.attentions.0.transformer_blocks.0.ff.net.0.proj"),
+    ("text_encoder.text_model.encoder.layers.0.self_attn.to_q_lora.down.weight",
+     "text_encoder.text_model.encoder.layers.0.self_attn.to_q_lora.up.weight", "text_encoder",
+     "encoder.layers.0.self_attn.q_proj"),
+    ("text_encoder.encoder.layers.0.mlp.fc1.lora_linear_layer.down.weight",
+     "text_encoder.encoder.layers.0.mlp.fc1.lora_linear_layer.up.weight", "text_encoder", "encoder.layers.0.mlp.fc1"),
+    ("lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_out_0.lora_down.weight",
+     "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_out_0.lora_up.weight", "unet",
+     "down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_out.0"),
+    ("lora_te_text_model_encoder_layers_0_self_attn_q_proj.lora_down.weight",
+     "lora_te_text_model_encoder_layers_0_self_attn_q_proj.lora_up.weight", "text_encoder",
+     "encoder.layers.0.self_attn.q_proj"),
+    ("down_blocks.0.motion_modules.0.temporal_transformer.transformer_blocks.0.attention_blocks.1.processor.to_v_lora"
+     ".down.weight", "down_blocks.0.motion_modules.0.temporal_transformer.transformer_blocks.0.attention_blocks.1"
+     ".processor.to_v_lora.up.weight", "unet", "down_blocks.0.motion_modules.0.transformer_blocks.0.attn2.to_v"),
+    # a bare UNet file (no component prefix), as diffusers reads one
+    ("down_blocks.0.motion_modules.0.transformer_blocks.0.attn2.processor.to_v_lora.down.weight",
+     "down_blocks.0.motion_modules.0.transformer_blocks.0.attn2.processor.to_v_lora.up.weight", "unet",
+     "down_blocks.0.motion_modules.0.transformer_blocks.0.attn2.to_v"),
+])
+def test_layout_rows(down_key, up_key, component, path):
+    out, inp = TARGETS[component][path]
+    down, up = _pair(out, inp)
+    (entry,) = _plan({down_key: down, up_key: up}).entries
+    assert (entry.component, entry.path, entry.kind, entry.rank, entry.scale) == (component, path, "linear", 2, 1.0)
+
+
+def test_alphas_and_locon():
+    down, up = _pair(6, 4, r=4, conv=(3, 3))
+    kohya = {"lora_unet_down_blocks_0_resnets_0_conv1.lora_down.weight": down,
+             "lora_unet_down_blocks_0_resnets_0_conv1.lora_up.weight": up,
+             "lora_unet_down_blocks_0_resnets_0_conv1.alpha": np.float32(1.0)}
+    (e,) = _plan(kohya).entries
+    assert (e.kind, e.rank, e.alpha, e.scale) == ("conv", 4, 1.0, 0.25)
+    peft = {"unet.down_blocks.0.resnets.0.conv1.lora_A.weight": down, "unet.down_blocks.0.resnets.0.conv1.lora_B.weight": up}
+    assert _plan(peft).entries[0].scale == 1.0  # no alpha anywhere: alpha = rank
+    meta = lambda cfg: {"lora_adapter_metadata": __import__("json").dumps({f"unet.{k}": v for k, v in cfg.items()})}  # noqa: E731
+    assert _plan(peft, meta({"r": 4, "lora_alpha": 8})).entries[0].scale == 2.0
+    assert _plan(peft, meta({"r": 4, "lora_alpha": 8, "use_rslora": True})).entries[0].scale == 4.0
+    assert _plan(peft, meta({"r": 4, "lora_alpha": 8, "alpha_pattern": {"resnets.0.conv1": 2}})).entries[0].scale == 0.5
+    with pytest.raises(ConversionError, match="DoRA"):
+        _plan(peft, meta({"r": 4, "lora_alpha": 8, "use_dora": True}))
+
+
+@pytest.mark.parametrize("arrays, message", [
+    ({"lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q.lora_down.weight": np.ones((2, 6))},
+     "has no up weight"),
+    ({"unet.mid_block.attentions.0.proj_in.lora_A.weight": np.ones((2, 6)),
+      "unet.mid_block.attentions.0.proj_in.lora_B.weight": np.ones((6, 2))}, "which does not exist"),
+    ({"lora_unet_input_blocks_1_1_proj_in.lora_down.weight": np.ones((2, 6))}, "names no unet module"),
+    # a bare file is read as a UNet LoRA (as diffusers does): a Wan / VAE key names no module of it
+    ({"transformer.blocks.0.attn.to_q.lora_A.weight": np.ones((2, 6))}, "unet module 'transformer.blocks.0.attn.to_q'"),
+    ({"unet.down_blocks.0.resnets.0.conv1.hada_w1_a": np.ones((2, 4))}, "matches no LoRA layout"),
+    ({"lora_te2_text_model_encoder_layers_0_mlp_fc1.lora_down.weight": np.ones((2, 4))}, "matches no LoRA layout"),
+    ({"unet.down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q.lora_A.weight": np.ones((2, 6)),
+      "unet.down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q.lora_B.weight": np.ones((8, 3))},
+     r"has shape \(8, 3\), but unet.down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q \(weight \(8, 6\)\)"),
+    ({"unet.down_blocks.0.resnets.0.conv1.lora_A.weight": np.ones((2, 4)),
+      "unet.down_blocks.0.resnets.0.conv1.lora_B.weight": np.ones((6, 2))}, "needs down"),
+    ({"vae.decoder.conv_in.lora_A.weight": np.ones((2, 4))}, "unet module 'vae.decoder.conv_in'"),
+])
+def test_refusals(arrays, message):
+    with pytest.raises(ConversionError, match=message) as err:
+        _plan(arrays)
+    assert "\n" not in str(err.value) and str(err.value).startswith("mem.safetensors: ")
