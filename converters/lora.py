@@ -177,7 +177,12 @@ def map_lora(tensors: dict[str, TensorRef], metadata: dict, targets: dict[str, d
     renamed = {k: k for k in keys}
     if not any(k.startswith(known) or ".temporal_transformer." in k for k in keys):
         renamed = {k: "unet." + k for k in keys}  # a bare UNet LoRA, as diffusers reads one
-    kohya_names = {c: {p.replace(".", "_"): p for p in paths} for c, paths in targets.items()}
+    kohya_names: dict[str, dict[str, str | None]] = {}
+    for c, paths in targets.items():  # underscored path -> path (None where two paths spell alike)
+        names = kohya_names[c] = {}
+        for p in paths:
+            u = p.replace(".", "_")
+            names[u] = None if u in names else p
     groups: dict[tuple[str, str], dict] = {}
     layouts: set[str] = set()
     for key in keys:
@@ -186,7 +191,11 @@ def map_lora(tensors: dict[str, TensorRef], metadata: dict, targets: dict[str, d
             raise ConversionError(f"{where}: key {key!r} is for the {comp}, which this pipeline does not have")
         if rule.layout == "kohya":
             names = kohya_names[comp]
-            path = names.get(target) or (names.get(target[len("text_model_"):]) if target.startswith("text_model_") else None)
+            if target not in names and target.startswith("text_model_"):
+                target = target[len("text_model_"):]
+            if target in names and names[target] is None:
+                raise ConversionError(f"{where}: key {key!r} (kohya name {target!r}) fits several {comp} modules")
+            path = names.get(target)
             if path is None:
                 raise ConversionError(f"{where}: key {key!r} names no {comp} module (kohya name {target!r}); "
                                       "a LoRA for another architecture?")

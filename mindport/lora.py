@@ -155,7 +155,7 @@ class LoraLoaderMixin:
         adapter = Adapter(adapter_name, plan.file, _sha256(Path(plan.file)), plan.layouts)
         for e in plan.entries:
             try:
-                down, up = np.asarray(e.down.load(), np.float32), np.asarray(e.up.load(), np.float32)
+                down, up = np.array(e.down.load(), np.float32), np.array(e.up.load(), np.float32)  # copies
             except ConversionError:
                 raise
             except Exception as err:  # a truncated file: name it, apply nothing

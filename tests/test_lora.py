@@ -454,3 +454,14 @@ def test_refusals(arrays, message):
     with pytest.raises(ConversionError, match=message) as err:
         _plan(arrays)
     assert "\n" not in str(err.value) and str(err.value).startswith("mem.safetensors: ")
+
+
+def test_kohya_name_fitting_two_modules_is_refused():
+    from converters.lora import map_lora
+
+    targets = {"unet": {"a.b_c": (4, 4), "a_b.c": (4, 4), "d.e": (4, 4)}}
+    arrays = {"lora_unet_a_b_c.lora_down.weight": np.ones((2, 4)), "lora_unet_a_b_c.lora_up.weight": np.ones((4, 2))}
+    with pytest.raises(ConversionError, match="fits several unet modules"):
+        map_lora(_refs(arrays), {}, targets, "mem.safetensors")
+    ok = {"lora_unet_d_e.lora_down.weight": np.ones((2, 4)), "lora_unet_d_e.lora_up.weight": np.ones((4, 2))}
+    assert [e.path for e in map_lora(_refs(ok), {}, targets, "mem.safetensors").entries] == ["d.e"]
