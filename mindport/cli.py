@@ -120,6 +120,10 @@ def cmd_parity(a) -> int:
     if g.get("bytes") is not None:
         print(f"golden reference: {g['path']} ({g['bytes'] / 2**20:.1f} MiB, {100 * g['fraction']:.1f}% of the "
               f"full capture's {g['full_capture_bytes'] / 2**20:.1f} MiB)")
+    rp = report.get("repro")
+    if rp:
+        print(f"repro: {rp['module']} alone with its inputs and weights in {rp['path']} ({rp['bytes'] / 1024:.0f} KiB; "
+              f"python {rp['path']}/run.py)")
     if a.junit_xml:
         from parity.junit import write_junit
 

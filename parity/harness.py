@@ -17,6 +17,7 @@ from converters.sources import read_json, resolve
 from . import baseline as baseline_mod
 from . import gates, isolation, weightcheck
 from . import golden as golden_mod
+from . import repro as repro_mod
 from . import lora as lora_mod
 from .capture import Capture
 from .compare import (
@@ -53,8 +54,8 @@ def versions() -> dict:
             "machine": f"{platform.machine()} {platform.system()}"}
 
 
-def run_parity(src, out, converted=None, steps: int = 3, frames: int | None = None, dtype: str = "fp32",
-               seed: int = 0, height: int | None = None, width: int | None = None,
+def run_parity(src, out, converted=None, steps: int | None = None, frames: int | None = None, dtype: str = "fp32",
+               seed: int | None = None, height: int | None = None, width: int | None = None,
                decode_chunk_size: int | None = None, baseline=None, floor: bool = True, isolate: bool = True,
                weight_samples: int = 12, weight_tensors=(), weight_budget_s: float = 60.0,
                isolate_depth: int | None = None, loras=(), save_golden=None, golden=None,
@@ -258,8 +259,6 @@ def run_parity(src, out, converted=None, steps: int = 3, frames: int | None = No
         inputs_cap.detach()
         if floor_cap is not None:
             floor_cap.detach()
-        if tmpdir is not None:
-            tmpdir.cleanup()
 
     # 5. compare: gates first, then modules against their bounds
     inherited = {(c, m): r.get("rel_l2") for (c, m, n), r in our_cap.records.items() if n == 0}
@@ -319,6 +318,10 @@ def run_parity(src, out, converted=None, steps: int = 3, frames: int | None = No
                     "overhead": round(captured / plain, 2) if plain else None,
                     "activations_mb": round((ref_store.nbytes + our_store.nbytes) / 2**20, 1), **memory.stop()},
     }
+    if not report["passed"]:  # the first diverging module alone, with its inputs and weights, for a bug report
+        report["repro"] = repro_mod.write(out / "repro", report, ref_cap, converted, dtype)
+    if tmpdir is not None:
+        tmpdir.cleanup()
     ref_store.close()
     our_store.close()
     if base_report is not None:

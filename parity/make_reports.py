@@ -1,6 +1,7 @@
 """`make reports`: regenerate the committed parity reports in reports/ and the summary table README shows.
 
     python -m parity.make_reports            # every (preset, dtype) in CASES
+    python -m parity.make_reports --goldens  # the committed golden references in reports/golden/ (GOLDENS)
 """
 
 from __future__ import annotations
@@ -87,5 +88,33 @@ def main() -> int:
     return 0 if all(r["passed"] for r in results.values()) else 1
 
 
+# tiny cases with a committed golden reference (reports/golden/<preset>), compared without PyTorch by the test suite
+GOLDENS = ("svd-tiny", "animatediff-tiny", "i2vgen-xl-tiny", "wan-t2v-tiny", "wan-i2v-tiny")
+GOLDEN_DIR = REPORTS / "golden"
+
+
+def goldens() -> int:
+    """Save a golden reference for each GOLDENS preset (fp32, 3 steps, noise floor; the report goes to a temporary
+    folder) and print each golden's size against the full capture."""
+    import tempfile
+
+    from mindport import backend
+
+    from .fixtures import build
+    from .harness import run_parity
+
+    backend.init_context()
+    ok = True
+    for preset in GOLDENS:
+        with tempfile.TemporaryDirectory() as tmp:
+            r = run_parity(build(preset), tmp, steps=3, isolate=False, weight_samples=0,
+                           save_golden=GOLDEN_DIR / preset, log=lambda m: print(f"   {m}", file=sys.stderr))
+        g = r["golden"]
+        ok = ok and r["passed"]
+        print(f"{preset}: {g['bytes'] / 2**20:.2f} MiB, {100 * g['fraction']:.1f}% of the full capture "
+              f"({g['full_capture_bytes'] / 2**20:.1f} MiB); live verdict {'passed' if r['passed'] else 'FAILED'}")
+    return 0 if ok else 1
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(goldens() if "--goldens" in sys.argv[1:] else main())

@@ -1,7 +1,10 @@
 """The parity harness on the Wan pipelines: every tiny config passes with its gates and per-module bounds, fp16
 against PyTorch fp32 holds its bar, and a same-shape swap planted in a Wan block's converted weights is named."""
 
+import json
 import shutil
+import subprocess
+import sys
 
 import pytest
 
@@ -61,3 +64,14 @@ def test_planted_swap_in_a_wan_block_is_named(tmp_path, capsys):
     assert "transformer.blocks.1.attn1" in first, out
     assert "isolation: transformer.blocks.1.attn1" in out, out
     assert f"weight mapping: transformer.{a}" in out, out
+    # the first diverging module alone reproduces the error: R/repro/run.py
+    assert "repro: transformer.blocks.1.attn1" in out, out
+    repro = tmp_path / "report" / "repro"
+    run = subprocess.run([sys.executable, str(repro / "run.py")], capture_output=True, text=True, timeout=600,
+                         cwd=tmp_path)
+    assert run.returncode == 0, run.stderr[-2000:]
+    measured = json.loads((tmp_path / "report" / "report.json").read_text())["first_divergence"]["rel_l2"]
+    ms_line = [line for line in run.stdout.splitlines() if line.startswith("MindSpore")][0]
+    assert float(ms_line.rsplit(" ", 1)[-1]) == pytest.approx(measured, rel=0.05), run.stdout
+    assert "the weights themselves differ" in run.stdout  # PyTorch on the same (swapped) weights errs the same way
+    assert sum(f.stat().st_size for f in repro.iterdir()) < 100_000
