@@ -75,6 +75,25 @@ class Adapter:
     modules: dict = field(default_factory=dict)
 
 
+def _lora_source(path, weight_name: str | None) -> Path:
+    """A local file or folder, or a Hub repo id (e.g. guoyww/animatediff-motion-lora-zoom-in) fetched with
+    huggingface_hub: only `weight_name`, else its safetensors files (honours HF_HUB_OFFLINE and the cache)."""
+    from converters.sources import looks_like_hub_id
+
+    local = Path(os.path.expanduser(str(path)))
+    if local.exists() or not looks_like_hub_id(str(path)):
+        return local
+    try:
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(str(path), allow_patterns=[weight_name] if weight_name else ["*.safetensors"]))
+    except Exception as e:  # offline, not found, gated, network: one line
+        offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
+        why = ("HF_HUB_OFFLINE is set and it is not in the local cache" if offline
+               else f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
+        raise ConversionError(f"{path}: cannot fetch the LoRA from the Hub ({why})") from None
+
+
 def _sha256(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -120,7 +139,7 @@ class LoraLoaderMixin:
     # loading -----------------------------------------------------------------------------------------------------
     def lora_plan(self, path, weight_name: str | None = None) -> LoraPlan:
         """Map and check a LoRA file against this pipeline's models without applying it."""
-        file = Path(path)
+        file = _lora_source(path, weight_name)
         if weight_name is not None:
             file = file / weight_name
         elif file.is_dir():
@@ -138,7 +157,7 @@ class LoraLoaderMixin:
 
     def load_lora_weights(self, pretrained_model_name_or_path_or_dict, weight_name: str | None = None,
                           adapter_name: str | None = None, **kwargs):
-        """Load a LoRA file (or a folder holding one; `weight_name` picks the file) as adapter `adapter_name`
+        """Load a LoRA file (or a folder or Hub repo holding one; `weight_name` picks the file) as `adapter_name`
         (default `default_N`) and make it active with weight 1.0, next to the adapters already active (as
         diffusers does). Every key and shape is checked and every tensor read before any layer changes."""
         if kwargs:

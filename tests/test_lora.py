@@ -239,6 +239,9 @@ def test_bad_lora_files_are_refused_in_one_line_and_change_nothing(files, pipe, 
             assert pipe.get_active_adapters() == ["motion"], name
             after = _weights(pipe)
             assert all(np.array_equal(after[k], v) for k, v in before.items()), name
+        with pytest.raises(ConversionError, match=r"^guoyww/animatediff-motion-lora-zoom-in: cannot fetch the LoRA "
+                                                  r"from the Hub \(HF_HUB_OFFLINE"):
+            pipe.load_lora_weights("guoyww/animatediff-motion-lora-zoom-in", adapter_name="zoom")
         with pytest.raises(ValueError, match="already in use"):
             pipe.load_lora_weights(str(files["kohya"]), adapter_name="motion")
         with pytest.raises(ValueError, match="no adapter named 'nope'"):
