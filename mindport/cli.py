@@ -72,6 +72,8 @@ def cmd_parity(a) -> int:
     from mindport.lora import parse_lora_spec
     from parity.harness import run_parity
 
+    if a.golden_inputs and a.save_golden is None:
+        raise ValueError("--golden-inputs names what --save-golden saves: give --save-golden G too")
     if a.golden is not None:
         if a.config_only is not None or a.save_golden is not None:
             raise ValueError("--golden compares against a saved reference: it excludes --config-only and --save-golden")
@@ -91,6 +93,7 @@ def cmd_parity(a) -> int:
                         baseline=a.baseline, floor=not a.no_floor, isolate=not a.no_isolation,
                         weight_samples=a.weight_samples, weight_tensors=a.weight_tensor or (),
                         loras=[parse_lora_spec(s) for s in a.lora or ()], save_golden=a.save_golden, golden=a.golden,
+                        golden_inputs=tuple(a.golden_inputs or ()),
                         log=lambda m: print(m, file=sys.stderr))
     f = report["frames"]
     fd = report["first_divergence"]
@@ -294,6 +297,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--save-golden", metavar="G", help="also save the PyTorch side as a golden reference folder G")
     r.add_argument("--golden", metavar="G", help="compare against the golden reference G instead of running PyTorch "
                                                 "(torch and diffusers need not be installed; give --converted DST)")
+    r.add_argument("--golden-inputs", action="append", metavar="PATTERN",
+                   help="with --save-golden: also save the first-call inputs of the modules matching this glob "
+                        "(e.g. 'transformer.blocks.1*'; repeatable), so --golden runs can teacher-force them")
     r.add_argument("--junit-xml", metavar="FILE", help="also write the verdicts as a JUnit XML file (CI)")
     r.add_argument("--out", required=True, help="report folder")
     r.add_argument("--baseline", help="a committed report.json: fail when a module's error grows beyond its recorded spread")

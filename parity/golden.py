@@ -9,7 +9,9 @@ pickles): the latents after every step and the frames, whole (the MindSpore run 
 and the frame metrics need every pixel); each module output whole when it has at most FULL_MAX elements, else
 SAMPLE elements at positions drawn from a numpy PCG64 stream seeded by the call's key (both sides draw the same
 positions, so they are not stored); the first-call inputs the gates read (token ids and masks, preprocessed images,
-the denoiser's first inputs), whole when at most INPUT_MAX elements, else left out (that gate is then not run).
+the denoiser's first inputs), whole when at most INPUT_MAX elements, else left out (that gate is then not run),
+and, for the modules named by `--golden-inputs` patterns, their first-call inputs and float64 isolation floors, so
+a comparison against the golden can teacher-force those modules.
 
 What a sampled comparison means: relative L2 is max(||a_s - b_s|| / ||b_s|| over the sampled elements, the exact
 norm gap | ||a|| - ||b|| | / ||b||) (the gap is a lower bound of the true relative L2, so a fault that changes the
@@ -19,6 +21,7 @@ output can fall between the samples; the live run, and every whole-stored output
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import os
 import shutil
@@ -83,9 +86,17 @@ def _leaves(skel, out: list) -> list:
     return out
 
 
+def _matches(key, patterns) -> bool:
+    name = f"{key[0]}.{key[1]}" if key[1] else key[0]
+    return any(fnmatch.fnmatchcase(name, p) for p in patterns)
+
+
 def save(path, settings: dict, versions: dict, noise_run: dict, schedule: dict, reference: Capture,
-         floor: Capture | None, latents: list, frames: np.ndarray, denoiser: str) -> dict:
-    """Write the golden folder (to a temporary sibling, renamed into place when complete). Returns its summary."""
+         floor: Capture | None, latents: list, frames: np.ndarray, denoiser: str, input_patterns=(),
+         isolation_floors: dict | None = None) -> dict:
+    """Write the golden folder (to a temporary sibling, renamed into place when complete). Returns its summary.
+    `input_patterns`: "component.module" glob patterns whose modules' first-call inputs are saved whole (and their
+    float64 isolation floors), so a comparison against the golden can teacher-force them."""
     path = Path(path)
     tmp = path.with_name(path.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -105,16 +116,20 @@ def save(path, settings: dict, versions: dict, noise_run: dict, schedule: dict, 
         arrays[f"out/{i}"] = np.array(flat if row["stored"] == "full" else flat[sample_positions(key, flat.size)])
         rows.append(row)
     inputs = {}
-    for key in _gate_input_keys(reference, denoiser):
+    forced = [k for k in reference.inputs if input_patterns and _matches(k, input_patterns)]
+    for key in dict.fromkeys(_gate_input_keys(reference, denoiser) + forced):
         skel = reference.inputs[key]
         leaves = _leaves(skel, [])
-        if all(reference.store.get(k).size <= INPUT_MAX for k in leaves):
+        if key in forced or all(reference.store.get(k).size <= INPUT_MAX for k in leaves):
             inputs[f"{key[0]}|{key[1]}"] = skel
             for k in leaves:
                 arrays[f"in/{k}"] = np.ascontiguousarray(reference.store.get(k))
     meta = {"schema_version": SCHEMA_VERSION, "settings": settings, "versions": versions, "noise": noise_run,
             "schedule": {**schedule, "arrays": {k: v.tolist() for k, v in schedule["arrays"].items()}},
             "full_max": FULL_MAX, "sample": SAMPLE, "records": rows, "inputs": inputs,
+            "isolation": {"patterns": list(input_patterns), "modules": [f"{c}|{m}" for c, m in forced],
+                          "floors": {f"{c}|{m}": v for (c, m), v in (isolation_floors or {}).items()
+                                     if (c, m) in forced and isinstance(v, float)}},
             "steps_saved": len(latents), "full_capture_bytes": full_bytes}
     save_arrays(tmp / TENSORS_NAME, arrays)
     (tmp / JSON_NAME).write_text(json.dumps(meta, indent=1, default=_plain))
@@ -143,6 +158,10 @@ class _Arrays:
 
     def get(self, key):
         return self._arrays[f"in/{key}"]
+
+    def __contains__(self, key) -> bool:
+        """Inputs only: a golden holds no whole module outputs by the capture's keys (so no R/repro/ from it)."""
+        return isinstance(key, str) and f"in/{key}" in self._arrays
 
 
 class GoldenCapture(Capture):
@@ -217,4 +236,7 @@ class Golden:
         self.capture = GoldenCapture(meta, arrays)
         self.floor = _FloorRecords(meta)
         self.latents = [np.asarray(arrays[f"latents/{i}"]) for i in range(meta["steps_saved"])]
+        iso = meta.get("isolation") or {}
+        self.isolation_modules = [tuple(k.split("|", 1)) for k in iso.get("modules", [])]
+        self.isolation_floors = {tuple(k.split("|", 1)): v for k, v in iso.get("floors", {}).items()}
         self.frames = np.asarray(arrays["frames"])

@@ -58,7 +58,7 @@ def run_parity(src, out, converted=None, steps: int | None = None, frames: int |
                seed: int | None = None, height: int | None = None, width: int | None = None,
                decode_chunk_size: int | None = None, baseline=None, floor: bool = True, isolate: bool = True,
                weight_samples: int = 12, weight_tensors=(), weight_budget_s: float = 60.0,
-               isolate_depth: int | None = None, loras=(), save_golden=None, golden=None,
+               isolate_depth: int | None = None, loras=(), save_golden=None, golden=None, golden_inputs=(),
                log=print) -> dict:
     """Returns the report dict (also written to OUT/report.json, report.md, report.html and the frame images).
 
@@ -91,7 +91,7 @@ def run_parity(src, out, converted=None, steps: int | None = None, frames: int |
         if bad:
             raise ConversionError(f"{golden}: the golden reference ran other settings than asked: {', '.join(bad)}")
         steps, seed = gold.settings["steps"], gold.settings["seed"]
-        isolate, weight_samples, weight_tensors = False, 0, ()
+        isolate, weight_samples, weight_tensors = bool(gold.isolation_modules), 0, ()
     steps = 3 if steps is None else steps
     seed = 0 if seed is None else seed
     if steps < 1:
@@ -121,7 +121,9 @@ def run_parity(src, out, converted=None, steps: int | None = None, frames: int |
     }
     if gold is not None:
         settings.update(golden=str(golden), reference=f"golden reference ({gold.settings['reference']})",
-                        floor=gold.settings.get("floor"), isolation="needs the live reference (not in a golden)")
+                        floor=gold.settings.get("floor"),
+                        isolation=(f"the {len(gold.isolation_modules)} modules saved with --golden-inputs"
+                                   if gold.isolation_modules else "needs the live reference (not in the golden)"))
     if loras:  # (file, scale) pairs: fused on both sides (parity/lora.py)
         settings["loras"] = lora_mod.lora_records(loras)
     if base_report is not None:
@@ -177,7 +179,7 @@ def run_parity(src, out, converted=None, steps: int | None = None, frames: int |
     iso_floor, introduced, weight_rows, weight = {}, {}, [], None
     if gold is not None:  # the reference side from the golden: no PyTorch phase
         ref_cap, floor_cap, ref_schedule = gold.capture, gold.floor, gold.schedule
-        ref_latents, ref_frames = gold.latents, gold.frames
+        ref_latents, ref_frames, iso_floor = gold.latents, gold.frames, gold.isolation_floors
         our_cap.reference = ref_cap
         noise.runs.append(gold.noise_run)
     golden_info = {"compared_against": str(golden), "reference_versions": gold.versions} if gold is not None else None
@@ -224,7 +226,7 @@ def run_parity(src, out, converted=None, steps: int | None = None, frames: int |
                 golden_info = golden_mod.save(
                     save_golden, {k: v for k, v in settings.items() if k not in GOLDEN_OWN_SETTINGS}, versions(),
                     noise.runs[0], ref_schedule, ref_cap, floor_cap if floor else None, ref_latents, ref_frames,
-                    denoiser)
+                    denoiser, golden_inputs, iso_floor)
             del ref_pipe
             gc.collect()
 

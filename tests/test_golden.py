@@ -58,8 +58,8 @@ def wan_case(tmp_path_factory):
     src = build("wan-t2v-tiny")
     converted = tmp / "converted"
     convert_checkpoint(src, converted, progress=False)
-    live = run_parity(src, tmp / "live", converted=converted, steps=2, isolate=False, weight_samples=0,
-                      save_golden=tmp / "golden", log=lambda m: None)
+    live = run_parity(src, tmp / "live", converted=converted, steps=2, weight_samples=0, save_golden=tmp / "golden",
+                      golden_inputs=("transformer.blocks.1*",), log=lambda m: None)
     bad = tmp / "bad"
     shutil.copytree(converted, bad)
     f = bad / "transformer" / "mindspore_model.safetensors"
@@ -81,7 +81,8 @@ def test_golden_verdict_equals_live(wan_case):
                                                                        for x in live["layers"]}
     assert gold["frames"]["rel_l2"] == pytest.approx(live["frames"]["rel_l2"], rel=1e-6)
     assert gold["steps"]["blocks"] == live["steps"]["blocks"]
-    assert gold["settings"]["golden"] and "isolation" in gold["settings"]
+    assert gold["settings"]["golden"] and "--golden-inputs" in gold["settings"]["isolation"]
+    assert gold["isolation"]["passed"] and gold["isolation"]["isolated"] > 20
     # whole-stored outputs give the live numbers; sampled ones are estimates of the same size
     live_rows = {(x["component"], x["module"]): x["rel_l2"] for x in live["layers"]}
     for x in gold["layers"]:
@@ -100,6 +101,8 @@ def test_without_torch_pass_and_planted_swap(wan_case, no_torch_site, tmp_path):
                              "--out", str(tmp_path / "bad"), "--junit-xml", str(tmp_path / "bad.xml"))
     assert fail.returncode == 1, fail.stderr[-2000:]
     assert "first divergence: transformer.blocks.1.attn1" in fail.stdout, fail.stdout
+    # teacher forcing of the modules saved with --golden-inputs, still without torch
+    assert "isolation: transformer.blocks.1.attn1.to_q introduces" in fail.stdout, fail.stdout
     failures = [c for c in ET.parse(tmp_path / "bad.xml").getroot().iter("testcase") if c.find("failure") is not None]
     assert any(c.get("name").startswith("blocks.1.attn1") for c in failures)
 
