@@ -223,11 +223,10 @@ def conv2d(x: Tensor, w: Tensor, b: Tensor | None, stride=(1, 1), padding=(0, 0)
 
 
 def conv3d(x: Tensor, w: Tensor, b: Tensor | None, padding=(0, 0, 0), stride=(1, 1, 1)) -> Tensor:
-    """3D convolution: the mp_conv kernel on CPU ((kt, 3, 3) kernels on frames of 32x32 and up as Winograd F(2x2, 3x3)
-    per frame, temporal
-    (kt, 1, 1) kernels as frame-shifted sgemms, strides computed directly, not subsampled); without it and where
-    native conv is slow, kt 2D convolutions over frame-shifted inputs summed (frames folded into the batch, reusing
-    conv2d's path; a time stride keeps every stride-th frame of the stride-1 result)."""
+    """3D convolution: the mp_conv kernel on CPU ((kt, 3, 3) kernels on frames of 32x32 and up as Winograd
+    F(2x2, 3x3) per frame, temporal (kt, 1, 1) kernels as frame-shifted sgemms, strides computed directly, not
+    subsampled); without it and where native conv is slow, kt 2D convolutions over frame-shifted inputs summed
+    (frames folded into the batch, reusing conv2d's path; a time stride keeps every stride-th frame)."""
     stride = tuple(int(s) for s in stride)
     if _use_conv_kernel(x, w, b):
         return _conv_kernel(x, w, b, stride, padding, 1)

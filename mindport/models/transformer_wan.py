@@ -8,8 +8,9 @@ Norms, modulation and rotary positions are computed in float32 whatever the weig
 
 Written for MindSpore on CPU (see shared/design.md): broadcasting elementwise ops are 10-30x slower there than
 same-shape ones, so the per-sample modulation is folded into the fused LayerNorm's weight and bias, gates are tiled
-to the tokens' shape, RMS norms use matmuls for their row reductions, and rotary tables are built on the host once
-per forward at the tokens' full shape.
+to the tokens' shape, and rotary tables are built on the host once per forward at the tokens' full shape. RMS norms,
+rotary positions and the tanh GELU are one kernel each on CPU (backend.rms_norm / rotary_pairs / gelu_tanh; their
+MindSpore-ops fallbacks use matmuls for row reductions and the pair swap).
 """
 
 from __future__ import annotations
