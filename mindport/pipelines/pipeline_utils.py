@@ -155,6 +155,26 @@ class DiffusionPipeline:
                 index[key] = getattr(self, key)
         (root / "model_index.json").write_text(json.dumps(index, indent=2, sort_keys=True))
 
+    # VAE memory switches, as diffusers' pipelines spell them (the VAE's own enable_slicing / enable_tiling)
+    def _vae_switch(self, method: str) -> None:
+        vae = getattr(self, "vae", None)
+        if vae is None or not hasattr(vae, method):
+            raise ValueError(f"{type(self).__name__}: its VAE ({type(vae).__name__}) has no {method}; slicing and "
+                             "tiling are ported for AutoencoderKL (AnimateDiff, I2VGen-XL)")
+        getattr(vae, method)()
+
+    def enable_vae_slicing(self):
+        self._vae_switch("enable_slicing")
+
+    def disable_vae_slicing(self):
+        self._vae_switch("disable_slicing")
+
+    def enable_vae_tiling(self):
+        self._vae_switch("enable_tiling")
+
+    def disable_vae_tiling(self):
+        self._vae_switch("disable_tiling")
+
     # progress bars, as diffusers' set_progress_bar_config
     def set_progress_bar_config(self, **kwargs):
         self._progress = kwargs
