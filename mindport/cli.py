@@ -71,6 +71,7 @@ def cmd_export(a) -> int:
 def cmd_parity(a) -> int:
     from mindport.lora import parse_lora_spec
     from parity.harness import run_parity
+    from parity.report_format import divergence_summary
 
     if a.golden_inputs and a.save_golden is None:
         raise ValueError("--golden-inputs names what --save-golden saves: give --save-golden G too")
@@ -96,13 +97,7 @@ def cmd_parity(a) -> int:
                         golden_inputs=tuple(a.golden_inputs or ()),
                         log=lambda m: print(m, file=sys.stderr))
     f = report["frames"]
-    fd = report["first_divergence"]
-    if fd is None:
-        where = "none"
-    elif fd.get("kind") == "gate":
-        where = f"gate {fd['gate']}: {fd['detail']}"
-    else:
-        where = f"{fd['component']}.{fd['module']} (rel L2 {fd['rel_l2']:.3e}, bound {fd['bound']:.1e})"
+    where = divergence_summary(report["first_divergence"])
     print(f"parity {'PASSED' if report['passed'] else 'FAILED'}: frames rel L2 {f['rel_l2']:.3e}, PSNR {f['psnr']:.1f} dB; "
           f"{report['coverage']['compared_modules']} modules compared; first divergence: {where}")
     iso = report.get("isolation") or {}

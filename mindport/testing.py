@@ -49,13 +49,10 @@ def assert_parity(golden, converted, dtype: str = "fp32", out=None, frames: floa
 
 
 def _describe(report: dict) -> str:
+    from parity.report_format import divergence_summary
+
     fd = report["first_divergence"]
+    where = "no module beyond its bound" if fd is None else (
+        divergence_summary(fd) if fd.get("kind") == "gate" else f"first diverging module {divergence_summary(fd)}")
     f = report["frames"]
-    if fd is None:
-        where = "no module beyond its bound"
-    elif fd.get("kind") == "gate":
-        where = f"gate {fd['gate']}: {fd['detail']}"
-    else:
-        where = (f"first diverging module {fd['component']}.{fd['module']} (call {fd.get('call')}, step "
-                 f"{fd.get('step')}): rel L2 {fd['rel_l2']:.3e} > bound {fd['bound']:.1e}")
     return f"{where}; frames rel L2 {f['rel_l2']:.3e}" + (f"; problems: {report['problems']}" if report["problems"] else "")

@@ -191,6 +191,16 @@ def module_row(r: dict, with_bounds: bool) -> list:
     return row + [r["passed"] if "error" not in r else f"False ({r['error']})"]
 
 
+def divergence_summary(fd: dict | None) -> str:
+    """One plain line for a first divergence: "none", "gate NAME: detail" or "component.module (rel L2 x, bound y)"
+    (the command's summary line and mindport.testing's assertion message)."""
+    if fd is None:
+        return "none"
+    if fd.get("kind") == "gate":
+        return f"gate {fd['gate']}: {fd['detail']}"
+    return f"{fd['component']}.{fd['module']} (rel L2 {fd['rel_l2']:.3e}, bound {fd['bound']:.1e})"
+
+
 def describe_divergence(fd: dict) -> str:
     if fd.get("kind") == "gate":
         return f"gate `{fd.get('gate')}` failed: {fd.get('detail', '')}"

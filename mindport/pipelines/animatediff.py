@@ -62,14 +62,6 @@ class AnimateDiffPipeline(LoraLoaderMixin, DiffusionPipeline):
         self.vae_scale_factor = ip.vae_scale_factor(vae.config if vae is not None else None)
         self._guidance_scale = 7.5
 
-    @property
-    def guidance_scale(self) -> float:
-        return self._guidance_scale
-
-    @property
-    def do_classifier_free_guidance(self) -> bool:
-        return self._guidance_scale > 1
-
     # 1. text embeddings ------------------------------------------------------------------------------------------
     def encode_prompt(self, prompt, num_videos_per_prompt: int = 1, do_classifier_free_guidance: bool = True,
                       negative_prompt=None, prompt_embeds=None, negative_prompt_embeds=None,

@@ -60,15 +60,6 @@ class I2VGenXLPipeline(DiffusionPipeline):
         super().__init__(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, image_encoder=image_encoder,
                          feature_extractor=feature_extractor or {}, unet=unet, scheduler=scheduler)
         self.vae_scale_factor = ip.vae_scale_factor(vae.config if vae is not None else None)
-        self._guidance_scale = 1.0
-
-    @property
-    def guidance_scale(self) -> float:
-        return self._guidance_scale
-
-    @property
-    def do_classifier_free_guidance(self) -> bool:
-        return self._guidance_scale > 1
 
     # 1. text ---------------------------------------------------------------------------------------------------------
     def encode_prompt(self, prompt, num_videos_per_prompt: int, negative_prompt=None, prompt_embeds=None,

@@ -155,6 +155,17 @@ class DiffusionPipeline:
                 index[key] = getattr(self, key)
         (root / "model_index.json").write_text(json.dumps(index, indent=2, sort_keys=True))
 
+    # classifier-free guidance, as diffusers' text-guided pipelines expose it (`__call__` sets _guidance_scale)
+    _guidance_scale = 1.0
+
+    @property
+    def guidance_scale(self) -> float:
+        return self._guidance_scale
+
+    @property
+    def do_classifier_free_guidance(self) -> bool:
+        return self._guidance_scale > 1
+
     # VAE memory switches, as diffusers' pipelines spell them (the VAE's own enable_slicing / enable_tiling)
     def _vae_switch(self, method: str) -> None:
         vae = getattr(self, "vae", None)

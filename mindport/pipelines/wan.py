@@ -83,15 +83,6 @@ class _WanPipelineBase(DiffusionPipeline):
                                              or (2 ** sum(bool(d) for d in down) if down else 4))
         self.vae_scale_factor_spatial = int(vae_cfg.get("scale_factor_spatial")
                                             or (2 ** (len(mult) - 1) if mult else 8))
-        self._guidance_scale = 1.0
-
-    @property
-    def guidance_scale(self) -> float:
-        return self._guidance_scale
-
-    @property
-    def do_classifier_free_guidance(self) -> bool:
-        return self._guidance_scale > 1.0
 
     @property
     def _denoiser(self):
