@@ -42,20 +42,25 @@ parity-full: $(STAMP)
 	$(BIN)/python -m parity.full summary; exit $$status
 
 # Wan 2.1 at released size (random weights; not CI), one target per piece so that none runs longer than an hour on
-# 2 cores. Whole components as above; UMT5-XXL (5.7 B) and the I2V 14B transformer (16.4 B) do not fit in memory and
-# are compared streamed, block by block, from a bf16 checkpoint written for the run (11 / 33 GB on disk) and deleted
-# after it (peak memory about one block; see parity/full/streamed.py). Each writes its rows into
-# reports/full/NAME/components/{fp32,fp16}/components.json.
-.PHONY: parity-full-wan parity-full-wan-t2v parity-full-wan-umt5 parity-full-wan-i2v-clip parity-full-wan-i2v-transformer
-parity-full-wan: parity-full-wan-t2v parity-full-wan-umt5 parity-full-wan-i2v-clip parity-full-wan-i2v-transformer
-parity-full-wan-t2v: $(STAMP)  # 1.3B transformer, VAE encode / decode (whole, fp32 and fp16): ~30 min
+# 2 cores (times measured on this 2-core machine under load average 8-14 from other work; quiet, about half).
+# Whole components as above; UMT5-XXL (5.7 B) and the I2V 14B transformer (16.4 B) do not fit in memory and are
+# compared streamed, block by block, from a bf16 checkpoint written for the run (11 / 33 GB on disk) and deleted
+# after it (peak anonymous memory 2.7 / 4.7 GB; parity/full/streamed.py). Each writes its rows into
+# reports/full/NAME/components/{fp32,fp16}/components.json. `python -m parity.full summary --print` shows the table.
+.PHONY: parity-full-wan parity-full-wan-t2v parity-full-wan-umt5 parity-full-wan-i2v-clip \
+	parity-full-wan-i2v-transformer parity-full-wan-i2v-transformer-fp16
+parity-full-wan: parity-full-wan-t2v parity-full-wan-umt5 parity-full-wan-i2v-clip parity-full-wan-i2v-transformer \
+	parity-full-wan-i2v-transformer-fp16
+parity-full-wan-t2v: $(STAMP)  # 1.3B transformer (peak 11 GB: its float64 floor copy), VAE encode / decode: ~15 min
 	$(BIN)/python -m parity.full components wan2.1-t2v-1.3b --only transformer --only vae.encode --only vae.decode
-parity-full-wan-umt5: $(STAMP)  # UMT5-XXL text encoder, streamed (fp32 and fp16 against one reference pass): ~40 min
+parity-full-wan-umt5: $(STAMP)  # UMT5-XXL streamed, fp32 and fp16 against one reference pass: ~45 min
 	$(BIN)/python -m parity.full components wan2.1-t2v-1.3b --only text_encoder
-parity-full-wan-i2v-clip: $(STAMP)  # CLIP ViT-H/14 image encoder (whole): ~10 min
+parity-full-wan-i2v-clip: $(STAMP)  # CLIP ViT-H/14 image encoder (whole): ~8 min
 	$(BIN)/python -m parity.full components wan2.1-i2v-14b-480p --only image_encoder
-parity-full-wan-i2v-transformer: $(STAMP)  # I2V 14B transformer, streamed, fp32 only: ~50 min
-	$(BIN)/python -m parity.full components wan2.1-i2v-14b-480p --only transformer --dtype fp32
+parity-full-wan-i2v-transformer: $(STAMP)  # 14B transformer streamed, fp32 with floors: ~55 min (12 of them writing)
+	$(BIN)/python -m parity.full components wan2.1-i2v-14b-480p --only transformer --dtype fp32 --keep
+parity-full-wan-i2v-transformer-fp16: $(STAMP)  # the same checkpoint, fp16, no float64 pass: ~25 min; deletes it
+	$(BIN)/python -m parity.full components wan2.1-i2v-14b-480p --only transformer --dtype fp16 --no-floor
 
 clean:
 	rm -rf build out .pytest_cache
