@@ -111,6 +111,16 @@ PIPELINES = (
         loads_from=("StableDiffusionPipeline",),
     ),
     Pipeline(
+        "AnimateDiffVideoToVideoPipeline", "AnimateDiff video-to-video", "animatediff_video2video",
+        components={"vae": ("AutoencoderKL",), "text_encoder": ("CLIPTextModel", "CLIPTextModelWithProjection"),
+                    "tokenizer": TOKENIZERS, "unet": ("UNetMotionModel", "UNet2DConditionModel"),
+                    "motion_adapter": ("MotionAdapter",), "scheduler": ("DDIMScheduler", "EulerDiscreteScheduler"),
+                    "feature_extractor": IMAGE_PROCESSORS, "image_encoder": ("CLIPVisionModelWithProjection",)},
+        compared=("text_encoder", "unet", "vae"),
+        adapter="animatediff_video2video", fixtures=("animatediff-v2v-tiny", "animatediff-v2v-tiny-3level"),
+        loads_from=("StableDiffusionPipeline", "AnimateDiffPipeline"),
+    ),
+    Pipeline(
         "I2VGenXLPipeline", "I2VGen-XL", "i2vgen_xl",
         components={"vae": ("AutoencoderKL",), "text_encoder": ("CLIPTextModel",), "tokenizer": TOKENIZERS,
                     "image_encoder": ("CLIPVisionModelWithProjection",), "feature_extractor": IMAGE_PROCESSORS,

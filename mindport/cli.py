@@ -135,7 +135,8 @@ GENERATE_ARGUMENTS = {"prompt": "prompt", "negative_prompt": "negative_prompt", 
                       "steps": "num_inference_steps", "height": "height", "width": "width",
                       "guidance_scale": "guidance_scale", "min_guidance_scale": "min_guidance_scale",
                       "max_guidance_scale": "max_guidance_scale", "fps": "fps", "motion_bucket_id": "motion_bucket_id",
-                      "noise_aug_strength": "noise_aug_strength", "decode_chunk_size": "decode_chunk_size"}
+                      "noise_aug_strength": "noise_aug_strength", "decode_chunk_size": "decode_chunk_size",
+                      "video": "video", "strength": "strength"}
 POSITIVE = ("frames", "steps", "height", "width", "decode_chunk_size", "fps")
 DEFAULT_FPS = 8
 
@@ -184,7 +185,7 @@ def cmd_generate(a) -> int:
     from converters.sources import resolve
     from mindport import backend
     from mindport.models import model_class
-    from mindport.utils import load_image
+    from mindport.utils import load_image, load_video
 
     for flag in POSITIVE:
         value = getattr(a, flag)
@@ -202,6 +203,8 @@ def cmd_generate(a) -> int:
                     if GENERATE_ARGUMENTS[flag] not in takes and flag != "fps")
     if unused:
         raise ValueError(f"{name} does not take {', '.join(unused)}")
+    if "video" in given:
+        given["video"] = load_video(given["video"])
     if "image" in given:
         given["image"] = load_image(given["image"])
         for flag, size in (("height", given["image"].height), ("width", given["image"].width)):
@@ -326,6 +329,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--noise-aug-strength", type=float, help="SVD (default 0.02)")
     g.add_argument("--decode-chunk-size", type=int, help="frames decoded at a time (SVD, AnimateDiff, I2VGen-XL)")
     g.add_argument("--motion-adapter", help="AnimateDiff on an SD 1.5 base folder: this MotionAdapter folder or id")
+    g.add_argument("--video", help="input video for video-to-video (AnimateDiff video-to-video): .gif, .mp4 or a "
+                                   "folder of frames")
+    g.add_argument("--strength", type=float, help="video-to-video: how much of the input is re-noised (default 0.8)")
     g.add_argument("--seed", type=int, default=42)
     g.add_argument("--fps", type=int, help=f"frame rate of the written video (default {DEFAULT_FPS}); SVD also "
                                             "conditions on it (its default 7)")

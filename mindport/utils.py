@@ -27,6 +27,29 @@ def randn(generator, shape, dtype=np.float32) -> np.ndarray:
     return generator.standard_normal(shape).astype(dtype)
 
 
+def load_video(path) -> list:
+    """A .gif / .mp4 (any format imageio reads) or a folder of image files (sorted by name) -> a list of RGB PIL
+    frames."""
+    from pathlib import Path
+
+    p = Path(path)
+    if not p.exists():
+        raise FileNotFoundError(f"{p}: no such video file or frame folder")
+    if p.is_dir():
+        files = sorted(f for f in p.iterdir() if f.suffix.lower() in (".png", ".jpg", ".jpeg", ".webp", ".bmp"))
+        if not files:
+            raise ValueError(f"{p}: a frame folder with no .png / .jpg / .webp / .bmp files")
+        return [PIL.Image.open(f).convert("RGB") for f in files]
+    import imageio.v3 as iio
+
+    try:
+        frames = iio.imread(p, index=None)
+    except Exception as e:  # imageio raises many kinds for unreadable files
+        raise ValueError(f"{p}: cannot be read as a video ({type(e).__name__}: {str(e).splitlines()[0][:120]})") from None
+    frames = frames if frames.ndim == 4 else frames[None]
+    return [PIL.Image.fromarray(np.asarray(f)[..., :3]).convert("RGB") for f in frames]
+
+
 def load_image(image, convert_method=None) -> PIL.Image.Image:
     """A path, an http(s) URL or a PIL image -> an RGB PIL image (EXIF orientation applied)."""
     if isinstance(image, str):

@@ -21,7 +21,7 @@ from converters.sources import read_json
 FIXTURE_META = "mindport_fixture.json"  # written into a fixture folder by parity.fixtures (preset, seed, spec)
 # keys a fixture preset's `run` may set (parity settings and the sampler settings the adapters read)
 RUN_KEYS = ("height", "width", "frames", "guidance_scale", "min_guidance_scale", "max_guidance_scale", "eta",
-            "decode_chunk_size")
+            "decode_chunk_size", "strength")
 
 
 class PipelineAdapter:

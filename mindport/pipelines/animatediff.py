@@ -216,8 +216,6 @@ class AnimateDiffPipeline(LoraLoaderMixin, DiffusionPipeline):
         prompt_embeds, negative_prompt_embeds = self.encode_prompt(
             prompt, num_videos_per_prompt, self.do_classifier_free_guidance, negative_prompt, prompt_embeds,
             negative_prompt_embeds, clip_skip)
-        context = ops.cat([negative_prompt_embeds, prompt_embeds]) if self.do_classifier_free_guidance else prompt_embeds
-        context = ops.repeat_interleave(context, num_frames, 0)
 
         # 2. timesteps and initial latents (B*n, C, F, h, w)
         self.scheduler.set_timesteps(num_inference_steps)
@@ -226,7 +224,17 @@ class AnimateDiffPipeline(LoraLoaderMixin, DiffusionPipeline):
                                        height, width, prompt_embeds.dtype, generator, latents)
         extra_step_kwargs = self.prepare_extra_step_kwargs(generator, eta)
 
-        # 3. denoising loop
+        # 3. denoising loop, 4. decode and post-process
+        latents = self.denoise(latents, timesteps, prompt_embeds, negative_prompt_embeds, extra_step_kwargs,
+                               callback_on_step_end, callback_on_step_end_tensor_inputs)
+        return self.finish(latents, output_type, decode_chunk_size, return_dict)
+
+    def denoise(self, latents: Tensor, timesteps, prompt_embeds, negative_prompt_embeds, extra_step_kwargs: dict,
+                callback_on_step_end=None, callback_on_step_end_tensor_inputs=("latents",)) -> Tensor:
+        """The guided denoising loop over `timesteps` from `latents` (B, C, F, h, w) (shared with video-to-video)."""
+        num_frames = latents.shape[2]
+        context = ops.cat([negative_prompt_embeds, prompt_embeds]) if self.do_classifier_free_guidance else prompt_embeds
+        context = ops.repeat_interleave(context, num_frames, 0)
         with self.progress_bar(total=len(timesteps)) as bar:
             for i, t in enumerate(timesteps):
                 model_input = ops.cat([latents, latents]) if self.do_classifier_free_guidance else latents
@@ -234,7 +242,7 @@ class AnimateDiffPipeline(LoraLoaderMixin, DiffusionPipeline):
                 noise_pred = self.unet(model_input, t, encoder_hidden_states=context).sample
                 if self.do_classifier_free_guidance:
                     uncond, cond = ops.chunk(noise_pred, 2)
-                    noise_pred = uncond + guidance_scale * (cond - uncond)
+                    noise_pred = uncond + self.guidance_scale * (cond - uncond)
                 latents = self.scheduler.step(noise_pred, t, latents, **extra_step_kwargs).prev_sample
                 if callback_on_step_end is not None:
                     local = {"latents": latents, "prompt_embeds": prompt_embeds,
@@ -249,8 +257,10 @@ class AnimateDiffPipeline(LoraLoaderMixin, DiffusionPipeline):
                                    if self.do_classifier_free_guidance else prompt_embeds)
                         context = ops.repeat_interleave(context, num_frames, 0)
                 bar.update()
+        return latents
 
-        # 4. decode and post-process
+    def finish(self, latents: Tensor, output_type: str, decode_chunk_size: int, return_dict: bool):
+        """Decode and post-process (or the latents), in the pipeline's return convention."""
         if output_type == "latent":
             frames = latents
         else:
