@@ -126,7 +126,9 @@ def test_run_settings_are_the_declared_ones(preset, tmp_path):
     settings = adapter.settings(tmp_path)  # no configs at all: diffusers' defaults underneath
     assert {k: settings[k] for k in run} == run
     assert adapter.settings(tmp_path, frames=2, height=8)["frames"] == 2
-    assert adapter.call_kwargs({**settings, "seed": 0, "steps": 1})["num_frames"] == run["frames"]
+    kwargs = adapter.call_kwargs({**settings, "seed": 0, "steps": 1})
+    # the frames asked for (video-to-video: the input video's length)
+    assert (len(kwargs["video"]) if "video" in kwargs else kwargs["num_frames"]) == run["frames"]
 
 
 def test_an_unknown_run_setting_is_refused(tmp_path):
