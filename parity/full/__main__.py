@@ -65,7 +65,7 @@ def main(argv=None) -> int:
     one.add_argument("--json", required=True)
     a = p.parse_args(argv)
     if a.cmd == "stream":
-        from .streamed import stream_folder
+        from .components import stream_folder
 
         try:
             return stream_folder(a.folder, a.out, a.dtype or ["fp32"], a.feed, not a.no_floor, a.seed,
