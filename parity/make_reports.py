@@ -33,7 +33,11 @@ CASES = [
     ("wan-t2v-tiny-varied/fp32", "wan-t2v-tiny-varied", "fp32", 3),
     ("wan-i2v-tiny/fp32", "wan-i2v-tiny", "fp32", 3),
     ("wan-i2v-tiny/fp16", "wan-i2v-tiny", "fp16", 3),
+    ("animatediff-tiny-lora/fp32", "animatediff-tiny", "fp32", 3),
 ]
+# cases run with LoRAs fused on both sides: the seeded (style, motion) LoRA files of parity.lora.tiny_loras, at
+# these scales
+LORA_SCALES = {"animatediff-tiny-lora/fp32": (0.8, 1.2)}
 
 
 def summary_table(reports: dict[str, dict], prefix: str = "reports/") -> str:
@@ -63,6 +67,7 @@ def main() -> int:
 
     from .fixtures import build
     from .harness import run_parity
+    from .lora import tiny_loras
 
     backend.init_context()
     results = {}
@@ -71,7 +76,9 @@ def main() -> int:
         if only and not any(name.startswith(o) for o in only):
             continue
         print(f"== {name}", file=sys.stderr)
-        results[name] = run_parity(build(preset), REPORTS / name, dtype=dtype, steps=steps,
+        folder = build(preset)
+        loras = list(zip(tiny_loras(folder), LORA_SCALES[name])) if name in LORA_SCALES else ()
+        results[name] = run_parity(folder, REPORTS / name, dtype=dtype, steps=steps, loras=loras,
                                    log=lambda m: print(f"   {m}", file=sys.stderr))
     for name, *_ in CASES:  # the table covers every committed report, regenerated now or not
         path = REPORTS / name / "report.json"
