@@ -13,6 +13,7 @@ matters). `<C>` is the component (`unet` or `text_encoder`), `<P>` a module path
     diffusers, older        <C>.<P>.lora.down.weight, .lora_linear_layer.up.weight, <C>.<P>.alpha
                             unet.<attn>.processor.to_{q,k,v,out}_lora.{down,up}.weight  -> <attn>.to_{q,k,v,out.0}
                             text_encoder.<...self_attn>.to_{q,k,v,out}_lora.*          -> <...>.{q,k,v,out}_proj
+    mindport convert-lora   <C>.<P>.lora_down.weight, <C>.<P>.lora_up.weight, <C>.<P>.lora_alpha (float64)
     kohya / A1111           lora_unet_<P with _ for .>.lora_{down,up}.weight, .alpha  (LoCon convs alike)
                             lora_te_<P with _ for .>.*                                  (the text encoder)
     AnimateDiff release     <block>.motion_modules.J.temporal_transformer.transformer_blocks.K.attention_blocks.N
@@ -82,6 +83,11 @@ LORA_RULES: tuple[LoraRule, ...] = (
     LoraRule(r"lora_unet_(\w+)\.alpha", "unet", r"\1", "alpha", "kohya"),
     LoraRule(r"lora_te_(\w+)\.lora_(down|up)\.weight", "text_encoder", r"\1", r"\2", "kohya"),
     LoraRule(r"lora_te_(\w+)\.alpha", "text_encoder", r"\1", "alpha", "kohya"),
+    # `mindport convert-lora` output: the module paths exactly as mindport names them, the effective alpha beside
+    LoraRule(_C + r"\.(.+)\.lora_(down|up)\.weight", r"\1", r"\2", r"\3", "mindport",
+             "mindport convert-lora: <component>.<module path>.lora_down/lora_up"),
+    LoraRule(_C + r"\.(.+)\.lora_alpha", r"\1", r"\2", "alpha", "mindport",
+             "mindport convert-lora: alpha such that alpha / rank is the file's scale"),
     # the original AnimateDiff motion LoRAs (v2_lora_*.ckpt): attention_blocks.N is attnN+1
     LoraRule(_MM + r"\.attention_blocks\.0\.processor\.(to_q|to_k|to_v)_lora\.(down|up)\.weight", "unet",
              r"\1.motion_modules.\2.transformer_blocks.\3.attn1.\4", r"\5", "animatediff-original"),

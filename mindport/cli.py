@@ -52,6 +52,16 @@ def cmd_convert(a) -> int:
     return EXIT_OK
 
 
+def cmd_convert_lora(a) -> int:
+    from mindport.lora import CONVERTED_LORA, convert_lora_file
+
+    info = convert_lora_file(a.file, a.out, a.pipeline, overwrite=a.overwrite)
+    ranks = sorted({m["rank"] for m in info["modules"].values()})
+    print(f"converted LoRA {a.file} ({'/'.join(info['source_layouts'])}) -> {Path(a.out) / CONVERTED_LORA}: "
+          f"{len(info['modules'])} modules, ranks {ranks}; load it with pipe.load_lora_weights({str(a.out)!r})")
+    return EXIT_OK
+
+
 def cmd_export(a) -> int:
     from converters.export import export
 
@@ -269,6 +279,15 @@ def build_parser() -> argparse.ArgumentParser:
                         "file's alpha / rank); the manifest records file, sha256, scale and the weights touched")
     c.add_argument("--overwrite", action="store_true", help="replace DST if it exists")
     c.set_defaults(fn=cmd_convert)
+
+    cl = sub.add_parser("convert-lora", help="write a LoRA file in mindport's module naming (safetensors + JSON: "
+                                             "layouts, ranks, alphas, source sha256), for load_lora_weights")
+    cl.add_argument("file", help="the LoRA: peft/diffusers, kohya/A1111 or AnimateDiff motion LoRA")
+    cl.add_argument("out", help="output folder (mindport_lora.safetensors, mindport_lora.json)")
+    cl.add_argument("--pipeline", required=True,
+                    help="a folder written by `mindport convert` whose unet / text_encoder the LoRA is for")
+    cl.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
+    cl.set_defaults(fn=cmd_convert_lora)
 
     e = sub.add_parser("export", help="export a mindport folder (convert or save_pretrained output) to PyTorch: a "
                                       "diffusers folder or the original single-file layouts")

@@ -384,17 +384,16 @@ def parse_lora_spec(spec: str) -> tuple[str, float]:
     return str(spec), 1.0
 
 
-def fuse_into_converted(folder, loras: list[tuple[str, float]]) -> list[dict]:
-    """Fuse LoRA files (each with its scale, times alpha / rank) into the unet / text_encoder weights of a folder
-    written by `mindport convert`. Every file is mapped and checked against the models built from the folder's
-    configs before any weight file is rewritten. Returns the manifest records: file, sha256, scale, layouts and the
-    parameters touched."""
-    from converters.safetensors_io import RawSpan, read_header, write_safetensors
-    from converters.sources import CONVERTED_WEIGHTS, read_json
+def folder_lora_targets(folder) -> dict:
+    """{component: {module path: weight shape}} of the unet / text_encoder a `mindport convert` folder holds, from
+    the models built from its configs (no weights read)."""
+    from converters.sources import read_json
 
     from .models import model_class
 
     folder = Path(folder)
+    if not (folder / "model_index.json").is_file():
+        raise ConversionError(f"{folder}: not a folder written by `mindport convert` (no model_index.json)")
     index = read_json(folder / "model_index.json")
     models = {}
     for comp in LORA_COMPONENTS:
@@ -404,7 +403,72 @@ def fuse_into_converted(folder, loras: list[tuple[str, float]]) -> list[dict]:
     if not models:
         raise ConversionError(f"{folder}: holds no unet or text_encoder for a LoRA (model_index.json components: "
                               f"{sorted(k for k in index if not k.startswith('_'))})")
-    targets = {c: {p: tuple(layer.weight.shape) for p, layer in lora_targets(m).items()} for c, m in models.items()}
+    return {c: {p: tuple(layer.weight.shape) for p, layer in lora_targets(m).items()} for c, m in models.items()}
+
+
+CONVERTED_LORA = "mindport_lora.safetensors"
+CONVERTED_LORA_INFO = "mindport_lora.json"
+
+
+def convert_lora_file(file, out, pipeline, overwrite: bool = False) -> dict:
+    """`mindport convert-lora FILE OUT --pipeline DIR`: the LoRA itself in mindport's module naming, for the models
+    of the converted folder DIR: OUT/mindport_lora.safetensors (`<component>.<path>.lora_down.weight` /
+    `.lora_up.weight` in float32, `.lora_alpha` a float64 scalar with alpha / rank = the file's scale) and
+    OUT/mindport_lora.json (source file and sha256, its layouts, each module's rank, alpha and scale).
+    `load_lora_weights(OUT)` reads it like any LoRA. Every key is mapped and checked and every tensor read before
+    anything is written; OUT appears complete or not at all."""
+    from converters.safetensors_io import write_safetensors
+
+    file, out = Path(file), Path(out)
+    if out.exists() and not overwrite:
+        raise ConversionError(f"{out}: already exists (pass --overwrite to replace it)")
+    targets = folder_lora_targets(pipeline)
+    tensors, metadata = read_lora_file(file)
+    plan = map_lora(tensors, metadata, targets, str(file))
+    entries, modules = [], {}
+    for e in plan.entries:
+        try:
+            down, up = np.asarray(e.down.load(), np.float32), np.asarray(e.up.load(), np.float32)
+        except ConversionError:
+            raise
+        except Exception as err:
+            raise ConversionError(f"{file}: cannot read {e.keys[0]!r} ({type(err).__name__})") from None
+        if not (np.isfinite(down).all() and np.isfinite(up).all()):
+            raise ConversionError(f"{file}: the LoRA of {e.component}.{e.path} holds non-finite values")
+        name = f"{e.component}.{e.path}"
+        alpha = np.asarray(e.scale * e.rank, np.float64)
+        entries += [(f"{name}.lora_down.weight", down.shape, "F32", lambda a=down: a),
+                    (f"{name}.lora_up.weight", up.shape, "F32", lambda a=up: a),
+                    (f"{name}.lora_alpha", (), "F64", lambda a=alpha: a)]
+        modules[name] = {"kind": e.kind, "rank": e.rank, "alpha": e.alpha, "scale": e.scale,
+                         "source_keys": list(e.keys)}
+    info = {"format": "mindport-lora", "version": 1, "source": str(file), "source_sha256": _sha256(file),
+            "source_layouts": plan.layouts, "pipeline": str(pipeline), "modules": modules}
+    stage = out.parent / f".{out.name}.lora-{os.getpid()}"
+    shutil.rmtree(stage, ignore_errors=True)
+    try:
+        stage.mkdir(parents=True)
+        write_safetensors(stage / CONVERTED_LORA, entries, {"format": "mindport-lora"})
+        (stage / CONVERTED_LORA_INFO).write_text(json.dumps(info, indent=2))
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(stage, out)
+    except BaseException:
+        shutil.rmtree(stage, ignore_errors=True)
+        raise
+    return info
+
+
+def fuse_into_converted(folder, loras: list[tuple[str, float]]) -> list[dict]:
+    """Fuse LoRA files (each with its scale, times alpha / rank) into the unet / text_encoder weights of a folder
+    written by `mindport convert`. Every file is mapped and checked against the models built from the folder's
+    configs before any weight file is rewritten. Returns the manifest records: file, sha256, scale, layouts and the
+    parameters touched."""
+    from converters.safetensors_io import RawSpan, read_header, write_safetensors
+    from converters.sources import CONVERTED_WEIGHTS
+
+    folder = Path(folder)
+    targets = folder_lora_targets(folder)
     # 1. every file mapped and checked, every pair read
     per_param: dict[tuple[str, str], list] = {}
     records = []
