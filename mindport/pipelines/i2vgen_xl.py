@@ -26,6 +26,7 @@ from mindspore import Tensor, ops
 
 from .. import backend
 from .. import image_processing as ip
+from ..lora import LoraLoaderMixin
 from ..modeling import required_config
 from ..utils import randn
 from .pipeline_utils import DiffusionPipeline, PipelineOutput, encode_text
@@ -55,7 +56,7 @@ def _crop_size(feature_extractor: dict) -> tuple[int, int]:
     return int(cs), int(cs)
 
 
-class I2VGenXLPipeline(DiffusionPipeline):
+class I2VGenXLPipeline(LoraLoaderMixin, DiffusionPipeline):
     def __init__(self, vae, text_encoder, tokenizer, image_encoder, feature_extractor, unet, scheduler):
         super().__init__(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, image_encoder=image_encoder,
                          feature_extractor=feature_extractor or {}, unet=unet, scheduler=scheduler)

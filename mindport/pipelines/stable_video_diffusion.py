@@ -12,6 +12,7 @@ from mindspore import Tensor, ops
 
 from .. import backend
 from .. import image_processing as ip
+from ..lora import LoraLoaderMixin
 from ..modeling import required_config
 from ..utils import randn
 from .pipeline_utils import DiffusionPipeline, PipelineOutput
@@ -36,7 +37,7 @@ def postprocess_video(video: np.ndarray, output_type: str):
     return [ip.numpy_to_pil(v) for v in frames]
 
 
-class StableVideoDiffusionPipeline(DiffusionPipeline):
+class StableVideoDiffusionPipeline(LoraLoaderMixin, DiffusionPipeline):
     def __init__(self, vae, image_encoder, unet, scheduler, feature_extractor=None):
         super().__init__(vae=vae, image_encoder=image_encoder, unet=unet, scheduler=scheduler,
                          feature_extractor=feature_extractor or {})
