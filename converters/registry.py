@@ -91,6 +91,13 @@ SCHEDULERS = (
 IMAGE_PROCESSORS = ("CLIPImageProcessor", "CLIPImageProcessorPil", "CLIPImageProcessorFast")
 TOKENIZERS = ("CLIPTokenizer", "CLIPTokenizerFast", "T5Tokenizer", "T5TokenizerFast", "AutoTokenizer")
 
+# components AnimateDiff's text- and video-to-video pipelines share
+ANIMATEDIFF_COMPONENTS = {
+    "vae": ("AutoencoderKL",), "text_encoder": ("CLIPTextModel", "CLIPTextModelWithProjection"),
+    "tokenizer": TOKENIZERS, "unet": ("UNetMotionModel", "UNet2DConditionModel"), "motion_adapter": ("MotionAdapter",),
+    "scheduler": ("DDIMScheduler", "EulerDiscreteScheduler"), "feature_extractor": IMAGE_PROCESSORS,
+    "image_encoder": ("CLIPVisionModelWithProjection",)}
+
 PIPELINES = (
     Pipeline(
         "StableVideoDiffusionPipeline", "Stable Video Diffusion", "stable_video_diffusion",
@@ -102,20 +109,14 @@ PIPELINES = (
     ),
     Pipeline(
         "AnimateDiffPipeline", "AnimateDiff", "animatediff",
-        components={"vae": ("AutoencoderKL",), "text_encoder": ("CLIPTextModel", "CLIPTextModelWithProjection"),
-                    "tokenizer": TOKENIZERS, "unet": ("UNetMotionModel", "UNet2DConditionModel"),
-                    "motion_adapter": ("MotionAdapter",), "scheduler": ("DDIMScheduler", "EulerDiscreteScheduler"),
-                    "feature_extractor": IMAGE_PROCESSORS, "image_encoder": ("CLIPVisionModelWithProjection",)},
+        components=ANIMATEDIFF_COMPONENTS,
         compared=("text_encoder", "unet", "vae"),
         adapter="animatediff", fixtures=("animatediff-tiny", "animatediff-tiny-3level", "animatediff-tiny-nomid"),
         loads_from=("StableDiffusionPipeline",),
     ),
     Pipeline(
         "AnimateDiffVideoToVideoPipeline", "AnimateDiff video-to-video", "animatediff_video2video",
-        components={"vae": ("AutoencoderKL",), "text_encoder": ("CLIPTextModel", "CLIPTextModelWithProjection"),
-                    "tokenizer": TOKENIZERS, "unet": ("UNetMotionModel", "UNet2DConditionModel"),
-                    "motion_adapter": ("MotionAdapter",), "scheduler": ("DDIMScheduler", "EulerDiscreteScheduler"),
-                    "feature_extractor": IMAGE_PROCESSORS, "image_encoder": ("CLIPVisionModelWithProjection",)},
+        components=ANIMATEDIFF_COMPONENTS,
         compared=("text_encoder", "unet", "vae"),
         adapter="animatediff_video2video", fixtures=("animatediff-v2v-tiny", "animatediff-v2v-tiny-3level"),
         loads_from=("StableDiffusionPipeline", "AnimateDiffPipeline"),

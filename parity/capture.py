@@ -81,6 +81,18 @@ def unpack(skel, get, make):
     return v
 
 
+def leaves(skel) -> list:
+    """The store keys of a `pack` skeleton's tensors, in argument order."""
+    kind, v = skel
+    if kind == "tensor":
+        return [v]
+    if kind in ("list", "tuple"):
+        return [k for x in v for k in leaves(x)]
+    if kind == "dict":
+        return [k for x in v.values() for k in leaves(x)]
+    return []
+
+
 class Capture:
     """side: "torch" or "mindspore". With `reference=None` outputs go to `store`; else each output is compared on the
     fly with `reference`'s output of the same key. `inputs_depth`: record the first call's inputs of modules at most

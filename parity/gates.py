@@ -9,7 +9,7 @@ import copy
 
 import numpy as np
 
-from .capture import Capture
+from .capture import Capture, leaves
 from .metrics import compare
 
 # schedule arrays compared when both schedulers have them
@@ -78,22 +78,7 @@ def _same(a, b) -> bool:
 
 def _tensors(cap: Capture, key) -> list[np.ndarray]:
     """The tensors of a module's recorded first-call inputs, in argument order."""
-    out = []
-
-    def walk(skel):
-        kind, v = skel
-        if kind == "tensor":
-            out.append(np.asarray(cap.store.get(v)))
-        elif kind in ("list", "tuple"):
-            for x in v:
-                walk(x)
-        elif kind == "dict":
-            for x in v.values():
-                walk(x)
-
-    if key in cap.inputs:
-        walk(cap.inputs[key])
-    return out
+    return [np.asarray(cap.store.get(k)) for k in leaves(cap.inputs[key])] if key in cap.inputs else []
 
 
 def tokenizer_gate(ref: Capture, ours: Capture) -> dict | None:

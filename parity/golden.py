@@ -34,7 +34,7 @@ import numpy as np
 from converters import ConversionError
 from converters.safetensors_io import load_safetensors, save_arrays
 
-from .capture import Capture
+from .capture import Capture, leaves
 from .metrics import TINY, compare
 
 SCHEMA_VERSION = 1
@@ -73,19 +73,6 @@ def _gate_input_keys(capture: Capture, denoiser: str) -> list:
     return [k for k in keys if k in capture.inputs]
 
 
-def _leaves(skel, out: list) -> list:
-    kind, v = skel
-    if kind == "tensor":
-        out.append(v)
-    elif kind in ("list", "tuple"):
-        for x in v:
-            _leaves(x, out)
-    elif kind == "dict":
-        for x in v.values():
-            _leaves(x, out)
-    return out
-
-
 def _matches(key, patterns) -> bool:
     name = f"{key[0]}.{key[1]}" if key[1] else key[0]
     return any(fnmatch.fnmatchcase(name, p) for p in patterns)
@@ -119,10 +106,10 @@ def save(path, settings: dict, versions: dict, noise_run: dict, schedule: dict, 
     forced = [k for k in reference.inputs if input_patterns and _matches(k, input_patterns)]
     for key in dict.fromkeys(_gate_input_keys(reference, denoiser) + forced):
         skel = reference.inputs[key]
-        leaves = _leaves(skel, [])
-        if key in forced or all(reference.store.get(k).size <= INPUT_MAX for k in leaves):
+        keys = leaves(skel)
+        if key in forced or all(reference.store.get(k).size <= INPUT_MAX for k in keys):
             inputs[f"{key[0]}|{key[1]}"] = skel
-            for k in leaves:
+            for k in keys:
                 arrays[f"in/{k}"] = np.ascontiguousarray(reference.store.get(k))
     meta = {"schema_version": SCHEMA_VERSION, "settings": settings, "versions": versions, "noise": noise_run,
             "schedule": {**schedule, "arrays": {k: v.tolist() for k, v in schedule["arrays"].items()}},

@@ -13,7 +13,7 @@ import numpy as np
 
 from converters.safetensors_io import load_safetensors, save_arrays
 
-from .capture import Capture
+from .capture import Capture, leaves
 
 SCRIPT = '''"""Reproduce a parity failure: {component}.{module_label} alone on the inputs its PyTorch twin saw (first call).
 Run from anywhere with mindport installed: python run.py"""
@@ -110,10 +110,6 @@ if __name__ == "__main__":
 '''
 
 
-def _plain(skel):
-    return skel  # tuples become JSON lists; run.py turns them back
-
-
 def write(folder, report: dict, reference: Capture, converted, dtype: str) -> dict | None:
     """Write R/repro/ for the report's first divergence when it is a module whose first-call inputs were recorded.
     Returns a summary (path, bytes) or None."""
@@ -137,22 +133,8 @@ def write(folder, report: dict, reference: Capture, converted, dtype: str) -> di
     weights = {k: v for k, v in load_safetensors(weights_file).items() if k.startswith(prefix)}
     save_arrays(out / "weights.safetensors", weights)
     skel = reference.inputs[key]
-    leaves: list = []
-
-    def walk(v):
-        kind, value = v
-        if kind == "tensor":
-            leaves.append(value)
-        elif kind in ("list", "tuple"):
-            for x in value:
-                walk(x)
-        elif kind == "dict":
-            for x in value.values():
-                walk(x)
-
-    walk(skel)
-    save_arrays(out / "inputs.safetensors", {k: np.ascontiguousarray(reference.store.get(k)) for k in leaves})
-    (out / "inputs.json").write_text(json.dumps(_plain(skel)))
+    save_arrays(out / "inputs.safetensors", {k: np.ascontiguousarray(reference.store.get(k)) for k in leaves(skel)})
+    (out / "inputs.json").write_text(json.dumps(skel))
     save_arrays(out / "reference_output.safetensors",
                 {"output": np.ascontiguousarray(reference.store.get((comp, module, 0)))})
     shutil.copyfile(component_dir / "config.json", out / "config.json")

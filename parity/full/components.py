@@ -21,14 +21,12 @@ from pathlib import Path
 import numpy as np
 
 from ..capture import Capture
-from ..compare import BARS, compare_modules, first_divergence
+from ..compare import BARS
 from ..memory import PeakMemory
-from ..metrics import compare
 from ..store import ActivationStore
 from .build import STREAMED, SETTINGS, build, check_name, read_config, streamed_checkpoint
-from .streamed import explain_reference_only, run_streamed, spec_for
+from .streamed import judge_component, run_streamed, spec_for
 
-FP16_MAX = 65504.0
 # our models that take MindSpore tensors (not numpy arrays) for their float inputs
 TENSOR_INPUTS = {"WanTransformer3DModel", "AutoencoderKLWan", "CLIPVisionModel", "UMT5EncoderModel"}
 PROMPTS = ["the cat walking at night", "a dog, static"]  # (prompt, negative prompt): a guidance batch of 2
@@ -328,36 +326,10 @@ def run_component(name: str, component: str, dtype: str = "fp32", seed: int = 0,
     store.close()
 
     # 4. judge every module and the output
-    bars = BARS[dtype]
-    calls, layers, coverage = compare_modules(ref, ours, dtype, floor_cap)
-    explain_reference_only(coverage, component, layers, None, {m for _, m in ref.modules()})
-    out = compare(our_out, ref_out) if our_out.shape == ref_out.shape else {
-        "rel_l2": float("inf"), "max_abs": float("inf"), "cosine": 0.0, "finite": False}
-    out["shape"] = list(ref_out.shape)
-    nonfinite = [f"{c}.{m}" if m else c for (c, m, _), row in ours.records.items() if not row.get("finite", True)]
-    keys = ("module", "rel_l2", "max_abs", "shape", "floor", "bound")
-    worst = max(layers, key=lambda r: r["rel_l2"], default=None)
-    return {
-        "component": component, "class": class_name, "parameters": n_params, "dtype": dtype,
-        "inputs": {k: list(v.shape) if isinstance(v, np.ndarray) else v for k, v in inputs.items()},
-        "modules_compared": coverage["compared_modules"], "calls_compared": coverage["compared_calls"],
-        "modules_failed": sum(not r["passed"] for r in layers),
-        "failed_modules": [{k: r.get(k) for k in keys} for r in layers if not r["passed"]][:20],
-        "coverage": coverage,
-        "worst_module": None if worst is None else {k: worst.get(k) for k in keys},
-        "worst_vs_bound": max(({k: r.get(k) for k in (*keys, "ratio")} for r in layers), key=lambda r: r["ratio"],
-                              default=None),
-        "first_divergence": first_divergence(calls),
-        "output": out,
-        "nonfinite_modules": nonfinite[:20], "nonfinite_count": len(nonfinite),
-        "reference_absmax": {"value": ref_peak[0], "module": ref_peak[1], "exceeds_fp16": ref_peak[0] > FP16_MAX},
-        "passed": bool(all(r["passed"] for r in layers) and out["finite"] and out["rel_l2"] <= bars["frames"]
-                       and not coverage["reference_only"]),
-        "worst_modules": sorted(({k: r.get(k) for k in keys} for r in layers), key=lambda r: -r["rel_l2"])[:15],
-        "timings": {k: round(v, 2) for k, v in timings.items()},
-        "memory": memory,
-        "settings": s,
-    }
+    row = judge_component(component, class_name, n_params, dtype, inputs, ref, ours, floor_cap, ref_out, our_out,
+                          ref_peak)
+    row.pop("layers")
+    return {**row, "timings": {k: round(v, 2) for k, v in timings.items()}, "memory": memory, "settings": s}
 
 
 # -- all components of a config, each in its own process ----------------------------------------------------------

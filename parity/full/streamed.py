@@ -661,8 +661,13 @@ def per_block(layers: list[dict], spec: StreamSpec) -> list[dict]:
     return [blocks[i] for i in sorted(blocks)]
 
 
-def _result(component, class_name, n_params, dtype, inputs, ref, ours, floor_cap, ref_out, our_out, ref_peak,
-            module_types, spec, audits) -> dict:
+FP16_MAX = 65504.0
+
+
+def judge_component(component, class_name, n_params, dtype, inputs, ref, ours, floor_cap, ref_out, our_out,
+                    ref_peak, module_types=None) -> dict:
+    """Every module and the output of one component comparison against its bars: the row both the whole and the
+    streamed comparisons report."""
     bars = BARS[dtype]
     calls, layers, coverage = compare_modules(ref, ours, dtype, floor_cap)
     explain_reference_only(coverage, component, layers, module_types, {m for _, m in ref.modules()})
@@ -685,11 +690,20 @@ def _result(component, class_name, n_params, dtype, inputs, ref, ours, floor_cap
         "first_divergence": first_divergence(calls),
         "output": out,
         "nonfinite_modules": nonfinite[:20], "nonfinite_count": len(nonfinite),
-        "reference_absmax": {"value": ref_peak[0], "module": ref_peak[1], "exceeds_fp16": ref_peak[0] > 65504.0},
+        "reference_absmax": {"value": ref_peak[0], "module": ref_peak[1], "exceeds_fp16": ref_peak[0] > FP16_MAX},
         "passed": bool(all(r["passed"] for r in layers) and out["finite"] and out["rel_l2"] <= bars["frames"]
                        and not coverage["reference_only"]),
         "worst_modules": sorted(({k: r.get(k) for k in keys} for r in layers), key=lambda r: -r["rel_l2"])[:15],
-        "per_block": per_block(layers, spec),
-        "per_module": [{k: r.get(k) for k in ("module", "rel_l2", "max_abs", "floor", "bound", "passed")} for r in layers],
-        "converter_audit_passed": all(a.get("passed", False) for a in audits),
+        "layers": layers,
     }
+
+
+def _result(component, class_name, n_params, dtype, inputs, ref, ours, floor_cap, ref_out, our_out, ref_peak,
+            module_types, spec, audits) -> dict:
+    row = judge_component(component, class_name, n_params, dtype, inputs, ref, ours, floor_cap, ref_out, our_out,
+                          ref_peak, module_types)
+    layers = row.pop("layers")
+    return {**row, "per_block": per_block(layers, spec),
+            "per_module": [{k: r.get(k) for k in ("module", "rel_l2", "max_abs", "floor", "bound", "passed")}
+                           for r in layers],
+            "converter_audit_passed": all(a.get("passed", False) for a in audits)}
