@@ -22,3 +22,19 @@ except ImportError:  # pragma: no cover
 @pytest.fixture
 def rng():
     return np.random.Generator(np.random.PCG64(0))
+
+
+@pytest.fixture
+def ops_path(monkeypatch):
+    """Run a block with the kernels switched off (MindSpore ops only), then restore them."""
+
+    class Switch:
+        def __enter__(self):
+            monkeypatch.setenv("MINDPORT_KERNELS", "0")
+            backend.kernel_library.cache_clear()
+
+        def __exit__(self, *exc):
+            monkeypatch.delenv("MINDPORT_KERNELS")
+            backend.kernel_library.cache_clear()
+
+    return Switch()

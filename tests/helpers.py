@@ -34,3 +34,14 @@ def rel_l2(a, b) -> float:
     """||a - b|| / ||b|| in float64 (the project's relative L2)."""
     a, b = np.asarray(to_numpy(a), np.float64), np.asarray(to_numpy(b), np.float64)
     return float(np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-30))
+
+
+def both(fn, ops_path):
+    """fn() with the kernels, and with MindSpore ops only."""
+    from mindport import backend
+
+    assert backend.kernel_library() is not None, "the kernels did not build on this machine"
+    fast = fn().asnumpy()
+    with ops_path:
+        slow = fn().asnumpy()
+    return fast, slow

@@ -10,33 +10,9 @@ from mindspore import Tensor
 
 from mindport import backend
 
-from helpers import assert_close
+from helpers import assert_close, both
 
 t = torch.from_numpy
-
-
-@pytest.fixture
-def ops_path(monkeypatch):
-    """Run a block with the kernels switched off (MindSpore ops only), then restore them."""
-
-    class Switch:
-        def __enter__(self):
-            monkeypatch.setenv("MINDPORT_KERNELS", "0")
-            backend.kernel_library.cache_clear()
-
-        def __exit__(self, *exc):
-            monkeypatch.delenv("MINDPORT_KERNELS")
-            backend.kernel_library.cache_clear()
-
-    return Switch()
-
-
-def both(fn, ops_path):
-    assert backend.kernel_library() is not None, "the kernels did not build on this machine"
-    fast = fn().asnumpy()
-    with ops_path:
-        slow = fn().asnumpy()
-    return fast, slow
 
 
 # (x shape, w shape, padding, stride): Winograd over frames ((3, 3, 3), 16+ channels in and out, 256+ output tiles of
