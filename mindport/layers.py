@@ -56,6 +56,8 @@ class Conv2d(nn.Cell):
 class Conv3d(nn.Cell):
     """Stride-1 3D convolution (the ports use temporal kernels such as (3, 1, 1))."""
 
+    lora = None  # as Conv2d.lora (a (r, in, kt, kh, kw) conv then a 1x1x1 conv)
+
     def __init__(self, in_channels, out_channels, kernel_size, padding=0, bias=True):
         super().__init__()
         k = _pair(kernel_size, 3)
@@ -64,7 +66,8 @@ class Conv3d(nn.Cell):
         self.bias = _param((out_channels,), "zeros") if bias else None
 
     def construct(self, x: Tensor) -> Tensor:
-        return backend.conv3d(x, self.weight, self.bias, self.padding)
+        y = backend.conv3d(x, self.weight, self.bias, self.padding)
+        return y if self.lora is None else self.lora(x, y)
 
 
 class GroupNorm(nn.Cell):
