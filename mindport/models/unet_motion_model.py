@@ -22,6 +22,7 @@ from .. import backend
 from ..layers import Conv2d, GroupNorm, SiLU
 from ..modeling import Config, ModelMixin, Output, per_entry
 from .embeddings import TimestepEmbedding, Timesteps, timesteps_1d
+from .free_noise import FreeNoiseTransformerBlock
 from .resnet import Downsample2D, ResnetBlock2D, Upsample2D
 from .transformer_2d import Transformer2DModel
 from .transformer_temporal import TransformerTemporalModel
@@ -44,7 +45,23 @@ def _keep_init_args(cell, args: dict) -> None:
 
 class AnimateDiffTransformer3D(TransformerTemporalModel):
     """diffusers' `AnimateDiffTransformer3D`: the module `TransformerTemporalModel` is (same parameters, same names;
-    the motion blocks build it with sinusoidal frame positions), returning the (B*F, C, H, W) tensor itself."""
+    the motion blocks build it with sinusoidal frame positions), returning the (B*F, C, H, W) tensor itself.
+
+    With FreeNoise (mindport.models.free_noise) its blocks run windows of frames, each with its own positions, so a
+    call takes more frames than the position table holds."""
+
+    @property
+    def windowed(self) -> bool:
+        return any(isinstance(b, FreeNoiseTransformerBlock) for b in self.transformer_blocks)
+
+    @property
+    def num_positional_embeddings(self) -> int | None:
+        """The most frames one call takes: the position table's length, or None (any number) while windowed."""
+        return None if self.windowed else self._max_frames
+
+    @num_positional_embeddings.setter
+    def num_positional_embeddings(self, value: int | None) -> None:
+        self._max_frames = value
 
     def construct(self, hidden_states: Tensor, encoder_hidden_states: Tensor | None = None, timestep=None,
                   class_labels=None, num_frames: int = 1, cross_attention_kwargs: dict | None = None) -> Tensor:
@@ -313,7 +330,8 @@ class UNetMidBlockCrossAttnMotion(nn.Cell):
                   attention_mask: Tensor | None = None, cross_attention_kwargs: dict | None = None,
                   encoder_attention_mask: Tensor | None = None, num_frames: int = 1) -> Tensor:
         hidden_states = self.resnets[0](hidden_states, temb)
-        for attn, resnet, motion_module in zip(self.attentions, self.resnets[1:], self.motion_modules):
+        # (a list: slicing the CellList would build a new one, renaming the resnets' parameters)
+        for attn, resnet, motion_module in zip(self.attentions, list(self.resnets)[1:], self.motion_modules):
             hidden_states = attn(hidden_states, encoder_hidden_states=encoder_hidden_states,
                                  attention_mask=attention_mask, encoder_attention_mask=encoder_attention_mask,
                                  return_dict=False)[0]
@@ -682,6 +700,15 @@ class UNetMotionModel(ModelMixin):
             p.set_data(src.astype(dtype))
         self.set_train(False)
 
+    def motion_transformers(self) -> list[AnimateDiffTransformer3D]:
+        """Every motion module (down, mid, up), in module order."""
+        return [c for _, c in self.cells_and_names() if isinstance(c, AnimateDiffTransformer3D)]
+
+    @property
+    def free_noise_enabled(self) -> bool:
+        """Whether FreeNoise's windowed blocks run in the motion modules (then any number of frames >= the window)."""
+        return any(m.windowed for m in self.motion_transformers())
+
     # -- forward ---------------------------------------------------------------------------------------------------
     def construct(self, sample, timestep, encoder_hidden_states, timestep_cond=None, attention_mask=None,
                   cross_attention_kwargs: dict | None = None, added_cond_kwargs: dict | None = None,
@@ -692,8 +719,9 @@ class UNetMotionModel(ModelMixin):
         if sample.ndim != 5:
             raise ValueError(f"UNetMotionModel: sample must be (B, C, F, H, W), got shape {tuple(sample.shape)}")
         batch_size, num_frames = sample.shape[0], sample.shape[2]
-        if num_frames > self.num_frames_max:
-            raise ValueError(f"UNetMotionModel: {num_frames} frames exceed motion_max_seq_length={self.num_frames_max}")
+        if num_frames > self.num_frames_max and not self.free_noise_enabled:
+            raise ValueError(f"UNetMotionModel: {num_frames} frames exceed motion_max_seq_length={self.num_frames_max} "
+                             "(FreeNoise, the pipeline's enable_free_noise, takes more)")
         # sizes not divisible by 2**num_upsamplers: upsample to the skip's size instead of x2
         up_factor = 2 ** self.num_upsamplers
         forward_upsample_size = any(s % up_factor != 0 for s in sample.shape[-2:])

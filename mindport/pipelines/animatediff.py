@@ -14,7 +14,10 @@ LoRAs (peft/diffusers, kohya/A1111, LoCon) and motion LoRAs (diffusers and origi
 
 `cross_attention_kwargs={"scale": s}` scales the unfused LoRA paths for one call, as in diffusers.
 
-Not ported: IP-Adapter images, FreeInit, FreeNoise.
+FreeNoise (mindport.pipelines.free_noise): `enable_free_noise`, `disable_free_noise`, `free_noise_enabled`; more
+frames than the motion modules hold, and per-frame prompts {frame: prompt}.
+
+Not ported: IP-Adapter images, FreeInit.
 Deviation: diffusers 0.42 ignores `num_videos_per_prompt` (always 1); here it is honoured (each prompt's videos are
 consecutive in the batch).
 """
@@ -34,6 +37,7 @@ from ..modeling import required_config
 from ..models.unet_2d_condition import UNet2DConditionModel
 from ..models.unet_motion_model import MotionAdapter, UNetMotionModel
 from ..utils import randn
+from .free_noise import AnimateDiffFreeNoiseMixin
 from .pipeline_utils import DiffusionPipeline, PipelineOutput, encode_text
 from .stable_video_diffusion import postprocess_video
 
@@ -41,7 +45,7 @@ CALLBACK_TENSOR_INPUTS = ("latents", "prompt_embeds", "negative_prompt_embeds")
 OUTPUT_TYPES = ("pil", "np", "latent")
 
 
-class AnimateDiffPipeline(LoraLoaderMixin, DiffusionPipeline):
+class AnimateDiffPipeline(AnimateDiffFreeNoiseMixin, LoraLoaderMixin, DiffusionPipeline):
     # components and loads_from from the registry row: an SD 1.5 pipeline folder is a valid base, its UNet becomes a
     # UNetMotionModel with the given adapter
     def __init__(self, vae, text_encoder, tokenizer, unet, motion_adapter: MotionAdapter | None = None,
@@ -101,16 +105,35 @@ class AnimateDiffPipeline(LoraLoaderMixin, DiffusionPipeline):
             negative_prompt_embeds = ops.repeat_interleave(negative_prompt_embeds, num_videos_per_prompt, 0)
         return prompt_embeds, negative_prompt_embeds
 
+    def encode_prompt_per_frame(self, prompt, num_frames: int, num_videos_per_prompt: int = 1, negative_prompt=None,
+                                prompt_embeds=None, negative_prompt_embeds=None, clip_skip: int | None = None):
+        """The UNet's text context for every frame: ([negative;] positive) (2*B*n*F, L, D) with guidance, else
+        (B*n*F, L, D); then the positive and negative embeddings (per frame with FreeNoise, per video without)."""
+        encode = self._encode_prompt_free_noise if self.free_noise_enabled else self.encode_prompt
+        args = (num_frames,) if self.free_noise_enabled else ()
+        prompt_embeds, negative_prompt_embeds = encode(prompt, *args, num_videos_per_prompt,
+                                                       self.do_classifier_free_guidance, negative_prompt,
+                                                       prompt_embeds, negative_prompt_embeds, clip_skip)
+        return self._frame_context(prompt_embeds, negative_prompt_embeds, num_frames), prompt_embeds, \
+            negative_prompt_embeds
+
+    def _frame_context(self, prompt_embeds: Tensor, negative_prompt_embeds, num_frames: int) -> Tensor:
+        context = ops.cat([negative_prompt_embeds, prompt_embeds]) if self.do_classifier_free_guidance else prompt_embeds
+        # per video -> per frame: (B*n, L, D) -> (B*n*F, L, D) (FreeNoise's embeddings are per frame already)
+        return context if self.free_noise_enabled else ops.repeat_interleave(context, num_frames, 0)
+
     # 2. latents --------------------------------------------------------------------------------------------------
     def prepare_latents(self, batch_size: int, num_channels_latents: int, num_frames: int, height: int, width: int,
                         dtype, generator, latents=None) -> Tensor:
-        """Initial noise (B, C, F, h, w), drawn from the numpy `generator` unless given, times the scheduler's
-        initial sigma."""
+        """Initial noise (B, C, F, h, w), drawn from the numpy `generator` unless given (with FreeNoise: its noise
+        types), times the scheduler's initial sigma."""
         if isinstance(generator, list) and len(generator) != batch_size:
             raise ValueError(f"got {len(generator)} generators for an effective batch size of {batch_size}; "
                              "pass one per video")
         shape = (batch_size, num_channels_latents, num_frames, height // self.vae_scale_factor,
                  width // self.vae_scale_factor)
+        if self.free_noise_enabled:
+            latents = self._prepare_latents_free_noise(shape, generator, latents)
         if latents is None:
             latents = randn(generator, shape)
         latents = _as_tensor(latents)
@@ -151,8 +174,10 @@ class AnimateDiffPipeline(LoraLoaderMixin, DiffusionPipeline):
             raise ValueError("pass either `prompt` or `prompt_embeds`, not both")
         if prompt is None and prompt_embeds is None:
             raise ValueError("provide either `prompt` or `prompt_embeds`")
-        if prompt is not None and not (isinstance(prompt, str) or
-                                       (isinstance(prompt, list) and prompt and all(isinstance(p, str) for p in prompt))):
+        if self.free_noise_enabled:  # prompts per frame (checked when encoded)
+            self._check_free_noise_frames(num_frames)
+        elif prompt is not None and not (isinstance(prompt, str) or
+                                         (isinstance(prompt, list) and prompt and all(isinstance(p, str) for p in prompt))):
             raise ValueError(f"`prompt` has to be a str or a non-empty list of str, got {type(prompt).__name__}")
         if negative_prompt is not None and negative_prompt_embeds is not None:
             raise ValueError("pass either `negative_prompt` or `negative_prompt_embeds`, not both")
@@ -171,8 +196,9 @@ class AnimateDiffPipeline(LoraLoaderMixin, DiffusionPipeline):
         if num_frames < 1:
             raise ValueError(f"`num_frames` must be at least 1, got {num_frames}")
         limit = self.unet.config.motion_max_seq_length
-        if num_frames > limit:
-            raise ValueError(f"`num_frames`={num_frames} exceeds the motion modules' motion_max_seq_length={limit}")
+        if num_frames > limit and not self.free_noise_enabled:
+            raise ValueError(f"`num_frames`={num_frames} exceeds the motion modules' motion_max_seq_length={limit} "
+                             "(enable_free_noise generates longer videos)")
         if decode_chunk_size < 1:
             raise ValueError(f"`decode_chunk_size` must be at least 1, got {decode_chunk_size}")
 
@@ -210,12 +236,12 @@ class AnimateDiffPipeline(LoraLoaderMixin, DiffusionPipeline):
         self.check_inputs(prompt, height, width, negative_prompt, prompt_embeds, negative_prompt_embeds,
                           callback_on_step_end_tensor_inputs, output_type, num_frames, decode_chunk_size)
         self._guidance_scale = guidance_scale
-        batch_size = 1 if isinstance(prompt, str) else (len(prompt) if prompt is not None else prompt_embeds.shape[0])
+        batch_size = prompt_batch_size(prompt, prompt_embeds)
 
-        # 1. text embeddings: ([negative;] positive) repeated per frame: (2*B*n*F, L, D)
-        prompt_embeds, negative_prompt_embeds = self.encode_prompt(
-            prompt, num_videos_per_prompt, self.do_classifier_free_guidance, negative_prompt, prompt_embeds,
-            negative_prompt_embeds, clip_skip)
+        # 1. text embeddings per frame: ([negative;] positive) (2*B*n*F, L, D)
+        context, prompt_embeds, negative_prompt_embeds = self.encode_prompt_per_frame(
+            prompt, num_frames, num_videos_per_prompt, negative_prompt, prompt_embeds, negative_prompt_embeds,
+            clip_skip)
 
         # 2. timesteps and initial latents (B*n, C, F, h, w)
         self.scheduler.set_timesteps(num_inference_steps)
@@ -225,16 +251,16 @@ class AnimateDiffPipeline(LoraLoaderMixin, DiffusionPipeline):
         extra_step_kwargs = self.prepare_extra_step_kwargs(generator, eta)
 
         # 3. denoising loop, 4. decode and post-process
-        latents = self.denoise(latents, timesteps, prompt_embeds, negative_prompt_embeds, extra_step_kwargs,
+        latents = self.denoise(latents, timesteps, context, prompt_embeds, negative_prompt_embeds, extra_step_kwargs,
                                callback_on_step_end, callback_on_step_end_tensor_inputs)
         return self.finish(latents, output_type, decode_chunk_size, return_dict)
 
-    def denoise(self, latents: Tensor, timesteps, prompt_embeds, negative_prompt_embeds, extra_step_kwargs: dict,
-                callback_on_step_end=None, callback_on_step_end_tensor_inputs=("latents",)) -> Tensor:
-        """The guided denoising loop over `timesteps` from `latents` (B, C, F, h, w) (shared with video-to-video)."""
+    def denoise(self, latents: Tensor, timesteps, context: Tensor, prompt_embeds, negative_prompt_embeds,
+                extra_step_kwargs: dict, callback_on_step_end=None,
+                callback_on_step_end_tensor_inputs=("latents",)) -> Tensor:
+        """The guided denoising loop over `timesteps` from `latents` (B, C, F, h, w) with the per-frame text
+        `context` (shared with video-to-video)."""
         num_frames = latents.shape[2]
-        context = ops.cat([negative_prompt_embeds, prompt_embeds]) if self.do_classifier_free_guidance else prompt_embeds
-        context = ops.repeat_interleave(context, num_frames, 0)
         with self.progress_bar(total=len(timesteps)) as bar:
             for i, t in enumerate(timesteps):
                 model_input = ops.cat([latents, latents]) if self.do_classifier_free_guidance else latents
@@ -253,9 +279,8 @@ class AnimateDiffPipeline(LoraLoaderMixin, DiffusionPipeline):
                     if "prompt_embeds" in out or "negative_prompt_embeds" in out:
                         prompt_embeds = _as_tensor(out.pop("prompt_embeds", prompt_embeds))
                         negative_prompt_embeds = out.pop("negative_prompt_embeds", negative_prompt_embeds)
-                        context = (ops.cat([_as_tensor(negative_prompt_embeds), prompt_embeds])
-                                   if self.do_classifier_free_guidance else prompt_embeds)
-                        context = ops.repeat_interleave(context, num_frames, 0)
+                        context = self._frame_context(prompt_embeds, _as_tensor(negative_prompt_embeds)
+                                                      if negative_prompt_embeds is not None else None, num_frames)
                 bar.update()
         return latents
 
@@ -268,6 +293,13 @@ class AnimateDiffPipeline(LoraLoaderMixin, DiffusionPipeline):
         if return_dict:
             return PipelineOutput(frames=frames)
         return (frames,)
+
+
+def prompt_batch_size(prompt, prompt_embeds) -> int:
+    """Prompts in the batch: a str or a FreeNoise {frame: prompt} dict is one."""
+    if prompt is None:
+        return prompt_embeds.shape[0]
+    return 1 if isinstance(prompt, (str, dict)) else len(prompt)
 
 
 def _as_tensor(x) -> Tensor:

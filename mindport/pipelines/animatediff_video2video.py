@@ -9,6 +9,9 @@ MindSpore. The components, prompt encoding, denoising loop and decoding are Anim
   `steps` timesteps run);
 - random numbers, from a numpy Generator in diffusers' order: one posterior draw per encoded chunk, then the add-noise
   draw, then (DDIM eta > 0) one draw per step.
+
+FreeNoise (`enable_free_noise`, as AnimateDiff's) windows the motion modules and encodes the prompt per frame; the
+latents are the encoded video's, so its noise type is not used.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from .. import image_processing as ip
 from ..lora import accepts_lora_scale
 from ..modeling import required_config
 from ..utils import randn
-from .animatediff import AnimateDiffPipeline
+from .animatediff import AnimateDiffPipeline, prompt_batch_size
 
 
 def _videos(video) -> list:
@@ -98,8 +101,7 @@ class AnimateDiffVideoToVideoPipeline(AnimateDiffPipeline):
         self.check_inputs(prompt, height, width, negative_prompt, prompt_embeds, negative_prompt_embeds,
                           callback_on_step_end_tensor_inputs, output_type, num_frames, decode_chunk_size)
         self._guidance_scale = guidance_scale
-        batch = 1 if isinstance(prompt, str) else (len(prompt) if prompt is not None else prompt_embeds.shape[0])
-        total = batch * num_videos_per_prompt
+        total = prompt_batch_size(prompt, prompt_embeds) * num_videos_per_prompt
 
         # 1. timesteps: the last int(steps * strength) (or, enforced, `steps` of a longer schedule)
         if not enforce_inference_steps:
@@ -126,10 +128,10 @@ class AnimateDiffVideoToVideoPipeline(AnimateDiffPipeline):
                                             dtype)
 
         # 3. text, denoising, decoding as AnimateDiff
-        prompt_embeds, negative_prompt_embeds = self.encode_prompt(
-            prompt, num_videos_per_prompt, self.do_classifier_free_guidance, negative_prompt, prompt_embeds,
-            negative_prompt_embeds, clip_skip)
-        latents = self.denoise(latents, timesteps, prompt_embeds, negative_prompt_embeds,
+        context, prompt_embeds, negative_prompt_embeds = self.encode_prompt_per_frame(
+            prompt, num_frames, num_videos_per_prompt, negative_prompt, prompt_embeds, negative_prompt_embeds,
+            clip_skip)
+        latents = self.denoise(latents, timesteps, context, prompt_embeds, negative_prompt_embeds,
                                self.prepare_extra_step_kwargs(generator, eta), callback_on_step_end,
                                callback_on_step_end_tensor_inputs)
         return self.finish(latents, output_type, decode_chunk_size, return_dict)
