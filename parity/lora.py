@@ -71,11 +71,7 @@ def _shapes(path: Path) -> dict[str, tuple[int, ...]]:
 def tiny_loras(fixture, seed: int = 0) -> tuple[Path, Path]:
     """(style, motion) LoRA files for an AnimateDiff fixture folder, written once next to it (`<fixture>-loras/`,
     temporary folder then rename, like the fixtures) and reused."""
-    import os
-    import shutil
-
     import numpy as np
-    from safetensors.numpy import save_file
 
     fixture = Path(fixture)
     out = fixture.parent / f"{fixture.name}-loras-{seed}"
@@ -114,11 +110,84 @@ def tiny_loras(fixture, seed: int = 0) -> tuple[Path, Path]:
     if not style or not motion:
         raise ConversionError(f"{fixture}: no LoRA targets found (style {len(style)}, motion {len(motion)} tensors); "
                               "expected an AnimateDiff fixture folder")
-    tmp = fixture.parent / f".{out.name}.tmp-{os.getpid()}"
+    return _write_once(out, {TINY_LORA_NAMES[0]: (style, None), TINY_LORA_NAMES[1]: (motion, None)})
+
+
+def _write_once(out: Path, files: dict) -> tuple[Path, ...]:
+    """{name: (tensors, metadata)} written into `out` through a temporary folder and a rename."""
+    import os
+    import shutil
+
+    from safetensors.numpy import save_file
+
+    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    save_file(style, str(tmp / TINY_LORA_NAMES[0]))
-    save_file(motion, str(tmp / TINY_LORA_NAMES[1]))
+    for name, (tensors, metadata) in files.items():
+        save_file(tensors, str(tmp / name), metadata=metadata)
     shutil.rmtree(out, ignore_errors=True)
     os.replace(tmp, out)
-    return tuple(out / n for n in TINY_LORA_NAMES)
+    return tuple(out / n for n in files)
+
+
+# The Wan LoRA case: a diffusers/peft file (rank 4, lora_alpha 8 and lora_bias in its adapter metadata: every
+# attention projection, the feed-forward and proj_out, with lora_B biases) and a file in the original Wan layout
+# (`diffusion_model.`, rank 2, alpha 3 on the blocks' modules, diff_b bias deltas, I2V image projections, the time,
+# text and image embedders, head.head, and zero norm diffs, which are skipped), seeded from the fixture's shapes.
+WAN_LORA_NAMES = ("wan_peft.safetensors", "wan_original.safetensors")
+WAN_PEFT_TARGETS = ("to_q", "to_k", "to_v", "to_out.0", "add_k_proj", "add_v_proj", "net.0.proj", "net.2",
+                    "proj_out")
+
+
+def tiny_wan_loras(fixture, seed: int = 0) -> tuple[Path, Path]:
+    """(peft, original) LoRA files for a Wan fixture folder, written once next to it (`<fixture>-wan-loras-<seed>/`)."""
+    import numpy as np
+
+    from converters.lora import wan_module
+
+    fixture = Path(fixture)
+    out = fixture.parent / f"{fixture.name}-wan-loras-{seed}"
+    if all((out / n).is_file() for n in WAN_LORA_NAMES):
+        return tuple(out / n for n in WAN_LORA_NAMES)
+    shapes = {k[: -len(".weight")]: v for k, v in
+              _shapes(fixture / "transformer" / "diffusion_pytorch_model.safetensors").items()
+              if k.endswith(".weight") and len(v) == 2}
+    blocks = sorted({int(m.split(".")[1]) for m in shapes if m.startswith("blocks.")})
+    if not blocks:
+        raise ConversionError(f"{fixture}: no Wan transformer blocks found; expected a Wan fixture folder")
+    rng = np.random.Generator(np.random.PCG64(seed))
+
+    def pair(shape, rank, up_std):
+        down = rng.standard_normal((rank, shape[1])) / np.sqrt(shape[1])
+        return down.astype(np.float32), (rng.standard_normal((shape[0], rank)) * up_std).astype(np.float32)
+
+    peft = {}
+    for module, shape in shapes.items():
+        if module.endswith(WAN_PEFT_TARGETS) and not module.startswith("condition_embedder."):
+            down, up = pair(shape, 4, 0.15)
+            peft[f"transformer.{module}.lora_A.weight"], peft[f"transformer.{module}.lora_B.weight"] = down, up
+            peft[f"transformer.{module}.lora_B.bias"] = (rng.standard_normal(shape[0]) * 0.02).astype(np.float32)
+    config = {"r": 4, "lora_alpha": 8, "lora_bias": True,
+              "target_modules": sorted(k.split("transformer.", 1)[1].rsplit(".lora_", 1)[0] for k in peft)}
+    meta = {"lora_adapter_metadata": json.dumps({f"transformer.{k}": v for k, v in config.items()})}
+    original = {}
+    names = [f"blocks.{i}.{m}" for i in blocks for m in (
+        *(f"self_attn.{o}" for o in "qkvo"), *(f"cross_attn.{o}" for o in (*"qkvo", "k_img", "v_img")), "ffn.0",
+        "ffn.2")]
+    names += ["time_projection.1", "head.head", "text_embedding.0", "text_embedding.2", "time_embedding.0",
+              "time_embedding.2", "img_emb.proj.1", "img_emb.proj.3"]
+    for name in names:
+        module = wan_module(name)
+        if module not in shapes:  # T2V: no image projections
+            continue
+        key = f"diffusion_model.{name}"
+        original[f"{key}.lora_down.weight"], original[f"{key}.lora_up.weight"] = pair(shapes[module], 2, 0.2)
+        if name.startswith("blocks."):  # (diffusers refuses alphas on the other modules)
+            original[f"{key}.alpha"] = np.asarray(3.0, np.float32)
+        # (every module, as in released files: diffusers gives all or none of them a bias)
+        original[f"{key}.diff_b"] = (rng.standard_normal(shapes[module][0]) * 0.02).astype(np.float32)
+    for i in blocks:
+        original[f"diffusion_model.blocks.{i}.norm3.diff"] = np.zeros(shapes[f"blocks.{i}.attn1.to_q"][0], np.float32)
+        original[f"diffusion_model.blocks.{i}.norm3.diff_b"] = np.zeros(shapes[f"blocks.{i}.attn1.to_q"][0],
+                                                                        np.float32)
+    return _write_once(out, {WAN_LORA_NAMES[0]: (peft, meta), WAN_LORA_NAMES[1]: (original, None)})

@@ -442,8 +442,12 @@ def test_alphas_and_locon():
     ({"unet.mid_block.attentions.0.proj_in.lora_A.weight": np.ones((2, 6)),
       "unet.mid_block.attentions.0.proj_in.lora_B.weight": np.ones((6, 2))}, "which does not exist"),
     ({"lora_unet_input_blocks_1_1_proj_in.lora_down.weight": np.ones((2, 6))}, "names no unet module"),
-    # a bare file is read as a UNet LoRA (as diffusers does): a Wan / VAE key names no module of it
-    ({"transformer.blocks.0.attn.to_q.lora_A.weight": np.ones((2, 6))}, "unet module 'transformer.blocks.0.attn.to_q'"),
+    # a Wan file on an AnimateDiff pipeline: another architecture
+    ({"transformer.blocks.0.attn1.to_q.lora_A.weight": np.ones((2, 6))},
+     r"is for the transformer, which this pipeline does not have \(it has text_encoder, unet\)"),
+    ({"diffusion_model.blocks.0.self_attn.q.lora_down.weight": np.ones((2, 6))}, "is for the transformer"),
+    # a bare file is read as a UNet LoRA (as diffusers does): a VAE key names no module of it
+    ({"decoder.conv_in.lora_A.weight": np.ones((2, 4))}, "unet module 'decoder.conv_in'"),
     ({"unet.down_blocks.0.resnets.0.conv1.hada_w1_a": np.ones((2, 4))}, "matches no LoRA layout"),
     ({"lora_te2_text_model_encoder_layers_0_mlp_fc1.lora_down.weight": np.ones((2, 4))}, "matches no LoRA layout"),
     ({"unet.down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q.lora_A.weight": np.ones((2, 6)),

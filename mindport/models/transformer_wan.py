@@ -22,6 +22,7 @@ import numpy as np
 from mindspore import Tensor, nn, ops
 
 from .. import backend
+from ..lora import lora_call_scale, scaled_lora_paths
 from ..layers import Dropout, Identity, LayerNorm, Linear, _param
 from ..modeling import ModelMixin, Output
 from .attention import FeedForward
@@ -496,8 +497,16 @@ class WanTransformer3DModel(ModelMixin):
     def construct(self, hidden_states: Tensor, timestep, encoder_hidden_states: Tensor,
                   encoder_hidden_states_image: Tensor | None = None, return_dict: bool = True,
                   attention_kwargs: dict | None = None):
-        """`attention_kwargs` is accepted for diffusers' signature; it only carries a LoRA scale, and this model has
-        no LoRA layers."""
+        """`attention_kwargs={"scale": s}` scales the unfused LoRA paths (mindport.lora) for this call, as diffusers'
+        `apply_lora_scale` does; other keys are refused."""
+        with scaled_lora_paths([self], lora_call_scale(attention_kwargs, "attention_kwargs")):
+            output = self._forward(hidden_states, timestep, encoder_hidden_states, encoder_hidden_states_image)
+        if not return_dict:
+            return (output,)
+        return Output(sample=output)
+
+    def _forward(self, hidden_states: Tensor, timestep, encoder_hidden_states: Tensor,
+                 encoder_hidden_states_image: Tensor | None) -> Tensor:
         self._check_inputs(hidden_states, encoder_hidden_states, encoder_hidden_states_image)
         dtype = self.patch_embedding.weight.dtype
         b, _, f, h, w = hidden_states.shape
@@ -540,7 +549,4 @@ class WanTransformer3DModel(ModelMixin):
 
         # 7. patches back to latents: (B, F', H', W', pt, ph, pw, C) -> (B, C, F', pt, H', ph, W', pw) -> (B, C, F, H, W)
         hidden_states = hidden_states.reshape(b, ppf, pph, ppw, pt, ph, pw, self.out_channels)
-        output = backend.permute(hidden_states, (0, 7, 1, 4, 2, 5, 3, 6)).reshape(b, self.out_channels, f, h, w)
-        if not return_dict:
-            return (output,)
-        return Output(sample=output)
+        return backend.permute(hidden_states, (0, 7, 1, 4, 2, 5, 3, 6)).reshape(b, self.out_channels, f, h, w)

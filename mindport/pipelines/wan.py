@@ -17,6 +17,11 @@ What diffusers does, and so do we:
   (or the image, black frames, `last_image`), takes the posterior's mode, normalises it with the latents
   statistics and prepends a 4-channel first-frame mask: the transformer sees [latents, mask, condition].
 
+LoRA (mindport.lora, as diffusers' WanLoraLoaderMixin): `load_lora_weights` into the transformer (or, with
+`load_into_transformer_2=True`, the second expert), `set_adapters`, `fuse_lora` / `unfuse_lora` (default: the
+transformer), `unload_lora_weights`; `attention_kwargs={"scale": s}` scales the unfused LoRA paths in the
+transformer's calls.
+
 mindone's return convention: `return_dict=False` by default, so `pipe(...)[0][0]` is the first video. Random
 numbers come from a numpy Generator through `mindport.utils.randn` (the initial latents are the only draw).
 """
@@ -34,6 +39,7 @@ from mindspore import Tensor, ops
 
 from .. import backend
 from .. import image_processing as ip
+from ..lora import LoraLoaderMixin
 from ..utils import randn
 from .pipeline_utils import DiffusionPipeline, PipelineOutput
 from .stable_video_diffusion import postprocess_video
@@ -59,10 +65,12 @@ def _f32(values) -> np.ndarray:
     return np.asarray(values, dtype=np.float32)
 
 
-class _WanPipelineBase(DiffusionPipeline):
-    """What both Wan pipelines share: prompt encoding, latents, the two-pass guided denoising loop, decoding."""
+class _WanPipelineBase(LoraLoaderMixin, DiffusionPipeline):
+    """What both Wan pipelines share: prompt encoding, latents, the two-pass guided denoising loop, decoding, LoRA."""
 
     config_keys = ("boundary_ratio", "expand_timesteps")
+    _lora_components = ("transformer", "transformer_2")
+    _lora_fuse_components = ("transformer",)
 
     def __init__(self, boundary_ratio=None, expand_timesteps=False, **components):
         super().__init__(**components)
