@@ -7,6 +7,7 @@ import hashlib
 import json
 import mmap
 import os
+import re
 import threading
 import warnings
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -124,8 +125,25 @@ def _job_key(path) -> tuple:
     return str(Path(path).resolve()), st.st_size, st.st_mtime_ns
 
 
+def hub_cache_sha256(path) -> str | None:
+    """The sha256 a Hub download already names: in huggingface_hub's cache a snapshot file links to
+    `blobs/<etag>`, and an LFS file's etag is its content's sha256 (what the Hub lists for the file). None for
+    anything else (local files, git-stored small files, whose etag is a 40-digit git hash)."""
+    p = Path(path)
+    if not p.is_symlink():
+        return None
+    target = p.resolve()
+    return target.name if target.parent.name == "blobs" and re.fullmatch(r"[0-9a-f]{64}", target.name) else None
+
+
 def sha256_async(path) -> Future:
-    """sha256 of a file, computed once per (path, size, mtime) in a background thread, behind a prefetch."""
+    """sha256 of a file: the Hub cache's own name for it, else computed once per (path, size, mtime) in a background
+    thread, behind a prefetch."""
+    known = hub_cache_sha256(path)
+    if known is not None:
+        done = Future()
+        done.set_result(known)
+        return done
     key = _job_key(path)
     if key not in _JOBS:
         job = _JOBS[key] = _HashJob(Path(path))
@@ -322,7 +340,7 @@ def file_records(files: list[Path], root: Path) -> list[dict]:
     out = []
     for f in files:
         try:
-            rel = str(Path(f).resolve().relative_to(Path(root).resolve()))
+            rel = str(Path(f).absolute().relative_to(Path(root).absolute()))  # not resolved: Hub files link to blobs
         except ValueError:
             rel = str(f)
         out.append({"path": rel, "bytes": Path(f).stat().st_size, "sha256": sha256_async(f).result()})

@@ -1,6 +1,7 @@
 """Converter: every layout we read, the audit, and bad input refused with one line and nothing written."""
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -272,6 +273,36 @@ def test_hub_id_from_local_cache_offline(svd_src, tmp_path, monkeypatch):
     vae = AutoencoderKLTemporalDecoder.from_pretrained("someone/svd-tiny", subfolder="vae")
     assert vae.config.latent_channels == 4
 
+
+
+def test_hub_cache_blob_names_give_the_sha256(svd_src, tmp_path, monkeypatch):
+    """In huggingface_hub's cache a snapshot's weight file links to blobs/<its sha256> (the LFS etag): the manifest
+    takes that name and the 3 GB are not hashed again; a plain local file is hashed."""
+    import hashlib
+
+    from converters import sources
+
+    snap = tmp_path / "models--someone--svd" / "snapshots" / "0123456789abcdef0123456789abcdef01234567"
+    shutil.copytree(svd_src, snap)
+    blobs = tmp_path / "models--someone--svd" / "blobs"
+    blobs.mkdir()
+    want = {}
+    for f in sorted(snap.rglob("*.safetensors")):
+        digest = hashlib.sha256(f.read_bytes()).hexdigest()
+        f.rename(blobs / digest)
+        f.symlink_to(os.path.relpath(blobs / digest, f.parent))
+        want[str(f.relative_to(snap))] = digest
+    local = tmp_path / "local.bin"
+    local.write_bytes(b"plain local file")
+    monkeypatch.setattr(sources, "sha256", lambda *a, **k: pytest.fail("a Hub cache blob was hashed again"))
+    manifest = convert_checkpoint(snap, tmp_path / "dst", progress=False)
+    got = {r["path"]: r["sha256"] for c in manifest["components"].values() for r in c.get("source_files", [])}
+    assert sorted(got) == ["image_encoder/model.safetensors", "unet/diffusion_pytorch_model.safetensors",
+                           "vae/diffusion_pytorch_model.safetensors"]
+    assert got == {k: want[k] for k in got}
+    assert sources.hub_cache_sha256(local) is None
+    (tmp_path / "git-file").symlink_to(blobs.parent / "blobs")  # not a 64-digit blob name: computed, not trusted
+    assert sources.hub_cache_sha256(tmp_path / "git-file") is None
 
 SVD_XT_REPO = ["model_index.json", "svd_xt.safetensors", "svd_xt_image_decoder.safetensors", "README.md",
                "unet/config.json", "unet/diffusion_pytorch_model.safetensors", "unet/diffusion_pytorch_model.fp16.safetensors",
