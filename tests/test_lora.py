@@ -357,7 +357,8 @@ TARGETS = {
              "down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_out.0": (6, 8),
              "down_blocks.0.attentions.0.transformer_blocks.0.ff.net.0.proj": (12, 6),
              "down_blocks.0.resnets.0.conv1": (6, 4, 3, 3),
-             "down_blocks.0.motion_modules.0.transformer_blocks.0.attn2.to_v": (6, 6)},
+             "down_blocks.0.motion_modules.0.transformer_blocks.0.attn2.to_v": (6, 6),
+             "down_blocks.0.temp_convs.0.conv1.2": (6, 4, 3, 1, 1)},
     "text_encoder": {"encoder.layers.0.self_attn.q_proj": (4, 4), "encoder.layers.0.mlp.fc1": (5, 4)},
 }
 
@@ -434,6 +435,23 @@ def test_alphas_and_locon():
     assert _plan(peft, meta({"r": 4, "lora_alpha": 8, "alpha_pattern": {"resnets.0.conv1": 2}})).entries[0].scale == 0.5
     with pytest.raises(ConversionError, match="DoRA"):
         _plan(peft, meta({"r": 4, "lora_alpha": 8, "use_dora": True}))
+
+
+def test_locon_on_a_temporal_conv3d():
+    """kohya LoCon and peft on a Conv3d (3, 1, 1) (I2VGen-XL's TemporalConvLayer, SVD's temporal resnets): down
+    (r, in, 3, 1, 1), up (out, r, 1, 1, 1); a 2-D up is refused naming both shapes."""
+    down, up = np.ones((2, 4, 3, 1, 1)), np.ones((6, 2, 1, 1, 1))
+    kohya = {"lora_unet_down_blocks_0_temp_convs_0_conv1_2.lora_down.weight": down,
+             "lora_unet_down_blocks_0_temp_convs_0_conv1_2.lora_up.weight": up,
+             "lora_unet_down_blocks_0_temp_convs_0_conv1_2.alpha": np.float32(1.0)}
+    (e,) = _plan(kohya).entries
+    assert (e.path, e.kind, e.rank, e.scale) == ("down_blocks.0.temp_convs.0.conv1.2", "conv", 2, 0.5)
+    peft = {"unet.down_blocks.0.temp_convs.0.conv1.2.lora_A.weight": down,
+            "unet.down_blocks.0.temp_convs.0.conv1.2.lora_B.weight": np.ones((6, 2, 1, 1))}
+    with pytest.raises(ConversionError, match=r"has shape \(6, 2, 1, 1\), but unet.down_blocks.0.temp_convs.0.conv1.2 "
+                                              r"\(weight \(6, 4, 3, 1, 1\)\) needs down \(2, 4, 3, 1, 1\) and up "
+                                              r"\(6, 2, 1, 1, 1\)"):
+        _plan(peft)
 
 
 @pytest.mark.parametrize("arrays, message", [

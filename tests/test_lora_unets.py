@@ -1,7 +1,9 @@
 """LoRA on the SVD and I2VGen-XL UNets through the same pipeline calls as AnimateDiff (load_lora_weights, fuse_lora,
 unfuse_lora, unload_lora_weights), against the diffusers UNet with the same adapter injected by peft (diffusers
 0.42 has no LoRA loader for these pipelines). The file is a peft-layout UNet LoRA (random A and B, alpha 8 on rank
-4 in the adapter metadata) on attention, feed-forward, proj_in/out, time_emb_proj and the 2-D resnet convs."""
+4 in the adapter metadata) on attention, feed-forward, proj_in/out, time_emb_proj, the 2-D resnet convs and the 3-D
+temporal convolutions (nn.Conv3d, kernel (3, 1, 1): SVD's temporal resnets, I2VGen-XL's TemporalConvLayer), which peft
+wraps with a Conv3d down and a 1x1x1 up."""
 
 import json
 
@@ -17,8 +19,8 @@ from mindspore import Tensor  # noqa: E402
 from parity.fixtures import build  # noqa: E402
 from tests.helpers import assert_close, rel_l2  # noqa: E402
 
-TARGETS = (r"^(?!.*temporal_res_block\.conv)(?!.*temp_convs)(?!.*conv_in)(?!.*conv_out)"
-           r".*\.(to_q|to_k|to_v|to_out\.0|ff\.net\.0\.proj|ff\.net\.2|proj_in|proj_out|conv1|conv2|time_emb_proj)$")
+TARGETS = (r"^(?!.*conv_in)(?!.*conv_out)(?!.*temp_convs\.\d+\.conv\d$).*\.(to_q|to_k|to_v|to_out\.0|ff\.net\.0\.proj|ff\.net\.2|proj_in|proj_out"
+           r"|conv1|conv2|time_emb_proj|temp_convs\.\d+\.(?:conv1\.2|conv[234]\.3))$")
 
 
 def _lora_unet(reference, path):
@@ -41,16 +43,21 @@ def _lora_unet(reference, path):
     return reference
 
 
-def _check(pipe, reference, path, run_ms, run_torch):
+def _check(pipe, reference, path, run_ms, run_torch, temporal: str):
     plain = run_ms()
     pipe.load_lora_weights(str(path), adapter_name="style")
-    assert pipe.lora_plan(str(path)).layouts == ["peft"]
+    plan = pipe.lora_plan(str(path))
+    assert plan.layouts == ["peft"]
+    conv3d = [e for e in plan.entries if len(e.down.shape) == 5]
+    assert conv3d and all(temporal in e.path and e.down.shape[2:] == (3, 1, 1) for e in conv3d), \
+        "the temporal Conv3d layers must carry the LoRA too"
     expected = run_torch()
     ours = run_ms()
     assert rel_l2(ours, plain) > 1e-2, "the LoRA must move the UNet output for the test to mean anything"
     assert_close(ours, expected, rel_l2=1e-4, where="unfused LoRA vs diffusers + peft")
     pipe.fuse_lora()
     fused = run_ms()
+    assert_close(fused, ours, rel_l2=1e-5, where="fused vs unfused")
     print(f"LoRA moves the UNet output by {rel_l2(ours, plain):.3f}; vs diffusers+peft: unfused "
           f"{rel_l2(ours, expected):.2e}, fused {rel_l2(fused, expected):.2e}")
     assert_close(fused, expected, rel_l2=1e-4, where="fused LoRA vs diffusers + peft")
@@ -81,7 +88,7 @@ def test_svd_unet_lora_matches_peft(tmp_path):
     def run_ms():
         return pipe.unet(Tensor(x), 0.7, Tensor(ehs), Tensor(ids)).sample.asnumpy()
 
-    _check(pipe, reference, path, run_ms, run_torch)
+    _check(pipe, reference, path, run_ms, run_torch, "temporal_res_block")
 
 
 def test_i2vgen_xl_unet_lora_matches_peft(tmp_path):
@@ -111,4 +118,4 @@ def test_i2vgen_xl_unet_lora_matches_peft(tmp_path):
         return pipe.unet(x["sample"], 981, x["fps"], x["image_latents"], image_embeddings=x["image_embeddings"],
                          encoder_hidden_states=x["encoder_hidden_states"]).sample.asnumpy()
 
-    _check(pipe, reference, path, run_ms, run_torch)
+    _check(pipe, reference, path, run_ms, run_torch, "temp_convs")
