@@ -43,7 +43,7 @@ def _lora_unet(reference, path):
     return reference
 
 
-def _check(pipe, reference, path, run_ms, run_torch, temporal: str):
+def _check(pipe, reference, path, run_ms, run_torch, temporal: str, unfused_check=None):
     plain = run_ms()
     pipe.load_lora_weights(str(path), adapter_name="style")
     plan = pipe.lora_plan(str(path))
@@ -55,6 +55,8 @@ def _check(pipe, reference, path, run_ms, run_torch, temporal: str):
     ours = run_ms()
     assert rel_l2(ours, plain) > 1e-2, "the LoRA must move the UNet output for the test to mean anything"
     assert_close(ours, expected, rel_l2=1e-4, where="unfused LoRA vs diffusers + peft")
+    if unfused_check is not None:
+        unfused_check(ours)
     pipe.fuse_lora()
     fused = run_ms()
     assert_close(fused, ours, rel_l2=1e-5, where="fused vs unfused")
@@ -107,15 +109,26 @@ def test_i2vgen_xl_unet_lora_matches_peft(tmp_path):
     path = tmp_path / "i2vgen_lora.safetensors"
     _lora_unet(reference, path)
 
-    def run_torch():
+    def run_torch(**kw):
         with torch.no_grad():
             return reference(torch.from_numpy(x["sample"]), torch.tensor(981), fps=torch.from_numpy(x["fps"]),
                              image_latents=torch.from_numpy(x["image_latents"]),
                              image_embeddings=torch.from_numpy(x["image_embeddings"]),
-                             encoder_hidden_states=torch.from_numpy(x["encoder_hidden_states"])).sample.numpy()
+                             encoder_hidden_states=torch.from_numpy(x["encoder_hidden_states"]), **kw).sample.numpy()
 
-    def run_ms():
+    def run_ms(**kw):
         return pipe.unet(x["sample"], 981, x["fps"], x["image_latents"], image_embeddings=x["image_embeddings"],
-                         encoder_hidden_states=x["encoder_hidden_states"]).sample.asnumpy()
+                         encoder_hidden_states=x["encoder_hidden_states"], **kw).sample.asnumpy()
 
-    _check(pipe, reference, path, run_ms, run_torch, "temp_convs")
+    def call_time_scale(unscaled):
+        """diffusers' I2VGen-XL UNet (what its pipeline passes cross_attention_kwargs to) ignores "scale": its
+        attention processors drop it. Ours ignores it too, with a warning, and matches diffusers' scaled call."""
+        half = {"cross_attention_kwargs": {"scale": 0.5}}
+        expected = run_torch(**half)
+        assert np.array_equal(expected, run_torch()), "diffusers' I2VGen-XL UNet now applies the LoRA scale"
+        with pytest.warns(UserWarning, match=r"cross_attention_kwargs\['scale'\] is ignored, as in diffusers"):
+            ours = run_ms(**half)
+        assert np.array_equal(ours, unscaled)
+        assert_close(ours, expected, rel_l2=1e-4, where="cross_attention_kwargs scale 0.5 vs diffusers")
+
+    _check(pipe, reference, path, run_ms, run_torch, "temp_convs", call_time_scale)

@@ -14,6 +14,8 @@ The body is `conv_in`, a temporal transformer (`transformer_in`) and 3D down / m
 
 from __future__ import annotations
 
+import warnings
+
 from mindspore import Tensor, nn, ops
 
 from .. import backend
@@ -203,6 +205,10 @@ class I2VGenXLUNet(ModelMixin):
 
     def construct(self, sample, timestep, fps, image_latents, image_embeddings=None, encoder_hidden_states=None,
                   timestep_cond=None, cross_attention_kwargs=None, return_dict: bool = True):
+        if cross_attention_kwargs and "scale" in cross_attention_kwargs:
+            warnings.warn("I2VGenXLUNet: cross_attention_kwargs['scale'] is ignored, as in diffusers (its I2VGen-XL "
+                          "UNet does not scale LoRA layers); set a LoRA's strength with set_adapters(names, "
+                          "adapter_weights)", stacklevel=2)
         if image_embeddings is None or encoder_hidden_states is None:
             missing = [n for n, v in (("image_embeddings", image_embeddings),
                                       ("encoder_hidden_states", encoder_hidden_states)) if v is None]
