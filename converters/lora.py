@@ -147,8 +147,8 @@ _MUSUBI_ROLES = ((r"\.lora_down\.weight", "down"), (r"\.lora_up\.weight", "up"),
 
 
 def wan_module(original: str) -> str | None:
-    """diffusers' module path of an original Wan module name (`blocks.0.cross_attn.k_img` -> `blocks.0.attn2.add_k_proj`),
-    None if no row maps it."""
+    """diffusers' module path of an original Wan module name (`blocks.0.cross_attn.k_img` ->
+    `blocks.0.attn2.add_k_proj`), None if no row maps it."""
     for pattern, target in WAN_ORIGINAL_MODULES:
         m = re.fullmatch(pattern, original)
         if m:
@@ -244,8 +244,9 @@ def _classify(key: str, where: str):
         raise ConversionError(f"{where}: key {key!r} is a full weight difference (.diff), which mindport does not "
                               "apply (diffusers ignores it too); expected LoRA pairs, alphas and diff_b bias deltas")
     if not hits:
-        raise ConversionError(f"{where}: key {key!r} matches no LoRA layout mindport reads (peft/diffusers lora_A/lora_B, "
-                              "kohya lora_unet_/lora_te_ lora_down/lora_up, AnimateDiff motion LoRA, Wan diffusion_model. / musubi)")
+        raise ConversionError(f"{where}: key {key!r} matches no LoRA layout mindport reads (peft/diffusers lora_A/"
+                              "lora_B, kohya lora_unet_/lora_te_ lora_down/lora_up, AnimateDiff motion LoRA, Wan "
+                              "diffusion_model. / musubi)")
     rule, m = hits[0]
     return rule, m.expand(rule.component), m.expand(rule.target), m.expand(rule.role)
 

@@ -203,9 +203,6 @@ class LoraLoaderMixin:
     def _lora_models(self) -> dict:
         return {c: getattr(self, c, None) for c in self._lora_components if getattr(self, c, None) is not None}
 
-    def _lora_layer(self, component: str, path: str):
-        return lora_targets(self._lora_models()[component])[path]
-
     # loading -----------------------------------------------------------------------------------------------------
     def lora_plan(self, path, weight_name: str | None = None, load_into_transformer_2: bool = False) -> LoraPlan:
         """Map and check a LoRA file against this pipeline's models without applying it. With
@@ -255,8 +252,9 @@ class LoraLoaderMixin:
             raise TypeError("load_lora_weights: pass the path of a LoRA file or folder (state dicts are not supported)")
         plan = self.lora_plan(pretrained_model_name_or_path_or_dict, weight_name, load_into_transformer_2)
         adapter = Adapter(adapter_name, plan.file, _sha256(Path(plan.file)), plan.layouts)
+        layers = {c: lora_targets(m) for c, m in self._lora_models().items()}
         for e, pair in read_pairs(plan):
-            if pair.bias is not None and self._lora_layer(e.component, e.path).bias is None:
+            if pair.bias is not None and layers[e.component][e.path].bias is None:
                 raise ConversionError(f"{plan.file}: {e.keys[-1]!r} is a bias delta for {e.component}.{e.path}, "
                                       "which has no bias")
             adapter.modules[(e.component, e.path)] = pair
@@ -525,19 +523,27 @@ def convert_lora_file(file, out, pipeline, overwrite: bool = False) -> dict:
                          "source_keys": list(e.keys)}
     info = {"format": "mindport-lora", "version": 1, "source": str(file), "source_sha256": _sha256(file),
             "source_layouts": plan.layouts, "pipeline": str(pipeline), "modules": modules}
-    stage = out.parent / f".{out.name}.lora-{os.getpid()}"
-    shutil.rmtree(stage, ignore_errors=True)
-    try:
+    with _staged(out) as stage:
         stage.mkdir(parents=True)
         write_safetensors(stage / CONVERTED_LORA, entries, {"format": "mindport-lora"})
         (stage / CONVERTED_LORA_INFO).write_text(json.dumps(info, indent=2))
+    return info
+
+
+@contextmanager
+def _staged(out: Path):
+    """A staging path next to `out` (not created) that replaces `out` when the block succeeds and is removed when it
+    fails: `out` appears complete or stays as it was."""
+    stage = out.parent / f".{out.name}.lora-{os.getpid()}"
+    shutil.rmtree(stage, ignore_errors=True)
+    try:
+        yield stage
         if out.exists():
             shutil.rmtree(out)
         os.replace(stage, out)
     except BaseException:
         shutil.rmtree(stage, ignore_errors=True)
         raise
-    return info
 
 
 def fuse_into_converted(folder, loras: list[tuple[str, float]]) -> list[dict]:
@@ -607,16 +613,8 @@ def convert_with_lora(src, dst, loras: list[tuple[str, float]], overwrite: bool 
     for file, _ in loras:
         if not Path(file).is_file():
             raise ConversionError(f"{file}: LoRA file not found")
-    stage = dst.parent / f".{dst.name}.lora-{os.getpid()}"
-    shutil.rmtree(stage, ignore_errors=True)
-    try:
+    with _staged(dst) as stage:
         manifest = convert_checkpoint(src, stage, overwrite=True, **convert_kwargs)
         manifest["lora"] = fuse_into_converted(stage, loras)
         (stage / MANIFEST).write_text(json.dumps(manifest, indent=2))
-        if dst.exists():
-            shutil.rmtree(dst)
-        os.replace(stage, dst)
-    except BaseException:
-        shutil.rmtree(stage, ignore_errors=True)
-        raise
     return manifest

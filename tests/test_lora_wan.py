@@ -95,7 +95,8 @@ def test_t2v_peft_and_original_loras_match_diffusers(case):
     assert rel_l2(scaled, ours) > 1e-2
     assert_close(scaled, scaled_ref, rel_l2=1e-4, where="attention_kwargs scale 0.5 vs diffusers")
     assert np.array_equal(frames(pipe, "t2v"), ours), "the call-time scale must not outlive its call"
-    with pytest.raises(ValueError, match=r"attention_kwargs: only 'scale' \(the LoRA scale\) is supported, got \['x'\]"):
+    with pytest.raises(ValueError, match=r"attention_kwargs: only 'scale' \(the LoRA scale\) is supported, got "
+                                         r"\['x'\]"):
         frames(pipe, "t2v", attention_kwargs={"scale": 0.5, "x": 1})
     pipe.fuse_lora()
     assert_close(frames(pipe, "t2v"), ours, rel_l2=1e-5, where="fused vs unfused")
@@ -219,8 +220,8 @@ def _bad_files(case, root):
 
     folder, peft, original, _ = case["t2v"]
     good, orig = load_file(str(peft)), load_file(str(original))
-    animatediff_like = {"unet.down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q.lora_A.weight": torch.ones(2, 8),
-                        "unet.down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q.lora_B.weight": torch.ones(8, 2)}
+    attn = "unet.down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q"
+    animatediff_like = {f"{attn}.lora_A.weight": torch.ones(2, 8), f"{attn}.lora_B.weight": torch.ones(8, 2)}
     files = {
         "unknown_key": {**good, "transformer.blocks.0.attn1.to_q.hada_w1_a": torch.zeros(4, 4)},
         "no_such_module": {**good, "transformer.blocks.7.attn1.to_q.lora_A.weight": torch.zeros(4, 24),
