@@ -104,7 +104,7 @@ def cmd_parity(a) -> int:
                         baseline=a.baseline, floor=not a.no_floor, isolate=not a.no_isolation,
                         weight_samples=a.weight_samples, weight_tensors=a.weight_tensor or (),
                         loras=[parse_lora_spec(s) for s in a.lora or ()], save_golden=a.save_golden, golden=a.golden,
-                        golden_inputs=tuple(a.golden_inputs or ()),
+                        golden_inputs=tuple(a.golden_inputs or ()), free_noise=_free_noise(a),
                         log=lambda m: print(m, file=sys.stderr))
     f = report["frames"]
     where = divergence_summary(report["first_divergence"])
@@ -149,6 +149,30 @@ GENERATE_ARGUMENTS = {"prompt": "prompt", "negative_prompt": "negative_prompt", 
                       "video": "video", "strength": "strength"}
 POSITIVE = ("frames", "steps", "height", "width", "decode_chunk_size", "fps")
 DEFAULT_FPS = 8
+# FreeNoise's flags -> enable_free_noise's arguments (checked there, with the motion modules' limit)
+FREE_NOISE_FLAGS = ("context_length", "context_stride", "weighting_scheme", "noise_type")
+
+
+def _free_noise(a) -> dict | None:
+    """enable_free_noise's arguments from --free-noise and its flags (None without --free-noise; its flags alone are
+    refused)."""
+    given = {k: getattr(a, k) for k in FREE_NOISE_FLAGS if getattr(a, k) is not None}
+    if not a.free_noise:
+        if given:
+            raise ValueError(f"{', '.join('--' + k.replace('_', '-') for k in given)} set up FreeNoise: give "
+                             "--free-noise too")
+        return None
+    return {"context_length": None, **given}
+
+
+def _add_free_noise_flags(p) -> None:
+    p.add_argument("--free-noise", action="store_true",
+                   help="AnimateDiff: FreeNoise, more frames than the motion modules hold (enable_free_noise)")
+    p.add_argument("--context-length", type=int,
+                   help="FreeNoise window, in frames (default: the motion modules' motion_max_seq_length)")
+    p.add_argument("--context-stride", type=int, help="FreeNoise: frames between windows (default 4)")
+    p.add_argument("--weighting-scheme", help="FreeNoise blend: flat, pyramid (default), delayed_reverse_sawtooth")
+    p.add_argument("--noise-type", help="FreeNoise noise: shuffle_context (default), repeat_context, random")
 
 
 def _generate_pipeline(a, root: Path):
@@ -204,9 +228,12 @@ def cmd_generate(a) -> int:
     out = Path(a.out)
     if out.suffix not in ("", ".gif", ".mp4"):
         raise ValueError(f"--out {out}: expected a .gif, an .mp4, or a folder (no suffix) for PNG frames")
+    free_noise = _free_noise(a)
     root = Path(resolve(a.src, a.variant))
     cls, extra = _generate_pipeline(a, root)
     name = cls.__name__
+    if free_noise is not None and not hasattr(cls, "enable_free_noise"):
+        raise ValueError(f"{name} does not take --free-noise (FreeNoise is for AnimateDiff pipelines)")
     takes = inspect.signature(cls.__call__).parameters
     given = {flag: getattr(a, flag) for flag in GENERATE_ARGUMENTS if getattr(a, flag) is not None}
     unused = sorted(f"--{flag.replace('_', '-')}" for flag in given
@@ -234,6 +261,8 @@ def cmd_generate(a) -> int:
         extra["motion_adapter"] = model_class("MotionAdapter").from_pretrained(extra["motion_adapter"],
                                                                                 mindspore_dtype=dtype)
     pipe = cls.from_pretrained(root, mindspore_dtype=dtype, variant=a.variant, **extra)
+    if free_noise is not None:
+        pipe.enable_free_noise(**free_noise)
     kwargs = {GENERATE_ARGUMENTS[flag]: value for flag, value in given.items()}
     result = pipe(**kwargs, output_type="np", generator=np.random.Generator(np.random.PCG64(a.seed)))
     video = np.asarray(result[0])
@@ -328,6 +357,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--lora", action="append", metavar="FILE[:SCALE]",
                    help="load this LoRA on both sides (repeatable): diffusers' load_lora_weights / set_adapters / "
                         "fuse_lora for the reference, `convert --lora` for ours")
+    _add_free_noise_flags(r)
     r.set_defaults(fn=cmd_parity)
 
     g = sub.add_parser("generate", help="generate a video with the MindSpore pipeline a folder holds (any supported "
@@ -351,6 +381,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--video", help="input video for video-to-video (AnimateDiff video-to-video): .gif, .mp4 or a "
                                    "folder of frames")
     g.add_argument("--strength", type=float, help="video-to-video: how much of the input is re-noised (default 0.8)")
+    _add_free_noise_flags(g)
     g.add_argument("--seed", type=int, default=42)
     g.add_argument("--fps", type=int, help=f"frame rate of the written video (default {DEFAULT_FPS}); SVD also "
                                             "conditions on it (its default 7)")

@@ -21,7 +21,7 @@ from converters.sources import read_json
 FIXTURE_META = "mindport_fixture.json"  # written into a fixture folder by parity.fixtures (preset, seed, spec)
 # keys a fixture preset's `run` may set (parity settings and the sampler settings the adapters read)
 RUN_KEYS = ("height", "width", "frames", "guidance_scale", "min_guidance_scale", "max_guidance_scale", "eta",
-            "decode_chunk_size", "strength")
+            "decode_chunk_size", "strength", "free_noise")
 
 
 class PipelineAdapter:
@@ -59,6 +59,10 @@ class PipelineAdapter:
         config.json ({} when absent)."""
         raise NotImplementedError
 
+    def free_noise_settings(self, root, free_noise: dict) -> dict:
+        """FreeNoise's enable_free_noise arguments for the folder `root`, checked and complete (AnimateDiff)."""
+        raise ConversionError(f"--free-noise: {self.pipeline} has no FreeNoise (AnimateDiff pipelines have it)")
+
     # -- the same for every pipeline ---------------------------------------------------------------------------
     def settings(self, root, frames=None, height=None, width=None, decode_chunk_size=None) -> dict:
         """The run's pixels, frames and sampler settings: each explicit value, else what a tiny fixture was built
@@ -93,6 +97,12 @@ class PipelineAdapter:
         pipe = pipeline_class(self.pipeline).from_pretrained(str(converted), mindspore_dtype=dtype)
         pipe.set_progress_bar_config(disable=True)
         return pipe
+
+    def configure(self, pipe, settings: dict) -> None:
+        """The switches the run's settings turn on in a loaded pipeline, either side (both spell them alike):
+        FreeNoise."""
+        if settings.get("free_noise"):
+            pipe.enable_free_noise(**settings["free_noise"])
 
     def patch_noise(self, noise, reference: bool = True):
         """Every random draw of both pipelines (with reference=False: of ours only, diffusers not imported) through

@@ -4,11 +4,18 @@ identical arguments.
 The fixture is built as users build AnimateDiff: an SD 1.5-like `UNet2DConditionModel` and a `MotionAdapter` (both
 randomised) handed to diffusers' AnimateDiffPipeline, which merges them into a `UNetMotionModel`; the saved folder
 holds that UNet plus the adapter. Random draws: the initial latents (`prepare_latents`) and, with eta > 0, one DDIM
-variance draw per step (`step`).
+variance draw per step (`step`). With FreeNoise (the run setting `free_noise`: enable_free_noise's arguments, on both
+sides) the latents are drawn by its own function on each side, and with noise_type "shuffle_context" each window's
+permutation is the argsort of a shared draw on both sides (diffusers' `torch.randperm` replaced for the run).
 """
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import numpy as np
+
+from converters.sources import read_json
 from mindport.image_processing import pipeline_output_size, vae_scale_factor
 
 from .adapter import PipelineAdapter
@@ -103,9 +110,33 @@ class AnimateDiffAdapter(PipelineAdapter):
     # where the initial latents and (eta > 0) DDIM's variance noise come from
     reference_noise_modules = (
         "diffusers.pipelines.animatediff.pipeline_animatediff",
+        "diffusers.pipelines.free_noise_utils",
         "diffusers.schedulers.scheduling_ddim",
     )
-    our_noise_modules = ("mindport.pipelines.animatediff", "mindport.schedulers.scheduling_ddim")
+    our_noise_modules = ("mindport.pipelines.animatediff", "mindport.pipelines.free_noise",
+                         "mindport.schedulers.scheduling_ddim")
+
+    def patch_noise(self, noise, reference: bool = True):
+        """The shared noise, and diffusers' FreeNoise permutations as ours: the argsort of a shared draw."""
+        undo = super().patch_noise(noise, reference)
+        if not reference:
+            return undo
+        from diffusers.pipelines import free_noise_utils
+
+        saved = free_noise_utils.torch
+        free_noise_utils.torch = _SharedRandperm(saved, free_noise_utils)
+
+        def undo_all():
+            free_noise_utils.torch = saved
+            undo()
+
+        return undo_all
+
+    def free_noise_settings(self, root, free_noise: dict) -> dict:
+        from mindport.pipelines.free_noise import free_noise_settings
+
+        limit = read_json(Path(root) / "unet" / "config.json").get("motion_max_seq_length", 32)
+        return free_noise_settings(limit, **free_noise)
 
     def call_kwargs(self, settings: dict) -> dict:
         """Identical arguments for both pipelines: a prompt and a negative prompt with guidance."""
@@ -129,6 +160,21 @@ class AnimateDiffAdapter(PipelineAdapter):
         height, width = pipeline_output_size(None, None, unet, vae_scale_factor(vae), vae_config=vae,
                                              owner="mindport parity (--height, --width)")
         return {"height": height, "width": width, "frames": min(16, unet.get("motion_max_seq_length") or 32)}
+
+
+class _SharedRandperm:
+    """diffusers' free_noise_utils sees this as `torch`: torch itself, but randperm(n) is the argsort of n values drawn
+    through the module's (shared-noise) randn_tensor, as mindport draws its FreeNoise permutations."""
+
+    def __init__(self, torch, module):
+        self._torch, self._module = torch, module
+
+    def __getattr__(self, name):
+        return getattr(self._torch, name)
+
+    def randperm(self, n, generator=None, **_):
+        values = self._module.randn_tensor((n,), generator=generator).numpy()
+        return self._torch.from_numpy(np.argsort(values, kind="stable"))
 
 
 ADAPTER = AnimateDiffAdapter()

@@ -59,7 +59,7 @@ def run_parity(src, out, converted=None, steps: int | None = None, frames: int |
                decode_chunk_size: int | None = None, baseline=None, floor: bool = True, isolate: bool = True,
                weight_samples: int = 12, weight_tensors=(), weight_budget_s: float = 60.0,
                isolate_depth: int | None = None, loras=(), save_golden=None, golden=None, golden_inputs=(),
-               log=print) -> dict:
+               free_noise: dict | None = None, log=print) -> dict:
     """Returns the report dict (also written to OUT/report.json, report.md, report.html and the frame images).
 
     Phases (one framework's model resident at a time):
@@ -74,7 +74,10 @@ def run_parity(src, out, converted=None, steps: int | None = None, frames: int |
 
     `save_golden=DIR` also writes the PyTorch side as a golden reference (parity/golden.py); `golden=DIR` replaces
     the PyTorch phase by one (no torch or diffusers needed; SRC optional, the run's settings come from the golden;
-    teacher forcing and the weight-mapping check need the live reference and are skipped)."""
+    teacher forcing and the weight-mapping check need the live reference and are skipped).
+
+    `free_noise` (enable_free_noise's arguments; {} for its defaults) turns FreeNoise on in both pipelines (AnimateDiff);
+    a fixture preset may set it too (its run setting `free_noise`)."""
     from mindport.loading import convert_checkpoint
 
     if dtype not in BARS:
@@ -88,6 +91,8 @@ def run_parity(src, out, converted=None, steps: int | None = None, frames: int |
                  "decode_chunk_size": decode_chunk_size}
         bad = [f"--{k.replace('_', '-')} {v} (golden: {gold.settings.get(k)})" for k, v in flags.items()
                if v is not None and v != gold.settings.get(k)]
+        if free_noise is not None:
+            bad += [f"--free-noise (golden: {gold.settings.get('free_noise')})"]
         if bad:
             raise ConversionError(f"{golden}: the golden reference ran other settings than asked: {', '.join(bad)}")
         steps, seed = gold.settings["steps"], gold.settings["seed"]
@@ -111,6 +116,8 @@ def run_parity(src, out, converted=None, steps: int | None = None, frames: int |
     #    (against a golden: the golden's)
     run = ({k: v for k, v in gold.settings.items() if k not in GOLDEN_OWN_SETTINGS} if gold is not None else
            adapter.settings(root, frames=frames, height=height, width=width, decode_chunk_size=decode_chunk_size))
+    if gold is None and (free_noise is not None or run.get("free_noise") is not None):
+        run["free_noise"] = adapter.free_noise_settings(root, free_noise if free_noise is not None else run["free_noise"])
     settings = {
         "pipeline": pipeline, "source": str(src if gold is None else gold.settings["source"]), "dtype": dtype,
         "seed": seed, "steps": steps, **run,
@@ -187,6 +194,7 @@ def run_parity(src, out, converted=None, steps: int | None = None, frames: int |
         # 3. PyTorch phase (skipped against a golden reference: loaded above)
         if gold is None:
             ref_pipe = timed("load_s", adapter.load_reference, root)
+            adapter.configure(ref_pipe, settings)
             if loras:
                 lora_mod.apply_reference(ref_pipe, loras)
             ref_schedule = gates.schedule(ref_pipe.scheduler, steps)
@@ -232,6 +240,7 @@ def run_parity(src, out, converted=None, steps: int | None = None, frames: int |
 
         # 4. MindSpore phase
         our_pipe = timed("load_s", adapter.load_ours, converted, dtype)
+        adapter.configure(our_pipe, settings)
         our_schedule = gates.schedule(our_pipe.scheduler, steps)
         log(f"running MindSpore ({dtype}), free-running")
         noise.start("mindspore", "free-running")

@@ -34,10 +34,19 @@ CASES = [
     ("wan-i2v-tiny/fp32", "wan-i2v-tiny", "fp32", 3),
     ("wan-i2v-tiny/fp16", "wan-i2v-tiny", "fp16", 3),
     ("animatediff-tiny-lora/fp32", "animatediff-tiny", "fp32", 3),
+    ("animatediff-tiny-freenoise/fp32", "animatediff-tiny", "fp32", 3),
+    ("animatediff-tiny-freenoise/fp16", "animatediff-tiny", "fp16", 3),
 ]
 # cases run with LoRAs fused on both sides: the seeded (style, motion) LoRA files of parity.lora.tiny_loras, at
 # these scales
 LORA_SCALES = {"animatediff-tiny-lora/fp32": (0.8, 1.2)}
+# cases run with FreeNoise on both sides: 13 frames (the motion modules hold 8) of 24x16 pixels, windows of 8 frames
+# every 3 (0-8, 3-11 and the tail 5-13, whose two new frames count with one weight, as diffusers), pyramid
+# weights, shuffled context noise
+_FREE_NOISE = dict(frames=13, height=16, width=24,
+                   free_noise=dict(context_length=8, context_stride=3, weighting_scheme="pyramid",
+                                   noise_type="shuffle_context"))
+FREE_NOISE = {"animatediff-tiny-freenoise/fp32": _FREE_NOISE, "animatediff-tiny-freenoise/fp16": _FREE_NOISE}
 
 
 def summary_table(reports: dict[str, dict], prefix: str = "reports/") -> str:
@@ -79,7 +88,7 @@ def main() -> int:
         folder = build(preset)
         loras = list(zip(tiny_loras(folder), LORA_SCALES[name])) if name in LORA_SCALES else ()
         results[name] = run_parity(folder, REPORTS / name, dtype=dtype, steps=steps, loras=loras,
-                                   log=lambda m: print(f"   {m}", file=sys.stderr))
+                                   **FREE_NOISE.get(name, {}), log=lambda m: print(f"   {m}", file=sys.stderr))
     for name, *_ in CASES:  # the table covers every committed report, regenerated now or not
         path = REPORTS / name / "report.json"
         if name not in results and path.exists():

@@ -125,9 +125,15 @@ def _replace(cells: nn.CellList, index: int, make) -> None:
     """cells[index] = make(cells[index]), the parameters keeping their full names (building the new cell and
     CellList assignment would prefix them anew)."""
     names = [(p, p.name) for p in cells[index].get_parameters()]
-    cells[index] = make(cells[index])
-    for p, name in names:
-        p.name = name
+
+    def restore():
+        for p, name in names:
+            p.name = name
+
+    new = make(cells[index])
+    restore()  # CellList reads its prefix from its cells' parameter names
+    cells[index] = new
+    restore()
 
 
 def use_windowed_blocks(motion_transformers, context_length: int, context_stride: int, weighting_scheme: str) -> None:

@@ -43,22 +43,12 @@ class AnimateDiffFreeNoiseMixin:
         motion modules' motion_max_seq_length) every `context_stride` frames, blended by `weighting_scheme`
         ("flat", "pyramid", "delayed_reverse_sawtooth"); `noise_type` "shuffle_context", "repeat_context" or
         "random" (see the module docstring)."""
-        limit = int(self.unet.config.motion_max_seq_length)
-        length = limit if context_length is None else context_length
-        if isinstance(length, bool) or not isinstance(length, int) or not 1 <= length <= limit:
-            raise ValueError(f"enable_free_noise: context_length={context_length!r} is not an integer in [1, {limit}] "
-                             f"(the motion modules' motion_max_seq_length={limit})")
-        if isinstance(context_stride, bool) or not isinstance(context_stride, int) or not 1 <= context_stride <= length:
-            raise ValueError(f"enable_free_noise: context_stride={context_stride!r} is not an integer in [1, "
-                             f"context_length={length}] (a longer stride leaves frames outside every window)")
-        if weighting_scheme not in WEIGHTING_SCHEMES:
-            raise ValueError(f"enable_free_noise: unknown weighting_scheme {weighting_scheme!r}; expected one of "
-                             f"{list(WEIGHTING_SCHEMES)}")
-        if noise_type not in NOISE_TYPES:
-            raise ValueError(f"enable_free_noise: unknown noise_type {noise_type!r}; expected one of {list(NOISE_TYPES)}")
         if prompt_interpolation_callback is not None and not callable(prompt_interpolation_callback):
             raise ValueError(f"enable_free_noise: prompt_interpolation_callback must be callable, got "
                              f"{type(prompt_interpolation_callback).__name__}")
+        settings = free_noise_settings(self.unet.config.motion_max_seq_length, context_length, context_stride,
+                                       weighting_scheme, noise_type)
+        length, context_stride = settings["context_length"], settings["context_stride"]
         use_windowed_blocks(self.unet.motion_transformers(), length, context_stride, weighting_scheme)
         self._free_noise_context_length = length
         self._free_noise_context_stride = context_stride
@@ -156,6 +146,27 @@ class AnimateDiffFreeNoiseMixin:
         return out[0], out[1]
 
 
+def free_noise_settings(motion_max_seq_length: int, context_length: int | None = 16, context_stride: int = 4,
+                        weighting_scheme: str = "pyramid", noise_type: str = "shuffle_context") -> dict:
+    """enable_free_noise's arguments checked (one-line ValueErrors naming the value and what is valid) and complete:
+    context_length None becomes the motion modules' motion_max_seq_length."""
+    limit = int(motion_max_seq_length)
+    length = limit if context_length is None else context_length
+    if isinstance(length, bool) or not isinstance(length, int) or not 1 <= length <= limit:
+        raise ValueError(f"enable_free_noise: context_length={context_length!r} is not an integer in [1, {limit}] "
+                         f"(the motion modules' motion_max_seq_length={limit})")
+    if isinstance(context_stride, bool) or not isinstance(context_stride, int) or not 1 <= context_stride <= length:
+        raise ValueError(f"enable_free_noise: context_stride={context_stride!r} is not an integer in [1, "
+                         f"context_length={length}] (a longer stride leaves frames outside every window)")
+    if weighting_scheme not in WEIGHTING_SCHEMES:
+        raise ValueError(f"enable_free_noise: unknown weighting_scheme {weighting_scheme!r}; expected one of "
+                         f"{list(WEIGHTING_SCHEMES)}")
+    if noise_type not in NOISE_TYPES:
+        raise ValueError(f"enable_free_noise: unknown noise_type {noise_type!r}; expected one of {list(NOISE_TYPES)}")
+    return {"context_length": length, "context_stride": context_stride, "weighting_scheme": weighting_scheme,
+            "noise_type": noise_type}
+
+
 def _frame_prompts(name: str, value, num_frames: int) -> dict:
     """A str or {frame: str} prompt as a dict sorted by frame, its last entry repeated at the last frame."""
     if isinstance(value, str):
@@ -174,4 +185,4 @@ def _frame_prompts(name: str, value, num_frames: int) -> dict:
     return out
 
 
-__all__ = ["AnimateDiffFreeNoiseMixin", "NOISE_TYPES"]
+__all__ = ["AnimateDiffFreeNoiseMixin", "NOISE_TYPES", "free_noise_settings"]
