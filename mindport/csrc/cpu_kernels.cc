@@ -114,10 +114,10 @@ Pool &pool() {
   return *instance;
 }
 
-// A per-thread scratch buffer (slot 0 or 1) of at least n floats, grown as needed.
+// A per-thread scratch buffer (slot 0, 1 or 2) of at least n floats, grown as needed.
 float *scratch(int slot, int64_t n) {
-  thread_local float *buf[2] = {nullptr, nullptr};
-  thread_local int64_t cap[2] = {0, 0};
+  thread_local float *buf[3] = {nullptr, nullptr, nullptr};
+  thread_local int64_t cap[3] = {0, 0, 0};
   if (cap[slot] < n) {
     std::free(buf[slot]);
     buf[slot] = static_cast<float *>(std::malloc(n * sizeof(float)));
@@ -915,32 +915,51 @@ static void conv3x3_winograd(const float *x, const float *w, const float *bias, 
     const int64_t b = job / blocks, tr0 = (job % blocks) * rows_per_job, ntr = std::min(rows_per_job, th - tr0);
     const int64_t nt = ntr * tw;
     float *v = scratch(0, 16 * t * c * nt), *m = scratch(1, 16 * o * nt);
-    // V[k] (t*c, nt) = (B^T d B)[k], B^T = [[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]]
+    // V[k] (t*c, nt) = (B^T d B)[k], B^T = [[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]], computed
+    // across a tile row at once (contiguous vectors over the tiles): each of the 4 input rows split into its even
+    // and odd columns (zero outside the image), d[i][j] of tile tc being e[tc], o[tc], e[tc + 1], o[tc + 1]
+    float *rows = scratch(2, 8 * (tw + 1) + 16 * tw);
+    float *hz = rows + 8 * (tw + 1);  // (4 rows x 4 columns of the transform, tw)
     for (int64_t fc = 0; fc < t * c; ++fc) {  // fc = input frame * c + channel
       const int64_t fi = fc / c, ci = fc % c;
       const float *xc = x + ((b * c + ci) * t + fi) * h * wd;
-      for (int64_t tr = 0; tr < ntr; ++tr)
-        for (int64_t tc = 0; tc < tw; ++tc) {
-          float d[4][4];
-          const int64_t r0 = 2 * (tr0 + tr) - ph, c0 = 2 * tc - pw;
-          for (int i = 0; i < 4; ++i)
-            for (int j = 0; j < 4; ++j) {
-              const int64_t ri = r0 + i, cj = c0 + j;
-              d[i][j] = (ri >= 0 && ri < h && cj >= 0 && cj < wd) ? xc[ri * wd + cj] : 0.0f;
+      for (int64_t tr = 0; tr < ntr; ++tr) {
+        const int64_t r0 = 2 * (tr0 + tr) - ph;
+        for (int i = 0; i < 4; ++i) {  // row r0 + i: even / odd columns, then the horizontal transform B^T d_i
+          float *ev = rows + 2 * i * (tw + 1), *od = ev + (tw + 1);
+          const int64_t ri = r0 + i;
+          if (ri < 0 || ri >= h) {
+            std::fill(ev, ev + 2 * (tw + 1), 0.0f);
+          } else {
+            const float *xr = xc + ri * wd;
+            for (int64_t k = 0; k <= tw; ++k) {
+              const int64_t c0 = 2 * k - pw;
+              ev[k] = (c0 >= 0 && c0 < wd) ? xr[c0] : 0.0f;
+              od[k] = (c0 + 1 >= 0 && c0 + 1 < wd) ? xr[c0 + 1] : 0.0f;
             }
-          float tt[4][4];
-          for (int j = 0; j < 4; ++j) {
-            tt[0][j] = d[0][j] - d[2][j];
-            tt[1][j] = d[1][j] + d[2][j];
-            tt[2][j] = d[2][j] - d[1][j];
-            tt[3][j] = d[1][j] - d[3][j];
           }
-          const int64_t col = tr * tw + tc;
-          for (int i = 0; i < 4; ++i) {
-            const float r[4] = {tt[i][0] - tt[i][2], tt[i][1] + tt[i][2], tt[i][2] - tt[i][1], tt[i][1] - tt[i][3]};
-            for (int j = 0; j < 4; ++j) v[((i * 4 + j) * t * c + fc) * nt + col] = r[j];
+          float *h0 = hz + (i * 4) * tw, *h1 = h0 + tw, *h2 = h1 + tw, *h3 = h2 + tw;
+#pragma omp simd
+          for (int64_t tc = 0; tc < tw; ++tc) {
+            h0[tc] = ev[tc] - ev[tc + 1];
+            h1[tc] = od[tc] + ev[tc + 1];
+            h2[tc] = ev[tc + 1] - od[tc];
+            h3[tc] = od[tc] - od[tc + 1];
           }
         }
+        for (int j = 0; j < 4; ++j) {  // the vertical transform over the 4 rows, column j of the result
+          const float *a0 = hz + j * tw, *a1 = hz + (4 + j) * tw, *a2 = hz + (8 + j) * tw, *a3 = hz + (12 + j) * tw;
+          float *v0 = v + ((0 * 4 + j) * t * c + fc) * nt + tr * tw, *v1 = v + ((1 * 4 + j) * t * c + fc) * nt + tr * tw;
+          float *v2 = v + ((2 * 4 + j) * t * c + fc) * nt + tr * tw, *v3 = v + ((3 * 4 + j) * t * c + fc) * nt + tr * tw;
+#pragma omp simd
+          for (int64_t tc = 0; tc < tw; ++tc) {
+            v0[tc] = a0[tc] - a2[tc];
+            v1[tc] = a1[tc] + a2[tc];
+            v2[tc] = a2[tc] - a1[tc];
+            v3[tc] = a1[tc] - a3[tc];
+          }
+        }
+      }
     }
     for (int64_t f = 0; f < to; ++f) {
       // input frames f + dt - pt inside [0, t): dt in [dt0, dt1), consecutive rows of V, columns of U
@@ -951,27 +970,39 @@ static void conv3x3_winograd(const float *x, const float *w, const float *bias, 
                   v + (k * t + f + dt0 - pt) * c * nt, nt, 0.0f, m + k * o * nt, nt);
       else
         std::fill(m, m + 16 * o * nt, 0.0f);
-      // Y = A^T M A, A^T = [[1, 1, 1, 0], [0, 1, -1, -1]]
+      // Y = A^T M A, A^T = [[1, 1, 1, 0], [0, 1, -1, -1]], across a tile row at once: the two output rows' even
+      // and odd columns, then interleaved into y
+      float *q = rows;  // (2 rows x even / odd, tw)
       for (int64_t oc = 0; oc < o; ++oc) {
         float *yo = y + ((b * o + oc) * to + f) * ho * wo;
         const float bv = has_bias ? bias[oc] : 0.0f;
-        for (int64_t tr = 0; tr < ntr; ++tr)
+        for (int64_t tr = 0; tr < ntr; ++tr) {
+          const float *mk[16];
+          for (int k = 0; k < 16; ++k) mk[k] = m + (k * o + oc) * nt + tr * tw;
+          float *e0 = q, *o0 = q + tw, *e1 = q + 2 * tw, *o1 = q + 3 * tw;
+#pragma omp simd
           for (int64_t tc = 0; tc < tw; ++tc) {
-            const int64_t col = tr * tw + tc;
-            float mm[4][4];
-            for (int k = 0; k < 16; ++k) mm[k / 4][k % 4] = m[(k * o + oc) * nt + col];
-            float sm[2][4];
+            float s0[4], s1[4];
             for (int j = 0; j < 4; ++j) {
-              sm[0][j] = mm[0][j] + mm[1][j] + mm[2][j];
-              sm[1][j] = mm[1][j] - mm[2][j] - mm[3][j];
+              s0[j] = mk[j][tc] + mk[4 + j][tc] + mk[8 + j][tc];
+              s1[j] = mk[4 + j][tc] - mk[8 + j][tc] - mk[12 + j][tc];
             }
-            const int64_t r = 2 * (tr0 + tr), cc = 2 * tc;
-            for (int i = 0; i < 2; ++i) {
-              if (r + i >= ho) break;
-              const float out[2] = {sm[i][0] + sm[i][1] + sm[i][2] + bv, sm[i][1] - sm[i][2] - sm[i][3] + bv};
-              for (int j = 0; j < 2 && cc + j < wo; ++j) yo[(r + i) * wo + cc + j] = out[j];
-            }
+            e0[tc] = s0[0] + s0[1] + s0[2] + bv;
+            o0[tc] = s0[1] - s0[2] - s0[3] + bv;
+            e1[tc] = s1[0] + s1[1] + s1[2] + bv;
+            o1[tc] = s1[1] - s1[2] - s1[3] + bv;
           }
+          const int64_t r = 2 * (tr0 + tr);
+          for (int i = 0; i < 2 && r + i < ho; ++i) {
+            const float *ei = i ? e1 : e0, *oi = i ? o1 : o0;
+            float *yr = yo + (r + i) * wo;
+            for (int64_t tc = 0; tc < wo / 2; ++tc) {
+              yr[2 * tc] = ei[tc];
+              yr[2 * tc + 1] = oi[tc];
+            }
+            if (wo % 2) yr[wo - 1] = ei[wo / 2];
+          }
+        }
       }
     }
   });
