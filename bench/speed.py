@@ -1,15 +1,18 @@
 """`make bench`: PyTorch CPU against mindport CPU, in one run, on the same weights and inputs.
 
-Components at a mid-size config (the three UNets, both VAE decoders, the CLIP encoders) and the three pipelines end
-to end at their tiny parity configs (load included). Each framework runs in its own worker process (MindSpore's
-runtime threads slow PyTorch 5-8x inside one process); every case: warm-up, then `--repeats` rounds interleaving
-PyTorch fp32, mindport fp32 and mindport fp16 so machine noise hits all of them; medians reported. PyTorch fp16 on
-CPU is ~140x slower than fp32, so the fp16 columns' reference is PyTorch fp32.
+Components at a mid-size config (the three UNets, both VAE decoders, the CLIP encoders), the three pipelines end
+to end at their tiny parity configs (load included), and the three pipelines at the seed's pixels and frames on
+narrow random-weight models (one step + decode; `--only seed`, `make bench-seed`: reports/bench_seed.md). Each
+framework runs in its own worker process (MindSpore's runtime threads slow PyTorch 5-8x inside one process); every
+case: warm-up, then `--repeats` rounds interleaving PyTorch fp32, mindport fp32 and mindport fp16 so machine noise
+hits all of them; medians reported. PyTorch fp16 on CPU is ~140x slower than fp32, so the fp16 columns' reference
+is PyTorch fp32.
 
 With `--ms210 PYTHON` (a venv holding mindspore 2.10, made by `make bench`) one more worker times mindport fp32
 there, interleaved with the others (components only).
 
-Writes reports/bench.md and the README table between its bench markers, and prints the table.
+Writes reports/bench.md and the README table between its bench markers (a run of every case), or
+reports/bench_seed.md (`--only seed`), and prints the table.
 """
 
 from __future__ import annotations
@@ -301,6 +304,101 @@ def _pipeline_runner(root: str, side: str):
     return lambda: adapter.run_ours(adapter.load_ours(root, side), dict(kwargs))
 
 
+# ---------------------------------------------------------------------------------------------------------------
+# seed sizes (issue 20): the seed's pixels, frames and decode chunks on narrow random-weight pipelines, one step
+# ---------------------------------------------------------------------------------------------------------------
+
+# Narrow models at the seed's sizes: the real VAE depth (four levels, so the latents are the seed's, 1/8 of the
+# pixels) and one UNet level at full latent size with self-attention, so every attention runs over the seed's
+# token counts (SVD 72 x 128 = 9,216 per frame, AnimateDiff 64 x 64 = 4,096, I2VGen-XL 44 x 80 = 3,520); channels
+# 32-64 (the released models: 320-1280) so that a row takes minutes. Frames, pixels and decode chunks are the
+# seed's (README's calls: SVD 576 x 1024, 5 frames, decode_chunk_size 8; AnimateDiff 512 x 512, 16 frames, chunk 16
+# (its default); I2VGen-XL half of a 1280 x 704 image, 25 frames, chunk 1 (its default)); guidance as the seed's,
+# so the UNet runs on a batch of 2 videos. One denoising step: the per-step cost is the UNet's, seconds here.
+SEED_VAE = dict(block_out_channels=(32, 32, 64, 64), layers_per_block=1)
+SEED_TEXT = dict(hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4)
+SEED_STEPS = 1
+SEED = {
+    "seed-svd": ("StableVideoDiffusionPipeline", {
+        "unet": dict(block_out_channels=(32, 64), num_attention_heads=(2, 4), layers_per_block=1,
+                     cross_attention_dim=32, num_frames=5,
+                     down_block_types=("CrossAttnDownBlockSpatioTemporal", "DownBlockSpatioTemporal"),
+                     up_block_types=("UpBlockSpatioTemporal", "CrossAttnUpBlockSpatioTemporal")),
+        "vae": SEED_VAE,
+        "clip": dict(SEED_TEXT, patch_size=32),
+        "run": dict(height=576, width=1024, frames=5, decode_chunk_size=8),
+    }),
+    "seed-animatediff": ("AnimateDiffPipeline", {
+        "unet": dict(block_out_channels=(32, 64), layers_per_block=1, attention_head_dim=(2, 4),
+                     cross_attention_dim=32, norm_num_groups=32,
+                     down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+                     up_block_types=("UpBlock2D", "CrossAttnUpBlock2D")),
+        "adapter": dict(motion_layers_per_block=1, motion_num_attention_heads=2, motion_norm_num_groups=32,
+                        motion_max_seq_length=32),
+        "vae": SEED_VAE,
+        "text": SEED_TEXT,
+        "run": dict(height=512, width=512, frames=16, guidance_scale=7.5, decode_chunk_size=16),
+    }),
+    "seed-i2vgen-xl": ("I2VGenXLPipeline", {
+        "unet": dict(block_out_channels=(32, 64), layers_per_block=1, attention_head_dim=4, cross_attention_dim=32,
+                     down_block_types=("CrossAttnDownBlock3D", "DownBlock3D"),
+                     up_block_types=("UpBlock3D", "CrossAttnUpBlock3D")),
+        "vae": SEED_VAE,
+        "text": dict(SEED_TEXT, hidden_act="quick_gelu"),
+        "vision": dict(SEED_TEXT, patch_size=14, image_size=28),
+        "scheduler": dict(set_alpha_to_one=True),
+        "run": dict(height=352, width=640, frames=25, guidance_scale=9.0, decode_chunk_size=1),
+    }),
+}
+
+
+def seed_config(key: str) -> str:
+    pipeline, spec = SEED[key]
+    run, unet = spec["run"], spec["unet"]
+    return (f"{pipeline} {run['width']}x{run['height']}, {run['frames']} frames, decode_chunk_size "
+            f"{run['decode_chunk_size']}; UNet {tuple(unet['block_out_channels'])}, VAE "
+            f"{tuple(spec['vae']['block_out_channels'])}; {SEED_STEPS} step")
+
+
+def seed_fixture(key: str) -> Path:
+    """The narrow pipeline folder for a seed-size row (built once with diffusers, cached as the parity fixtures)."""
+    from parity.adapter import adapter_for
+    from parity.fixtures import cached_build
+
+    pipeline, spec = SEED[key]
+    return cached_build(key, spec, 0, adapter_for(pipeline).make_fixture, BUILD / "seed", variants=())
+
+
+def _seed_runner(root: str, side: str):
+    """Loads the pipeline once (not timed) and returns a function running it: one step and the decode at the seed's
+    sizes. Both sides draw their noise from one numpy stream (the parity harness's), fresh for each run, so the
+    frames are comparable; the mindport side patches only its own modules (no torch, no diffusers in its process)."""
+    from importlib import import_module
+
+    from parity.adapter import adapter_for, patch_randn, quiet_reference_libraries
+    from parity.noise import SharedNoise
+
+    root = Path(root)
+    adapter = adapter_for(json.loads((root / "model_index.json").read_text())["_class_name"])
+    kwargs = adapter.call_kwargs({**adapter.settings(root), "seed": 0, "steps": SEED_STEPS})
+    noise, framework = SharedNoise(0), "torch" if side == "torch" else "mindspore"
+    if side == "torch":
+        quiet_reference_libraries()
+        pipe = adapter.load_reference(root)
+        patch_randn(noise, [import_module(m) for m in adapter.reference_noise_modules], [])
+    else:
+        pipe = adapter.load_ours(root, side)
+        adapter.patch_noise(noise, reference=False)
+
+    def run():
+        noise.start(framework, side)
+        if side == "torch":
+            return adapter.run_reference(pipe, dict(kwargs))
+        return adapter.run_ours(pipe, dict(kwargs))
+
+    return run
+
+
 def _component_runner(key: str, side: str):
     case = next(c for c in CASES if CASE_KEYS[c.name] == key)
     folder = saved_model(case)
@@ -339,7 +437,12 @@ def serve(side: str, name: str) -> None:
             if key not in runners:
                 runners.clear()
                 gc.collect()
-                runners[key] = _pipeline_runner(root, side) if key in PIPELINES else _component_runner(key, side)
+                if key in PIPELINES:
+                    runners[key] = _pipeline_runner(root, side)
+                elif key in SEED:
+                    runners[key] = _seed_runner(root, side)
+                else:
+                    runners[key] = _component_runner(key, side)
                 _, out = timed(runners[key])
                 np.save(BUILD / "out" / f"{name}-{key}.npy", np.asarray(out, np.float32))
                 if side != "torch" and "torch" in sys.modules:  # its threads and objects would slow MindSpore
@@ -495,11 +598,16 @@ def render(info: dict, results: dict, names: list[str], labels: dict, repeats: i
     ]
     if comps:
         lines += _table("component (mid size)", comps, labels, results, names, True)
+    pipe_names = [n for n in names if "@" not in n]
     if pipes:
-        pipe_names = [n for n in names if "@" not in n]
         lines += [""] + _table(f"pipeline, tiny, {PIPELINE_STEPS} steps, load included", pipes, labels, results,
                                pipe_names, False)
+    seeds = [k for k in SEED if k in results]
+    if seeds:
+        lines += [""] + _table(f"pipeline at the seed's size, narrow, {SEED_STEPS} step + decode", seeds, labels,
+                               results, pipe_names, True)
     lines += ["", "Configs:"] + [f"- {c.name}: {c.config}" for c in CASES if CASE_KEYS[c.name] in comps]
+    lines += [f"- {k}: {seed_config(k)}" for k in seeds]
     return "\n".join(lines) + "\n"
 
 
@@ -518,7 +626,8 @@ def write_reports(table: str) -> None:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--only", default="", help="comma-separated cases: " + ", ".join([*CASE_KEYS.values(), *PIPELINES]))
+    p.add_argument("--only", default="", help="comma-separated cases: " + ", ".join(
+        [*CASE_KEYS.values(), *PIPELINES, *SEED]) + "; 'seed' = the seed-size rows (writes reports/bench_seed.md)")
     p.add_argument("--ms210", default="", help="python of a venv with mindspore 2.10: adds its fp32 column")
     p.add_argument("--no-fp16", action="store_true", help="skip the mindport fp16 column")
     p.add_argument("--no-write", action="store_true", help="print only; leave reports/ and README alone")
@@ -528,11 +637,11 @@ def main(argv=None) -> int:
     if args.serve:
         serve(args.serve, args.name or args.serve)
         return 0
-    only = [s for s in args.only.split(",") if s]
-    known = [*CASE_KEYS.values(), *PIPELINES]
+    only = [k for s in args.only.split(",") if s for k in (SEED if s == "seed" else [s])]
+    known = [*CASE_KEYS.values(), *PIPELINES, *SEED]
     bad = [s for s in only if s not in known]
     if bad:
-        print(f"bench: unknown case {bad[0]!r}; expected one of {', '.join(known)}", file=sys.stderr)
+        print(f"bench: unknown case {bad[0]!r}; expected 'seed' or one of {', '.join(known)}", file=sys.stderr)
         return 2
     if args.ms210 and not Path(args.ms210).exists():
         print(f"bench: --ms210 {args.ms210!r} does not exist; expected the python of a mindspore 2.10 venv",
@@ -551,17 +660,19 @@ def main(argv=None) -> int:
         labels["fp32@ms210"] = f"MS {side_version} fp32"
         workers.append(side)
     labels.update({CASE_KEYS[c.name]: c.name for c in CASES})
-    labels.update({p: p for p in PIPELINES})
+    labels.update({p: p for p in [*PIPELINES, *SEED]})
     from tqdm import tqdm
 
     results = {}
     todo = [k for k in known if not only or k in only]
     from parity.fixtures import build
 
-    roots = {key: str(build(key)) for key in todo if key in PIPELINES}  # here: the workers never import diffusers
+    # built here: the mindport workers never import diffusers
+    roots = {key: str(build(key) if key in PIPELINES else seed_fixture(key))
+             for key in todo if key not in CASE_KEYS.values()}
     try:
         for key in tqdm(todo, desc="bench", unit="case"):
-            ws = [w for w in workers if key not in PIPELINES or "@" not in w.name]
+            ws = [w for w in workers if key in CASE_KEYS.values() or "@" not in w.name]
             results[key] = measure(ws, key, args.repeats, roots.get(key, ""))
     finally:
         for w in workers:
@@ -571,6 +682,10 @@ def main(argv=None) -> int:
     print(table)
     if not args.no_write and not only:
         write_reports(table)
+    elif not args.no_write and set(only) == set(SEED):
+        (ROOT / "reports").mkdir(exist_ok=True)
+        (ROOT / "reports" / "bench_seed.md").write_text(
+            "# mindport at the seed's sizes (`make bench-seed`)\n\n" + table)
     return 0
 
 

@@ -474,23 +474,27 @@ def softmax(x: Tensor, axis: int = -1) -> Tensor:
 # ----------------------------------------------------------------------------------------------------------------
 
 ATTENTION_CHUNK = int(os.environ.get("MINDPORT_ATTENTION_CHUNK", "4096"))
+ATTENTION_SCORES = 1 << 24  # at most this many score values (64 MiB in float32) per query chunk off the kernel path
 _BATCH_MATMUL_NT = ops.BatchMatMul(transpose_b=True)
 _BATCH_MATMUL = ops.BatchMatMul()
 
 
 def attention(q: Tensor, k: Tensor, v: Tensor, scale: float, mask: Tensor | None = None) -> Tensor:
-    """softmax(q k^T * scale + mask) v over (B, heads, L, d). Queries are processed in chunks so the score matrix
-    stays bounded for long sequences; scores and softmax run in fp32 for half-precision inputs."""
+    """softmax(q k^T * scale + mask) v over (B, heads, L, d). Queries are processed in chunks of at most
+    ATTENTION_CHUNK rows and ATTENTION_SCORES score values, so the score matrix stays bounded for long sequences (SVD
+    at 576x1024: 9,216 tokens, a (10, 2, 4096, 9216) chunk would be 2.8 GiB); scores and softmax run in fp32 for
+    half-precision inputs."""
     if mask is None:
         fused = _fused_attention(q, k, v, scale, 1)
         if fused is not None:
             return fused
     lq = q.shape[2]
-    if lq > ATTENTION_CHUNK:
-        parts = [
-            attention(q[:, :, s : s + ATTENTION_CHUNK], k, v, scale, None if mask is None else mask[..., s : s + ATTENTION_CHUNK, :])
-            for s in range(0, lq, ATTENTION_CHUNK)
-        ]
+    rows = max(1, min(ATTENTION_CHUNK, ATTENTION_SCORES // (q.shape[0] * q.shape[1] * k.shape[2])))
+    if lq > rows:
+        def mask_rows(s):  # a mask broadcast over queries (one row) serves every chunk
+            return mask if mask is None or mask.shape[-2] == 1 else mask[..., s : s + rows, :]
+
+        parts = [attention(q[:, :, s : s + rows], k, v, scale, mask_rows(s)) for s in range(0, lq, rows)]
         return ops.cat(parts, axis=2)
     scores, dt = _upcast(_BATCH_MATMUL_NT(q, k))
     scores = scores * scale

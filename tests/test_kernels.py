@@ -1,6 +1,8 @@
 """The fused C++ CPU kernels (mindport/csrc/cpu_kernels.cc) against PyTorch and against the MindSpore-ops path they
 replace, over several shapes; the fallback when they cannot be built."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -202,6 +204,68 @@ def test_attention_heads_with_additive_mask(mask_shape, rng, ops_path):
                                                            attn_mask=t(mask).double()).transpose(1, 2).reshape(2, 9, -1)
     assert_close(fast, ref, rel_l2=1e-6, where=f"masked attention {mask_shape}")
     assert_close(fast, slow, rel_l2=1e-6, where="masked attention kernel vs ops")
+
+
+def _status_bytes(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) * 1024
+    raise KeyError(field)
+
+
+def _peak_growth(fn):
+    """fn()'s result and how far the process's peak resident memory rose above its resident size before the call
+    (VmHWM reset through /proc/self/clear_refs)."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pytest.skip("cannot reset the peak RSS here (/proc/self/clear_refs)")
+    before = _status_bytes("VmRSS")
+    out = fn()
+    return out, _status_bytes("VmHWM") - before
+
+
+def _attention_rows_float64(q, k, v, heads, rows):
+    """Reference attention of the given query rows, per head, in float64: (len(rows), heads * dv)."""
+    d, dv = q.shape[-1] // heads, v.shape[-1] // heads
+    out = []
+    for h in range(heads):
+        qh, kh, vh = (x[0, :, h * n:(h + 1) * n].astype(np.float64) for x, n in ((q, d), (k, d), (v, dv)))
+        s = qh[rows] @ kh.T * d ** -0.5
+        p = np.exp(s - s.max(-1, keepdims=True))
+        out.append((p / p.sum(-1, keepdims=True)) @ vh)
+    return np.concatenate(out, -1)
+
+
+@pytest.mark.parametrize("dtype, rel", [(np.float32, 1e-6), (np.float16, 1e-3)])
+def test_attention_at_the_seeds_length_keeps_scores_bounded(dtype, rel, rng):
+    # SVD at 576x1024 attends over 72 x 128 = 9,216 tokens per frame: one head's whole score matrix would be 324 MiB
+    # (both heads 648 MiB); the kernel holds one block of query rows per thread (at most 2^20 scores, 4 MiB)
+    heads, d, n = 2, 16, 9216
+    q, k, v = (rng.standard_normal((1, n, heads * d)).astype(dtype) for _ in range(3))
+    tq, tk, tv = Tensor(q), Tensor(k), Tensor(v)
+    backend.attention_heads(tq[:, :2048], tk, tv, heads, d ** -0.5).asnumpy()  # BLAS buffers, scratch: allocated now
+    out, grew = _peak_growth(lambda: backend.attention_heads(tq, tk, tv, heads, d ** -0.5).asnumpy())
+    assert out.shape == (1, n, heads * d) and out.dtype == dtype
+    assert grew < 48 * 2**20, f"peak RSS rose {grew / 2**20:.0f} MiB during the call (a score matrix: 324 MiB)"
+    rows = np.r_[0:24, n // 2:n // 2 + 8, n - 24:n]
+    assert_close(out[0, rows].astype(np.float64), _attention_rows_float64(q, k, v, heads, rows), rel_l2=rel,
+                 where=f"attention over {n} tokens, {np.dtype(dtype).name}")
+
+
+def test_attention_ops_path_chunks_long_sequences(rng, ops_path, monkeypatch):
+    # off the kernel path queries go in chunks of at most ATTENTION_SCORES scores (here 4 rows of 300 keys per head),
+    # a mask broadcast over queries serving every chunk, a full mask sliced with them
+    monkeypatch.setattr(backend, "ATTENTION_SCORES", 2 * 3 * 4 * 300)
+    q, k, v = (rng.standard_normal((2, 3, n, 8)).astype(np.float32) for n in (37, 300, 300))
+    for mask_shape in [(2, 1, 1, 300), (2, 3, 37, 300)]:
+        mask = np.where(rng.random(mask_shape) < 0.3, -1e9, 0.0).astype(np.float32)
+        mask[..., 0] = 0.0
+        with ops_path:
+            out = backend.attention(Tensor(q), Tensor(k), Tensor(v), 8 ** -0.5, Tensor(mask)).asnumpy()
+        ref = torch.nn.functional.scaled_dot_product_attention(t(q).double(), t(k).double(), t(v).double(),
+                                                               attn_mask=t(mask).double())
+        assert_close(out, ref, rel_l2=1e-6, where=f"chunked attention, mask {mask_shape}")
 
 
 def test_fallback_transposes_do_not_crash_mindspore_at_exit(tmp_path):
