@@ -146,6 +146,15 @@ _WAN_ROLES = ((r"\.(?:lora_down|lora_A)\.weight", "down"), (r"\.(?:lora_up|lora_
 _MUSUBI_ROLES = ((r"\.lora_down\.weight", "down"), (r"\.lora_up\.weight", "up"), (r"\.alpha", "alpha"))
 
 
+def alpha_split(scale: float) -> tuple[float, float]:
+    """(down factor, up factor) with product `scale`, powers of two apart, as diffusers splits a Wan file's alpha /
+    rank between the two matrices."""
+    down, up = scale, 1.0
+    while down * 2 < up:
+        down, up = down * 2, up / 2
+    return down, up
+
+
 def wan_module(original: str) -> str | None:
     """diffusers' module path of an original Wan module name (`blocks.0.cross_attn.k_img` ->
     `blocks.0.attn2.add_k_proj`), None if no row maps it."""
@@ -188,6 +197,9 @@ class LoraEntry:
     keys: tuple[str, ...]
     bias: TensorRef | None = None
     bias_scale: float = 1.0
+    # Wan original / musubi files with alphas: diffusers folds alpha / rank into the pair as (down * fold[0], up *
+    # fold[1]) and then scales by 1; the caller folds the same way, so that fused weights equal diffusers' bit for bit
+    fold: tuple[float, float] | None = None
 
 
 @dataclass
@@ -302,6 +314,8 @@ def map_lora(tensors: dict[str, TensorRef], metadata: dict, targets: dict[str, d
                                   f"{slot[role][0]!r})")
         slot[role] = (key, tensors[key])
         slot["keys"].append(key)
+        if role == "alpha":
+            slot["alpha_layout"] = rule.layout
 
     plan = LoraPlan(file=where, layouts=sorted(layouts), skipped=skipped)
     configs = {c: _adapter_config(metadata, c, where) for c in targets}
@@ -350,6 +364,7 @@ def map_lora(tensors: dict[str, TensorRef], metadata: dict, targets: dict[str, d
                 if bias.dtype not in FLOAT_TAGS or tuple(bias.shape) != (weight[0],):
                     raise ConversionError(f"{where}: {bkey!r} has shape {tuple(bias.shape)} and dtype {bias.dtype}, "
                                           f"but {comp}.{path}'s bias delta must be floating point ({weight[0]},)")
+        fold = alpha_split(scale) if slot.get("alpha_layout") in ("wan-original", "wan-musubi") else None
         plan.entries.append(LoraEntry(comp, path, kind, down, up, rank, alpha, scale, tuple(slot["keys"]), bias,
-                                      bias_scale))
+                                      bias_scale, fold))
     return plan

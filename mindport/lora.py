@@ -108,13 +108,16 @@ def scaled_lora_paths(models, scale: float | None):
 
 @dataclass
 class Pair:
-    """One adapter's low-rank pair on one layer, as applied: weight += w * scale * up @ down, bias += w * bias."""
+    """One adapter's low-rank pair on one layer, as applied: weight += up @ down * (w * scale), bias += bias * (w *
+    bias_scale), w the adapter weight (times fuse_lora's lora_scale): peft's products in peft's order, so that fused
+    weights equal diffusers' bit for bit."""
 
     kind: str  # "linear" | "conv" (converters.lora's kinds)
     down: np.ndarray  # float32
     up: np.ndarray
-    scale: float  # alpha / rank
-    bias: np.ndarray | None = None  # the bias delta, already times the file's bias scale
+    scale: float  # alpha / rank (1 where the file's alpha is folded into down and up)
+    bias: np.ndarray | None = None  # the bias delta
+    bias_scale: float = 1.0
 
 
 @dataclass
@@ -128,19 +131,23 @@ class Adapter:
 
 def read_pairs(plan: LoraPlan) -> list[tuple]:
     """[(entry, Pair)] of a mapped and checked plan: every tensor read (float32 copies, not views on the file's
-    memory map) and checked finite; a truncated file or a non-finite value is one ConversionError naming it."""
+    memory map) and checked finite; a truncated file or a non-finite value is one ConversionError naming it. A Wan
+    file's alpha is folded into the pair as diffusers folds it (entry.fold)."""
     out = []
     for e in plan.entries:
         try:
             down, up = np.array(e.down.load(), np.float32), np.array(e.up.load(), np.float32)
-            bias = None if e.bias is None else np.array(e.bias.load(), np.float32) * np.float32(e.bias_scale)
+            bias = None if e.bias is None else np.array(e.bias.load(), np.float32)
         except ConversionError:
             raise
         except Exception as err:  # a truncated file: name it, apply nothing
             raise ConversionError(f"{plan.file}: cannot read {e.keys[0]!r} ({type(err).__name__})") from None
         if not all(np.isfinite(a).all() for a in (down, up, bias) if a is not None):
             raise ConversionError(f"{plan.file}: the LoRA of {e.component}.{e.path} holds non-finite values")
-        out.append((e, Pair(e.kind, down, up, e.scale, bias)))
+        scale = e.scale
+        if e.fold is not None:
+            down, up, scale = down * np.float32(e.fold[0]), up * np.float32(e.fold[1]), 1.0
+        out.append((e, Pair(e.kind, down, up, scale, bias, e.bias_scale)))
     return out
 
 
@@ -346,9 +353,9 @@ class LoraLoaderMixin:
                     continue
                 w = float(lora_scale) * state.weights.get(n, 1.0)
                 shape = tuple(layers[comp][path].weight.shape)
-                add((comp, path, "weight"), np.float32(w * pair.scale) * _delta(pair.kind, pair.down, pair.up, shape))
+                add((comp, path, "weight"), _delta(pair.kind, pair.down, pair.up, shape) * np.float32(w * pair.scale))
                 if pair.bias is not None:
-                    add((comp, path, "bias"), np.float32(w) * pair.bias)
+                    add((comp, path, "bias"), pair.bias * np.float32(w * pair.bias_scale))
         if safe_fusing:
             bad = [f"{c}.{p}.{n}" for (c, p, n), w in new.items() if not np.isfinite(w).all()]
             if bad:
@@ -415,7 +422,7 @@ class LoraLoaderMixin:
             dtype = layer.weight.dtype
             tensors = [(Tensor(p.down).astype(dtype), Tensor(p.up * np.float32(w * p.scale)).astype(dtype))
                        for w, p in pairs]
-            biases = [np.float32(w) * p.bias for w, p in pairs if p.bias is not None]
+            biases = [p.bias * np.float32(w * p.bias_scale) for w, p in pairs if p.bias is not None]
             bias = Tensor(np.sum(biases, axis=0)).astype(dtype) if biases else None
             layer.lora = LowRankPaths(layer, tensors, bias)
         state.hooked = set(per_layer)
@@ -513,13 +520,15 @@ def convert_lora_file(file, out, pipeline, overwrite: bool = False) -> dict:
     entries, modules = [], {}
     for e, pair in read_pairs(plan):
         name = f"{e.component}.{e.path}"
-        alpha = np.asarray(e.scale * e.rank, np.float64)
+        alpha = np.asarray(pair.scale * e.rank, np.float64)
         entries += [(f"{name}.lora_down.weight", pair.down.shape, "F32", lambda a=pair.down: a),
                     (f"{name}.lora_up.weight", pair.up.shape, "F32", lambda a=pair.up: a),
                     (f"{name}.lora_alpha", (), "F64", lambda a=alpha: a)]
         if pair.bias is not None:
-            entries.append((f"{name}.lora_diff_b", pair.bias.shape, "F32", lambda a=pair.bias: a))
-        modules[name] = {"kind": e.kind, "rank": e.rank, "alpha": e.alpha, "scale": e.scale,
+            bias = pair.bias * np.float32(pair.bias_scale)
+            entries.append((f"{name}.lora_diff_b", bias.shape, "F32", lambda a=bias: a))
+        modules[name] = {"kind": e.kind, "rank": e.rank, "alpha": float(alpha), "scale": pair.scale,
+                         "source_alpha": e.alpha,
                          "source_keys": list(e.keys)}
     info = {"format": "mindport-lora", "version": 1, "source": str(file), "source_sha256": _sha256(file),
             "source_layouts": plan.layouts, "pipeline": str(pipeline), "modules": modules}
@@ -563,9 +572,10 @@ def fuse_into_converted(folder, loras: list[tuple[str, float]]) -> list[dict]:
         tensors, metadata = read_lora_file(file)
         plan = map_lora(tensors, metadata, targets, str(file))
         for e, pair in read_pairs(plan):
-            per_param.setdefault((e.component, f"{e.path}.weight"), []).append((scale * e.scale, pair, "weight"))
+            per_param.setdefault((e.component, f"{e.path}.weight"), []).append((scale * pair.scale, pair, "weight"))
             if pair.bias is not None:
-                per_param.setdefault((e.component, f"{e.path}.bias"), []).append((scale, pair, "bias"))
+                per_param.setdefault((e.component, f"{e.path}.bias"), []).append((scale * pair.bias_scale, pair,
+                                                                                   "bias"))
         records.append({"file": str(file), "sha256": _sha256(Path(file)), "scale": scale, "layouts": plan.layouts,
                         "alpha_over_rank": sorted({round(e.scale, 6) for e in plan.entries}),
                         "touched": plan.touched()})
@@ -587,7 +597,7 @@ def fuse_into_converted(folder, loras: list[tuple[str, float]]) -> list[dict]:
                 w = np.asarray(r.load(), np.float32)
                 for s, pair, what in terms:
                     term = pair.bias if what == "bias" else _delta(pair.kind, pair.down, pair.up, w.shape)
-                    w = w + np.float32(s) * term
+                    w = w + term * np.float32(s)
                 return w
 
             entries.append((name, ref.shape, ref.dtype, fused))

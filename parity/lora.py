@@ -191,3 +191,9 @@ def tiny_wan_loras(fixture, seed: int = 0) -> tuple[Path, Path]:
         original[f"diffusion_model.blocks.{i}.norm3.diff_b"] = np.zeros(shapes[f"blocks.{i}.attn1.to_q"][0],
                                                                         np.float32)
     return _write_once(out, {WAN_LORA_NAMES[0]: (peft, meta), WAN_LORA_NAMES[1]: (original, None)})
+
+
+def case_loras(fixture, seed: int = 0) -> tuple[Path, Path]:
+    """The seeded LoRA pair of a report case for this fixture folder: Wan's (peft, original) when it holds a
+    transformer, else AnimateDiff's (style, motion)."""
+    return tiny_wan_loras(fixture, seed) if (Path(fixture) / "transformer").is_dir() else tiny_loras(fixture, seed)

@@ -51,3 +51,42 @@ def test_tiny_loras_refuses_a_folder_without_targets(tmp_path):
     with pytest.raises(ConversionError, match="no LoRA targets found"):
         tiny_loras(tmp_path / "f")
     assert not list(tmp_path.glob("*loras*")) and not list(tmp_path.glob(".*"))
+
+
+WAN_REPORT = ROOT / "reports" / "wan-tiny-lora" / "fp32" / "report.json"
+
+
+def test_committed_wan_lora_report_records_the_seeded_files(tmp_path):
+    """reports/wan-tiny-lora/fp32 (`mindport parity wan-t2v-tiny --lora peft:0.8 --lora original:1.2`): passed,
+    and its two files are what parity.lora.case_loras writes for the fixture (sha256)."""
+    pytest.importorskip("torch")
+    pytest.importorskip("diffusers")
+    from parity.fixtures import build
+    from parity.lora import case_loras
+
+    report = json.loads(WAN_REPORT.read_text())
+    assert report["passed"] and report["weight_check"]["passed"]
+    fake = tmp_path / "fixture" / "transformer"
+    fake.mkdir(parents=True)
+    weights = "diffusion_pytorch_model.safetensors"
+    (fake / weights).symlink_to(build("wan-t2v-tiny") / "transformer" / weights)
+    files = case_loras(tmp_path / "fixture")
+    assert [f.name for f in files] == ["wan_peft.safetensors", "wan_original.safetensors"]
+    got = [(hashlib.sha256(f.read_bytes()).hexdigest(), s) for f, s in zip(files, (0.8, 1.2))]
+    assert got == [(r["sha256"], r["scale"]) for r in report["settings"]["loras"]]
+
+
+def test_tiny_wan_loras_refuses_a_folder_without_blocks(tmp_path):
+    pytest.importorskip("safetensors")
+    import numpy as np
+    from safetensors.numpy import save_file
+
+    from converters import ConversionError
+    from parity.lora import tiny_wan_loras
+
+    (tmp_path / "f" / "transformer").mkdir(parents=True)
+    save_file({"proj_out.weight": np.zeros((2, 2), np.float32)},
+              str(tmp_path / "f" / "transformer" / "diffusion_pytorch_model.safetensors"))
+    with pytest.raises(ConversionError, match="no Wan transformer blocks found"):
+        tiny_wan_loras(tmp_path / "f")
+    assert not list(tmp_path.glob("*loras*"))
