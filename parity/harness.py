@@ -91,8 +91,10 @@ def run_parity(src, out, converted=None, steps: int | None = None, frames: int |
                  "decode_chunk_size": decode_chunk_size}
         bad = [f"--{k.replace('_', '-')} {v} (golden: {gold.settings.get(k)})" for k, v in flags.items()
                if v is not None and v != gold.settings.get(k)]
-        if free_noise is not None:
-            bad += [f"--free-noise (golden: {gold.settings.get('free_noise')})"]
+        saved = gold.settings.get("free_noise")
+        if free_noise is not None and (saved is None or any(saved.get(k) != v for k, v in free_noise.items()
+                                                            if v is not None)):
+            bad.append(f"--free-noise {free_noise} (golden: {saved})")
         if bad:
             raise ConversionError(f"{golden}: the golden reference ran other settings than asked: {', '.join(bad)}")
         steps, seed = gold.settings["steps"], gold.settings["seed"]

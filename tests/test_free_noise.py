@@ -125,6 +125,37 @@ def test_noise_types_against_diffusers(tiny):
     ours.disable_free_noise()
 
 
+def test_prompt_interpolation_against_diffusers(tiny):
+    """Per-frame embeddings of {frame: prompt} dicts (positive and negative), with the default linear interpolation
+    and with a callback; several videos per prompt repeat them; a callback of the wrong shape is refused."""
+    from mindspore import ops
+
+    ref, ours = tiny
+    prompt, negative = {0: "a cat", 4: "a dog at night", 9: "the cat"}, {0: "blurry", 6: "static"}
+
+    def hold(cat):  # the start prompt until the next one's frame
+        return lambda start, end, a, b: cat([a] * (end - start) + [b])
+
+    try:
+        for ref_cb, our_cb in ((None, None), (hold(torch.cat), hold(ops.cat))):
+            ref.enable_free_noise(context_length=8, prompt_interpolation_callback=ref_cb)
+            ours.enable_free_noise(context_length=8, prompt_interpolation_callback=our_cb)
+            with torch.no_grad():
+                both, ref_negative = ref._encode_prompt_free_noise(prompt, 12, "cpu", 1, True, negative)
+            got, got_negative = ours._encode_prompt_free_noise(prompt, 12, 1, True, negative)
+            assert tuple(got.shape) == (12, 16, 32)
+            assert_close(got, both[12:], rel_l2=1e-5, where="per-frame prompt embeddings")
+            assert_close(got_negative, ref_negative, rel_l2=1e-5, where="per-frame negative embeddings")
+        two, _ = ours._encode_prompt_free_noise(prompt, 12, 2, False)
+        np.testing.assert_array_equal(two.asnumpy(), np.concatenate([got.asnumpy()] * 2))
+        ours.enable_free_noise(context_length=8, prompt_interpolation_callback=lambda s, e, a, b: a)
+        with pytest.raises(ValueError, match=r"returned shape \(1, 16, 32\) for frames 0..4; expected \(5, 16, 32\)"):
+            ours._encode_prompt_free_noise(prompt, 12, 1, False)
+    finally:
+        ref.disable_free_noise()
+        ours.disable_free_noise()
+
+
 def test_windowed_block_alone_matches_diffusers(tiny):
     """One motion block on (B*H*W, F, C) sequences: 19 frames, every scheme, windows with and without a tail; the
     schemes give different outputs (a wrong weight would show)."""

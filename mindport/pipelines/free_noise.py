@@ -114,7 +114,7 @@ class AnimateDiffFreeNoiseMixin:
             _, embeds = self.encode_prompt([""] * len(texts), 1, True, texts)
         else:
             embeds, _ = self.encode_prompt(texts, 1, False, clip_skip=clip_skip)
-        parts = []
+        parts = [embeds] if len(frames) == 1 else []  # one frame
         for i in range(len(frames) - 1):
             seg = self._free_noise_prompt_interpolation_callback(frames[i], frames[i + 1], embeds[i:i + 1],
                                                                  embeds[i + 1:i + 2])
