@@ -332,3 +332,29 @@ def test_fused_weights_equal_diffusers_bit_for_bit(case):
     assert len(fused) == 64 and sum(k.endswith(".bias") for k in fused) == 32
     got = dict(_params(ours))
     assert [k for k in fused if not np.array_equal(got[k], expected[k])] == []
+
+
+def test_t2v_lora_on_i2v_and_fp16(case):
+    """A LoRA made for the T2V transformer (no image projections) on the I2V pipeline, which diffusers pads with zero
+    add_k_proj / add_v_proj pairs: frames within 1e-4 of diffusers (fp32); the same adapters on an fp16 pipeline
+    (pairs and bias deltas cast to the layers' dtype, Wan's float32-kept modules stay float32) within the fp16 bar
+    (1e-2) of diffusers fp32, unfused and fused."""
+    import mindspore as ms
+
+    t2v_peft = case["t2v"][1]
+    folder, _, original, pipe = case["i2v"]
+    assert not any("add_k_proj" in e.path for e in pipe.lora_plan(str(t2v_peft)).entries)
+    pipe.load_lora_weights(str(t2v_peft), adapter_name="t2v")
+    try:
+        ours = frames(pipe, "i2v")
+    finally:
+        pipe.unload_lora_weights()
+    expected = reference("i2v", folder, [(t2v_peft, "t2v")])
+    assert_close(ours, expected, rel_l2=1e-4, where="T2V LoRA on Wan I2V vs diffusers")
+    half = WanImageToVideoPipeline.from_pretrained(str(folder), mindspore_dtype=ms.float16)
+    half.set_progress_bar_config(disable=True)
+    half.load_lora_weights(str(t2v_peft), adapter_name="t2v")
+    assert_close(frames(half, "i2v"), expected, rel_l2=1e-2, where="fp16 unfused LoRA vs diffusers fp32")
+    half.fuse_lora()
+    assert half.transformer.blocks[0].attn1.to_q.weight.dtype == ms.float16  # fused in the weights' dtype
+    assert_close(frames(half, "i2v"), expected, rel_l2=1e-2, where="fp16 fused LoRA vs diffusers fp32")
