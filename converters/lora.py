@@ -10,7 +10,7 @@ A bias delta may come with it: peft's `lora_B.bias` (lora_bias=True; scaled like
 original Wan layout's `diff_b` (added as it is: diffusers folds a file's alpha into the pair only).
 
 Layouts, one explicit row per key spelling (`LORA_RULES`; a key matched by two rows is an error, so order never
-matters). `<C>` is the component (`unet` or `text_encoder`), `<P>` a module path in diffusers naming:
+matters). `<C>` is the component (below), `<P>` a module path in diffusers naming:
 
     peft / diffusers        <C>.<P>.lora_A.weight, <C>.<P>.lora_B.weight       (text encoder: `text_model.` optional)
     diffusers, older        <C>.<P>.lora.down.weight, .lora_linear_layer.up.weight, <C>.<P>.alpha
@@ -28,7 +28,11 @@ matters). `<C>` is the component (`unet` or `text_encoder`), `<P>` a module path
                                 transformer blocks.N.attn1.to_q, cross_attn.k_img -> attn2.add_k_proj, ffn.0 ->
                                 ffn.net.0.proj, head.head -> proj_out, ...); norm `.diff` / `.diff_b` keys are
                                 skipped (diffusers drops them: zeros in the released files); other `.diff` keys
-                                (full weight deltas, which diffusers ignores) are refused
+                                (full weight deltas, which diffusers ignores) are refused. With alphas, the
+                                caller folds alpha / rank into the pair as diffusers does (`LoraEntry.fold`).
+                                Where diffusers differs: alphas on the non-block modules are applied (diffusers
+                                refuses such files); a diff_b without its pair is refused (diffusers drops a
+                                time_projection diff_b without weights)
     Wan musubi-tuner        lora_unet_blocks_N_self_attn_q.lora_{down,up}.weight, .alpha (blocks only, as diffusers)
 
 `<C>` is `unet`, `text_encoder` or `transformer` (diffusers' Wan files; `load_into_transformer_2` is the caller's
