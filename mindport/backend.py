@@ -31,9 +31,10 @@ Facts behind the choices (measured, see shared/design.md and bench/README.md):
 - On those paths: biases go through BiasAdd, per-(batch, channel) adds through `add_leading` (broadcasting is the
   slow case); `ops.matmul(q, k.swapaxes(-1, -2))` copies k where `BatchMatMul(transpose_b=True)` reads it in place,
   and `BatchMatMul()` runs probs @ v 1.6x faster than `ops.matmul`.
-- Half precision on CPU: the kernels compute in fp32 (float16 inputs widened by a cast kernel, outputs rounded back
-  to float16); on the MindSpore-ops paths fp16 norms/softmax are computed in fp32 and cast back (reductions over
-  thousands of values lose digits in fp16).
+- Half precision on CPU: the kernels compute in fp32; the activations' kernels (SiLU, add, blend, group norm,
+  nearest upsampling, convolution) read and write float16 in place, the others get float16 inputs widened by a cast
+  kernel and outputs rounded back (kernels.Kernel); on the MindSpore-ops paths fp16 norms/softmax are computed in
+  fp32 and cast back (reductions over thousands of values lose digits in fp16).
 """
 
 from __future__ import annotations
@@ -294,13 +295,15 @@ def _upcast(x: Tensor) -> tuple[Tensor, ms.dtype.Type]:
 
 
 def group_norm(x: Tensor, groups: int, weight: Tensor | None, bias: Tensor | None, eps: float) -> Tensor:
-    """GroupNorm over (B, C, *) - 4D and 5D; `ops.group_norm` has CPU kernels, `mint.group_norm` does not."""
-    x, dt = _upcast(x)
+    """GroupNorm over (B, C, *) - 4D and 5D; `ops.group_norm` has CPU kernels, `mint.group_norm` does not. The
+    kernel reads and writes float16 itself (float32 arithmetic, no widened copy of x); elsewhere half precision is
+    computed in float32 and cast back."""
     c = x.shape[1]
     w = cast(weight, ms.float32) if weight is not None else _constant(1.0, c)
     bb = cast(bias, ms.float32) if bias is not None else _constant(0.0, c)
     if _kernels_for(x):
-        return cast(_kernel("mp_group_norm")(x, w, bb, settings=(int(groups), float(eps))), dt)
+        return _kernel("mp_group_norm")(x, w, bb, settings=(int(groups), float(eps)))
+    x, dt = _upcast(x)
     return cast(ops.group_norm(x, groups, w, bb, eps), dt)
 
 

@@ -355,14 +355,16 @@ def _conv(x, w, b, settings):
 
 class _Spec:
     """A kernel's signature: tensor inputs (the attrs tensor of settings comes after them), settings, shape rule,
-    output dtype, whether it calls BLAS."""
+    output dtype, whether it calls BLAS, and how many leading inputs it reads as float16 itself (`half`: then a
+    float16 first input gives a float16 output written by the kernel, and no whole tensor is widened or rounded)."""
 
-    def __init__(self, inputs: int, settings: int, rule, out_dtype=np.float32, blas: bool = False):
+    def __init__(self, inputs: int, settings: int, rule, out_dtype=np.float32, blas: bool = False, half: int = 0):
         self.inputs, self.settings, self.rule, self.out_dtype, self.blas = inputs, settings, rule, out_dtype, blas
+        self.half = half
 
 
 _SPECS = {
-    "mp_group_norm": _Spec(3, 2, _group_norm),  # x, weight, bias; groups, eps
+    "mp_group_norm": _Spec(3, 2, _group_norm, half=1),  # x, weight, bias; groups, eps
     "mp_layer_norm": _Spec(3, 1, _layer_norm),  # x, weight, bias; eps
     "mp_channel_rms_norm": _Spec(3, 1, _channel_norm),  # x, gamma, bias; has_bias
     "mp_rms_norm": _Spec(2, 2, _rms_norm),  # x, weight; eps, has_weight
@@ -370,21 +372,23 @@ _SPECS = {
     "mp_gelu_tanh": _Spec(1, 0, _elementwise),
     "mp_geglu": _Spec(1, 0, _geglu),
     "mp_gelu": _Spec(1, 0, _elementwise),
-    "mp_silu": _Spec(1, 0, _elementwise),
-    "mp_add": _Spec(2, 0, _pair),
+    "mp_silu": _Spec(1, 0, _elementwise, half=1),
+    "mp_add": _Spec(2, 0, _pair, half=2),
     "mp_f16_to_f32": _Spec(1, 0, _elementwise),
     "mp_f32_to_f16": _Spec(1, 0, _elementwise, np.float16),
-    "mp_blend": _Spec(3, 0, _blend),  # a, b, alpha
+    "mp_blend": _Spec(3, 0, _blend, half=2),  # a, b, alpha
     "mp_permute": _Spec(1, None, _permute),  # x; the permutation (as many as x's axes)
-    "mp_upsample_nearest": _Spec(1, 2, _upsample),  # x; fh, fw
+    "mp_upsample_nearest": _Spec(1, 2, _upsample, half=1),  # x; fh, fw
     "mp_adaptive_avg_pool": _Spec(1, 2, _pool),  # x; Ho, Wo
     "mp_linear": _Spec(3, 1, _linear, blas=True),  # x, w, bias; has_bias
     "mp_attention": _Spec(3, 2, _attention, blas=True),  # q, k, v; scale, heads
     "mp_attention_masked": _Spec(4, 2, _attention, blas=True),  # q, k, v, mask; scale, heads
-    "mp_conv": _Spec(3, 8, _conv, blas=True),  # x, w, bias; st, sh, sw, pt, ph, pw, groups, has_bias
+    "mp_conv": _Spec(3, 8, _conv, blas=True, half=1),  # x, w, bias; st, sh, sw, pt, ph, pw, groups, has_bias
 }
 
 BAD_SHAPE = 2  # the C++ kernels' status for shapes or settings they cannot take (1: no BLAS)
+NO_HALF = 3  # a kernel that reads float16 itself, on a case it computes from float32 only (then widened first)
+_DTYPE_NAMES = {ms.float16: b"float16", ms.float32: b"float32"}
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -422,9 +426,12 @@ class Kernel:
     """One kernel of the compiled library, called on the tensors' host memory through ctypes: inputs are made
     contiguous, the output is a fresh NumPy buffer wrapped as a Tensor without a copy. Same entry point and
     arguments as MindSpore's aot custom-op interface, without PyNative's launch cost (~90 us per ops.Custom call on
-    CPU against ~10 us here; the tiny pipelines make ~1,300 kernel calls per run). The kernels compute in float32:
-    float16 inputs are widened on the way in (the cast kernel), and the output is rounded back to float16 when the
-    first input was float16 (half-precision storage, single-precision arithmetic inside each op)."""
+    CPU against ~10 us here; the tiny pipelines make ~1,300 kernel calls per run). The kernels compute in float32,
+    and the output is float16 when the first input was (half-precision storage, single-precision arithmetic inside
+    each op): the kernels whose spec says `half` read their leading float16 inputs and write the float16 output
+    themselves, in runs (a whole-tensor widening and rounding around every activation kernel was a quarter of a
+    fp16 SVD run at 576x1024); for the others, and the cases those answer NO_HALF for, float16 inputs are widened on
+    the way in (the cast kernel) and the output rounded back."""
 
     def __init__(self, name: str):
         if kernel_library() is None:
@@ -438,29 +445,44 @@ class Kernel:
 
     def __call__(self, *inputs: Tensor, settings=()) -> Tensor:
         half = not self.converts and inputs[0].dtype == ms.float16
+        out = self._run(inputs, settings, self.spec.half if half else 0)
+        if out is None:  # this case takes float32 only
+            out = self._run(inputs, settings, 0)
+        return kernel("mp_f32_to_f16")(out) if half and out.dtype != ms.float16 else out
+
+    def _run(self, inputs, settings, keep: int) -> Tensor | None:
+        """One call; the first `keep` inputs stay float16 (the kernel reads them, and writes a float16 output),
+        the others are widened. None when the kernel answers that it takes this case in float32 only."""
         if not self.converts:
-            inputs = [kernel("mp_f16_to_f32")(t) if t.dtype == ms.float16 else t for t in inputs]
+            inputs = [kernel("mp_f16_to_f32")(t) if t.dtype == ms.float16 and i >= keep else t
+                      for i, t in enumerate(inputs)]
         shapes = tuple(tuple(t.shape) for t in inputs)
-        if any(t.dtype != self.takes for t in inputs):  # checked on every call: the layouts are cached by shape
+        if any(t.dtype != self.takes and not (i < keep and t.dtype == ms.float16) for i, t in enumerate(inputs)):
             raise ValueError(f"mindport kernel {self.name} takes {self.takes} (or float16) tensors, got "
                              f"{[t.dtype for t in inputs]} of shapes {shapes}")
-        layout = self._layouts.get((shapes, settings))
+        layout = self._layouts.get((shapes, settings))  # checked on every call above: layouts are cached by shape
         if layout is None:
             layout = self._layouts[shapes, settings] = self._layout(shapes, settings)
         out_shape, n, ndims, dims = layout
-        result = Tensor.from_numpy(np.empty(out_shape, self.spec.out_dtype))
+        result = Tensor.from_numpy(np.empty(out_shape, np.float16 if keep else self.spec.out_dtype))
         if n:  # else the output is empty: nothing to compute
             inputs = [t if t.is_contiguous() else t.contiguous() for t in inputs]
             if not _synchronous_launch:  # ops launched asynchronously may not have written their outputs yet
                 _wait_for_launched_ops()
             ptrs = (ctypes.c_void_p * n)(*[t.data_ptr() for t in inputs], _attrs(*settings).data_ptr(),
                                          result.data_ptr())
-            status = self.fn(n, ptrs, ndims, dims, None, None, None)
+            dtypes = None
+            if keep:
+                names = [_DTYPE_NAMES[t.dtype] for t in inputs] + [b"float32", b"float16"]
+                dtypes = (ctypes.c_char_p * n)(*names)
+            status = self.fn(n, ptrs, ndims, dims, dtypes, None, None)
+            if status == NO_HALF and keep:
+                return None
             if status == BAD_SHAPE:
                 raise ValueError(f"mindport kernel {self.name} rejected input shapes {shapes}, settings {settings}")
             if status:
                 raise RuntimeError(f"mindport kernel {self.name} failed (status {status}) on input shapes {shapes}")
-        return kernel("mp_f32_to_f16")(result) if half else result
+        return result
 
     def _layout(self, shapes, settings):
         """Checks one set of input shapes and settings; gives the output shape and the ctypes shape arrays (cached:

@@ -268,6 +268,60 @@ def test_attention_ops_path_chunks_long_sequences(rng, ops_path, monkeypatch):
         assert_close(out, ref, rel_l2=1e-6, where=f"chunked attention, mask {mask_shape}")
 
 
+def _conv_case(ws, stride=(1, 1, 1), padding=(0, 1, 1)):
+    w = (np.random.default_rng(1).standard_normal(ws) / np.sqrt(np.prod(ws[1:]))).astype(np.float16)
+    b = np.linspace(-1, 1, ws[0]).astype(np.float16)
+    return lambda x: backend.conv3d(x, Tensor(w), Tensor(b), padding, stride)
+
+
+def _conv2d_case(ws, stride, padding, groups):
+    w = (np.random.default_rng(2).standard_normal(ws) / np.sqrt(np.prod(ws[1:]))).astype(np.float16)
+    return lambda x: backend.conv2d(x, Tensor(w), Tensor(np.ones(ws[0], np.float16)), stride, padding, groups)
+
+
+def _second(shape, dtype=np.float16):
+    return Tensor(np.random.default_rng(3).standard_normal(shape).astype(dtype))
+
+
+# (name, x shape, fn of the float16 (or widened) input, whether the kernel reads x as float16 itself): the kernels
+# that take half precision in place, their odd sizes and paths; the temporal (3, 1, 1) convolution widens x first
+HALF = [
+    ("silu", (3, 4099), backend.silu, True),
+    ("group_norm 5D", (2, 8, 3, 9, 7), lambda x: backend.group_norm(x, 4, _second(8), _second(8), 1e-6), True),
+    ("add", (5, 1029), lambda x: backend.add(x, _second((5, 1029))), True),
+    ("add float32 second", (5, 1029), lambda x: backend.add(x, _second((5, 1029), np.float32)), True),
+    ("blend", (2, 6, 3, 4, 5), lambda x: backend.blend(x, _second((2, 6, 3, 4, 5)), _second((2, 1, 3, 1, 1))), True),
+    ("upsample", (2, 3, 5, 7), lambda x: backend.interpolate_nearest(x, scale_factor=2.0), True),
+    ("conv winograd 2D", (2, 16, 1, 9, 12), _conv_case((16, 16, 1, 3, 3)), True),
+    ("conv winograd 3D odd", (1, 16, 3, 33, 31), _conv_case((16, 16, 3, 3, 3), padding=(1, 1, 1)), True),
+    ("conv im2col strided", (2, 8, 1, 11, 10), _conv_case((6, 8, 1, 3, 3), stride=(1, 2, 2)), True),
+    ("conv2d grouped", (1, 32, 9, 10), _conv2d_case((64, 8, 3, 3), (1, 1), (1, 1), 4), True),
+    ("conv2d 1x1", (2, 24, 6, 7), _conv2d_case((40, 24, 1, 1), (1, 1), (0, 0), 1), True),
+    ("conv temporal", (1, 12, 5, 4, 6), _conv_case((10, 12, 3, 1, 1), padding=(1, 0, 0)), False),
+]
+
+
+@pytest.mark.parametrize("name, shape, fn, in_place", HALF, ids=[h[0] for h in HALF])
+def test_half_precision_is_read_and_written_by_the_kernel(name, shape, fn, in_place, rng, monkeypatch):
+    # float32 arithmetic on the float16 values, rounded once: the same numbers as widening x first, bit for bit;
+    # a kernel that reads float16 itself never widens the whole input (its weights, a few values, still are)
+    x = (rng.standard_normal(shape) * 2).astype(np.float16)
+    ref = fn(Tensor(x.astype(np.float32))).asnumpy().astype(np.float16)
+    widen = kernels.kernel("mp_f16_to_f32")
+    real, widened = widen.fn, []
+
+    def spy(n, ptrs, ndims, dims, *rest):
+        widened.append(tuple(dims[0][i] for i in range(ndims[0])))
+        return real(n, ptrs, ndims, dims, *rest)
+
+    monkeypatch.setattr(widen, "fn", spy)
+    out = fn(Tensor(x))
+    assert out.dtype == ms.float16
+    np.testing.assert_array_equal(out.asnumpy(), ref, err_msg=name)
+    conv_shape = shape if len(shape) != 4 or not name.startswith("conv2d") else (shape[0], shape[1], 1, *shape[2:])
+    assert (tuple(conv_shape) in widened or tuple(shape) in widened) != in_place, (name, widened)
+
+
 def test_fallback_transposes_do_not_crash_mindspore_at_exit(tmp_path):
     # MindSpore 2.8 crashed at interpreter exit (memory-pool teardown) after a reshaped transposed view; permute()
     # hands back contiguous tensors on every path. This ran 4 of 4 times into SIGSEGV / abort before the fix.

@@ -3,17 +3,20 @@
 //
 // Why they exist: on the CPU backend MindSpore's group_norm, LayerNorm, broadcasting elementwise ops, transposes and
 // the exact GELU run 4-60x slower than PyTorch's (measured figures in backend.py); each kernel here replaces a chain
-// of those ops with one pass over memory. float32 only, apart from the two half-precision casts the backend uses to
-// widen float16 inputs and round outputs back.
+// of those ops with one pass over memory. Arithmetic in float32; the activations' kernels (SiLU, add, blend, group
+// norm, nearest upsampling, convolution) also read and write float16 tensors in place, in runs widened and rounded as
+// they go (Any); the others take float32, float16 tensors widened and rounded back by the two cast kernels.
 // Threads: a small pool of our own whose idle workers sleep (OpenMP's spin-waiting workers took the cores from
 // MindSpore's next op: the mid-size SVD UNet ran 40% slower with OpenMP than without the kernels).
 //
 // Interface (MindSpore aot, CPU): int Fn(int nparam, void **params, int *ndims, int64_t **shapes,
-// const char **dtypes, void *stream, void *extra): params holds the inputs then the output (contiguous float32);
-// dtypes, stream and extra are unused (kernels.py passes null). Scalar settings (eps, groups, scale, a permutation)
-// arrive as a small float32 "attrs" tensor, the last input. Status: 0 success, 1 no BLAS, 2 shapes or settings the
-// kernel cannot take. kernels.py checks shapes before calling; each kernel checks again, cheaply, whatever would
-// otherwise make it read or write out of bounds, so a caller's bug is an exception, never a crash.
+// const char **dtypes, void *stream, void *extra): params holds the inputs then the output (contiguous float32, or
+// float16 where `dtypes` names it "float16": kernels.py passes dtypes only to the kernels that take half precision,
+// null otherwise); stream and extra are unused. Scalar settings (eps, groups, scale, a permutation) arrive as a small
+// float32 "attrs" tensor, the last input. Status: 0 success, 1 no BLAS, 2 shapes or settings the kernel cannot take,
+// 3 a half-precision tensor on a path that takes float32 only (kernels.py then widens it and calls again).
+// kernels.py checks shapes before calling; each kernel checks again, cheaply, whatever would otherwise make it read
+// or write out of bounds, so a caller's bug is an exception, never a crash.
 // mp_build_key and mp_self_test serve kernels.py's load test of a cached library.
 //
 // Matrix products go to scipy-openblas32's OpenBLAS (its sgemm runs these shapes 1.6-2x faster than MindSpore's
@@ -141,7 +144,7 @@ int64_t numel(int nd, const int64_t *shape) {
   return n;
 }
 
-enum Status { kOk = 0, kNoBlas = 1, kBadShape = 2 };
+enum Status { kOk = 0, kNoBlas = 1, kBadShape = 2, kNoHalf = 3 };  // kNoHalf: this case takes float32 only
 #define MP_REQUIRE(cond)           \
   do {                             \
     if (!(cond)) return kBadShape; \
@@ -351,20 +354,108 @@ int convert(int nparam, void **params, int *ndims, int64_t **shapes, Vec8 vec8, 
   return 0;
 }
 
+// Runs of half-precision values widened to float32 and rounded back (F16C eight at a time where the CPU has it).
+inline void to_float(const uint16_t *x, float *y, int64_t n) {
+  int64_t i = 0;
+#ifdef __F16C__
+  for (; i + 8 <= n; i += 8)
+    _mm256_storeu_ps(y + i, _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i *>(x + i))));
+#endif
+  for (; i < n; ++i) y[i] = half_to_float(x[i]);
+}
+
+inline void to_half(const float *x, uint16_t *y, int64_t n) {
+  int64_t i = 0;
+#ifdef __F16C__
+  for (; i + 8 <= n; i += 8)
+    _mm_storeu_si128(reinterpret_cast<__m128i *>(y + i),
+                     _mm256_cvtps_ph(_mm256_loadu_ps(x + i), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+#endif
+  for (; i < n; ++i) y[i] = float_to_half(x[i]);
+}
+
+// Whether parameter i is a float16 tensor: kernels.py names the dtypes ("float16" / "float32") for the kernels that
+// read and write half precision themselves (see Any); a null `dtypes` means float32 throughout.
+bool is_half(const char **dtypes, int i) { return dtypes && dtypes[i] && std::strcmp(dtypes[i], "float16") == 0; }
+
+// A float32 or float16 tensor, read and written in runs of float32: half-precision models then never have a whole
+// tensor widened and rounded back around each kernel (on SVD at 576x1024 those casts were a quarter of the fp16
+// run); the arithmetic stays float32. read(i, n, buf): values [i, i + n) as float32 (in place, or widened into buf);
+// dest(i, buf): where to compute values from i on (in place, or buf); commit(i, n, buf): round buf's values back.
+struct Any {
+  void *p;
+  bool half;
+  const float *read(int64_t i, int64_t n, float *buf) const {
+    if (!half) return static_cast<const float *>(p) + i;
+    to_float(static_cast<const uint16_t *>(p) + i, buf, n);
+    return buf;
+  }
+  float *dest(int64_t i, float *buf) const { return half ? buf : static_cast<float *>(p) + i; }
+  void commit(int64_t i, int64_t n, const float *buf) const {
+    if (half) to_half(buf, static_cast<uint16_t *>(p) + i, n);
+  }
+  void copy(int64_t i, int64_t n, float *dst) const {  // values [i, i + n) into dst
+    if (half) to_float(static_cast<const uint16_t *>(p) + i, dst, n);
+    else std::memcpy(dst, static_cast<const float *>(p) + i, n * sizeof(float));
+  }
+  float at(int64_t i) const {
+    return half ? half_to_float(static_cast<const uint16_t *>(p)[i]) : static_cast<const float *>(p)[i];
+  }
+};
+
+Any any(void **params, const char **dtypes, int i) { return Any{params[i], is_half(dtypes, i)}; }
+
+// body(xs, ys, n) over n values of an elementwise kernel in blocks of 4096, on float32 runs of x and y.
+template <class F>
+void elementwise_any(const Any &x, const Any &y, int64_t n, F body) {
+  parallel_blocks(n, 4096, [&](int64_t start, int64_t end) {
+    float bx[4096], by[4096];
+    const float *xs = x.read(start, end - start, bx);
+    float *ys = y.dest(start, by);
+    body(xs, ys, end - start);
+    y.commit(start, end - start, ys);
+  });
+}
+
+// Nearest upsampling of float32 or float16 values (a copy either way).
+template <class T>
+int upsample_nearest(void **params, int *ndims, int64_t **shapes) {
+  const int nd = ndims[0];
+  const T *x = static_cast<const T *>(params[0]);
+  const float *attrs = static_cast<const float *>(params[1]);
+  T *y = static_cast<T *>(params[2]);
+  const int64_t h = shapes[0][nd - 2], w = shapes[0][nd - 1];
+  const int64_t fh = static_cast<int64_t>(attrs[0]), fw = static_cast<int64_t>(attrs[1]);
+  const int64_t ho = h * fh, wo = w * fw;
+  std::vector<int64_t> out(shapes[0], shapes[0] + nd);
+  out[nd - 2] = ho;
+  out[nd - 1] = wo;
+  MP_REQUIRE(fh >= 1 && fw >= 1 && same(ndims[2], shapes[2], out));
+  if (numel(nd, shapes[0]) == 0) return kOk;
+  const int64_t planes = numel(nd, shapes[0]) / (h * w);
+  parallel_for(planes * h, [&](int64_t row) {  // one input row -> fh output rows
+    const T *xr = x + row * w;
+    T *yr = y + (row / h) * ho * wo + (row % h) * fh * wo;
+    for (int64_t j = 0; j < w; ++j)
+      for (int64_t k = 0; k < fw; ++k) yr[j * fw + k] = xr[j];
+    for (int64_t k = 1; k < fh; ++k) std::memcpy(yr + k * wo, yr, wo * sizeof(T));
+  });
+  return 0;
+}
+
 }  // namespace
 
 extern "C" {
 
 // GroupNorm over (N, C, *): inputs x, weight (C), bias (C), attrs {groups, eps}; mean and variance in float64.
-int mp_group_norm(int nparam, void **params, int *ndims, int64_t **shapes, const char **, void *, void *) {
+int mp_group_norm(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes, void *, void *) {
   MP_REQUIRE(nparam == 5 && ndims[0] >= 2 && holds(ndims, shapes, 3, 2) &&
              same(ndims[0], shapes[0], ndims[4], shapes[4]));
   MP_REQUIRE(same(ndims[1], shapes[1], {shapes[0][1]}) && same(ndims[2], shapes[2], {shapes[0][1]}));
-  const float *x = static_cast<const float *>(params[0]);
+  const Any x = any(params, dtypes, 0), y = any(params, dtypes, 4);
   const float *w = static_cast<const float *>(params[1]);
   const float *b = static_cast<const float *>(params[2]);
   const float *attrs = static_cast<const float *>(params[3]);
-  float *y = static_cast<float *>(params[4]);
   const int64_t n = shapes[0][0], c = shapes[0][1];
   if (numel(ndims[0], shapes[0]) == 0) return kOk;
   const int64_t spatial = numel(ndims[0], shapes[0]) / (n * c);
@@ -373,8 +464,9 @@ int mp_group_norm(int nparam, void **params, int *ndims, int64_t **shapes, const
   MP_REQUIRE(groups >= 1 && c % groups == 0);
   const int64_t cg = c / groups, len = cg * spatial;
   parallel_for(n * groups, [&](int64_t ng) {
-    const float *xs = x + ng * len;
-    float *ys = y + ng * len;
+    float *buf = x.half || y.half ? scratch(0, len) : nullptr;  // a half-precision group, widened (in place after)
+    const float *xs = x.read(ng * len, len, buf);
+    float *ys = y.dest(ng * len, buf);
     double mean, rstd;
     moments(xs, len, eps, &mean, &rstd);
     const int64_t c0 = (ng % groups) * cg;
@@ -386,6 +478,7 @@ int mp_group_norm(int nparam, void **params, int *ndims, int64_t **shapes, const
 #pragma omp simd
       for (int64_t i = 0; i < spatial; ++i) yr[i] = xr[i] * a + s;
     }
+    y.commit(ng * len, len, ys);
   });
   return 0;
 }
@@ -569,25 +662,29 @@ int mp_gelu(int nparam, void **params, int *ndims, int64_t **shapes, const char 
 }
 
 // SiLU, elementwise: x / (1 + exp(-x)). attrs unused.
-int mp_silu(int nparam, void **params, int *ndims, int64_t **shapes, const char **, void *, void *) {
+int mp_silu(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes, void *, void *) {
   MP_REQUIRE(elementwise(nparam, ndims, shapes));
-  const float *x = static_cast<const float *>(params[0]);
-  float *y = static_cast<float *>(params[2]);
-  parallel_map(x, y, numel(ndims[0], shapes[0]), [](vf v) { return v / (1.0f + vexp(-v)); });
+  elementwise_any(any(params, dtypes, 0), any(params, dtypes, 2), numel(ndims[0], shapes[0]),
+                  [](const float *x, float *y, int64_t n) {
+                    map(x, y, n, [](vf v) { return v / (1.0f + vexp(-v)); });
+                  });
   return 0;
 }
 
 // a + b, same shapes (residual connections: MindSpore's add after one of these kernels took 70-150 us). attrs
 // unused.
-int mp_add(int nparam, void **params, int *ndims, int64_t **shapes, const char **, void *, void *) {
+int mp_add(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes, void *, void *) {
   MP_REQUIRE(nparam == 4 && same(ndims[0], shapes[0], ndims[1], shapes[1]) &&
              same(ndims[0], shapes[0], ndims[3], shapes[3]));
-  const float *a = static_cast<const float *>(params[0]);
-  const float *b = static_cast<const float *>(params[1]);
-  float *y = static_cast<float *>(params[3]);
+  const Any a = any(params, dtypes, 0), b = any(params, dtypes, 1), y = any(params, dtypes, 3);
   parallel_blocks(numel(ndims[0], shapes[0]), 4096, [&](int64_t start, int64_t end) {
+    float ba[4096], bb[4096], by[4096];
+    const int64_t n = end - start;
+    const float *as = a.read(start, n, ba), *bs = b.read(start, n, bb);
+    float *ys = y.dest(start, by);
 #pragma omp simd
-    for (int64_t i = start; i < end; ++i) y[i] = a[i] + b[i];
+    for (int64_t i = 0; i < n; ++i) ys[i] = as[i] + bs[i];
+    y.commit(start, n, ys);
   });
   return 0;
 }
@@ -619,15 +716,13 @@ int mp_f32_to_f16(int nparam, void **params, int *ndims, int64_t **shapes, const
 }
 
 // alpha * a + (1 - alpha) * b with alpha broadcast: alpha has a's rank, each axis 1 or a's size. attrs unused.
-int mp_blend(int nparam, void **params, int *ndims, int64_t **shapes, const char **, void *, void *) {
+int mp_blend(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes, void *, void *) {
   MP_REQUIRE(nparam == 5 && same(ndims[0], shapes[0], ndims[1], shapes[1]) &&
              same(ndims[0], shapes[0], ndims[4], shapes[4]) && ndims[2] == ndims[0]);
   for (int i = 0; i < ndims[0]; ++i) MP_REQUIRE(shapes[2][i] == 1 || shapes[2][i] == shapes[0][i]);
   if (numel(ndims[0], shapes[0]) == 0) return kOk;
-  const float *a = static_cast<const float *>(params[0]);
-  const float *b = static_cast<const float *>(params[1]);
+  const Any a = any(params, dtypes, 0), b = any(params, dtypes, 1), y = any(params, dtypes, 4);
   const float *alpha = static_cast<const float *>(params[2]);
-  float *y = static_cast<float *>(params[4]);
   const int nd = ndims[0];
   const int64_t *shape = shapes[0], *ashape = shapes[2];
   int last = -1;  // alpha is constant over the axes after `last`
@@ -645,10 +740,15 @@ int mp_blend(int nparam, void **params, int *ndims, int64_t **shapes, const char
       astride *= ashape[i];
     }
     const float al = alpha[aoff], be = 1.0f - al;
-    const float *as = a + o * inner, *bs = b + o * inner;
-    float *ys = y + o * inner;
+    float ba[4096], bb[4096], by[4096];
+    for (int64_t i0 = o * inner; i0 < (o + 1) * inner; i0 += 4096) {
+      const int64_t n = std::min<int64_t>(4096, (o + 1) * inner - i0);
+      const float *as = a.read(i0, n, ba), *bs = b.read(i0, n, bb);
+      float *ys = y.dest(i0, by);
 #pragma omp simd
-    for (int64_t i = 0; i < inner; ++i) ys[i] = al * as[i] + be * bs[i];
+      for (int64_t i = 0; i < n; ++i) ys[i] = al * as[i] + be * bs[i];
+      y.commit(i0, n, ys);
+    }
   });
   return 0;
 }
@@ -715,29 +815,13 @@ int mp_permute(int nparam, void **params, int *ndims, int64_t **shapes, const ch
 
 // Nearest-neighbour upsampling by integer factors: x (N, C, H, W) -> (N, C, H*fh, W*fw); attrs {fh, fw}. Output row
 // r repeats input row r / fh, each value fw times (what torch's nearest gives for integer scale factors).
-int mp_upsample_nearest(int nparam, void **params, int *ndims, int64_t **shapes, const char **, void *, void *) {
+int mp_upsample_nearest(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes, void *,
+                        void *) {
   const int nd = ndims[0];
   MP_REQUIRE(nparam == 3 && nd >= 2 && holds(ndims, shapes, 1, 2));
-  const float *x = static_cast<const float *>(params[0]);
-  const float *attrs = static_cast<const float *>(params[1]);
-  float *y = static_cast<float *>(params[2]);
-  const int64_t h = shapes[0][nd - 2], w = shapes[0][nd - 1];
-  const int64_t fh = static_cast<int64_t>(attrs[0]), fw = static_cast<int64_t>(attrs[1]);
-  const int64_t ho = h * fh, wo = w * fw;
-  std::vector<int64_t> out(shapes[0], shapes[0] + nd);
-  out[nd - 2] = ho;
-  out[nd - 1] = wo;
-  MP_REQUIRE(fh >= 1 && fw >= 1 && same(ndims[2], shapes[2], out));
-  if (numel(nd, shapes[0]) == 0) return kOk;
-  const int64_t planes = numel(nd, shapes[0]) / (h * w);
-  parallel_for(planes * h, [&](int64_t row) {  // one input row -> fh output rows
-    const float *xr = x + row * w;
-    float *yr = y + (row / h) * ho * wo + (row % h) * fh * wo;
-    for (int64_t j = 0; j < w; ++j)
-      for (int64_t k = 0; k < fw; ++k) yr[j * fw + k] = xr[j];
-    for (int64_t k = 1; k < fh; ++k) std::memcpy(yr + k * wo, yr, wo * sizeof(float));
-  });
-  return 0;
+  MP_REQUIRE(is_half(dtypes, 0) == is_half(dtypes, 2));  // a copy: float16 in, float16 out
+  return is_half(dtypes, 0) ? upsample_nearest<uint16_t>(params, ndims, shapes)
+                            : upsample_nearest<float>(params, ndims, shapes);
 }
 
 // Average pooling over (N, C, H, W) windows [floor(i H / Ho), ceil((i + 1) H / Ho)) x (likewise for W): torch's
@@ -772,6 +856,16 @@ int mp_adaptive_avg_pool(int nparam, void **params, int *ndims, int64_t **shapes
 }
 
 #ifdef MP_BLAS_LIB
+// rows (stride ld) of n values each get bias[row] added (nothing when bias is null).
+static void add_bias(float *y, int64_t ld, int64_t rows, int64_t n, const float *bias) {
+  for (int64_t r = 0; bias && r < rows; ++r) {
+    float *yr = y + r * ld;
+    const float bv = bias[r];
+#pragma omp simd
+    for (int64_t i = 0; i < n; ++i) yr[i] += bv;
+  }
+}
+
 // Linear: x (M, K) @ w (N, K)^T + b (N) -> (M, N); attrs {has_bias}. One sgemm per thread, on a block of rows, or
 // of output columns when N > M (then each thread packs only its slice of the weight).
 int mp_linear(int nparam, void **params, int *ndims, int64_t **shapes, const char **, void *, void *) {
@@ -880,7 +974,7 @@ int mp_attention_masked(int nparam, void **params, int *ndims, int64_t **shapes,
 // multiplications. An input frame is transformed once and read by the kt output frames that see it: V holds the
 // transformed frames of a block of tile rows as [16][T][C][tiles], so the kt frames one output frame reads are kt*C
 // consecutive rows, one sgemm per k. Jobs are (batch, block of tile rows), transforms in thread-local buffers.
-static void conv3x3_winograd(const float *x, const float *w, const float *bias, bool has_bias, float *y, int64_t nb,
+static void conv3x3_winograd(const Any &x, const float *w, const float *bias, bool has_bias, const Any &y, int64_t nb,
                              int64_t c, int64_t t, int64_t h, int64_t wd, int64_t o, int64_t kt, int64_t pt,
                              int64_t ph, int64_t pw) {
   const int64_t ho = h + 2 * ph - 2, wo = wd + 2 * pw - 2, th = (ho + 1) / 2, tw = (wo + 1) / 2;
@@ -918,11 +1012,12 @@ static void conv3x3_winograd(const float *x, const float *w, const float *bias, 
     // V[k] (t*c, nt) = (B^T d B)[k], B^T = [[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]], computed
     // across a tile row at once (contiguous vectors over the tiles): each of the 4 input rows split into its even
     // and odd columns (zero outside the image), d[i][j] of tile tc being e[tc], o[tc], e[tc + 1], o[tc + 1]
-    float *rows = scratch(2, 8 * (tw + 1) + 16 * tw);
+    float *rows = scratch(2, 8 * (tw + 1) + 16 * tw + std::max(wd, wo));
     float *hz = rows + 8 * (tw + 1);  // (4 rows x 4 columns of the transform, tw)
+    float *line = hz + 16 * tw;       // one input or output row as float32 (half-precision tensors)
     for (int64_t fc = 0; fc < t * c; ++fc) {  // fc = input frame * c + channel
       const int64_t fi = fc / c, ci = fc % c;
-      const float *xc = x + ((b * c + ci) * t + fi) * h * wd;
+      const int64_t xc = ((b * c + ci) * t + fi) * h * wd;
       for (int64_t tr = 0; tr < ntr; ++tr) {
         const int64_t r0 = 2 * (tr0 + tr) - ph;
         for (int i = 0; i < 4; ++i) {  // row r0 + i: even / odd columns, then the horizontal transform B^T d_i
@@ -931,7 +1026,7 @@ static void conv3x3_winograd(const float *x, const float *w, const float *bias, 
           if (ri < 0 || ri >= h) {
             std::fill(ev, ev + 2 * (tw + 1), 0.0f);
           } else {
-            const float *xr = xc + ri * wd;
+            const float *xr = x.read(xc + ri * wd, wd, line);
             for (int64_t k = 0; k <= tw; ++k) {
               const int64_t c0 = 2 * k - pw;
               ev[k] = (c0 >= 0 && c0 < wd) ? xr[c0] : 0.0f;
@@ -949,8 +1044,8 @@ static void conv3x3_winograd(const float *x, const float *w, const float *bias, 
         }
         for (int j = 0; j < 4; ++j) {  // the vertical transform over the 4 rows, column j of the result
           const float *a0 = hz + j * tw, *a1 = hz + (4 + j) * tw, *a2 = hz + (8 + j) * tw, *a3 = hz + (12 + j) * tw;
-          float *v0 = v + ((0 * 4 + j) * t * c + fc) * nt + tr * tw, *v1 = v + ((1 * 4 + j) * t * c + fc) * nt + tr * tw;
-          float *v2 = v + ((2 * 4 + j) * t * c + fc) * nt + tr * tw, *v3 = v + ((3 * 4 + j) * t * c + fc) * nt + tr * tw;
+          const int64_t step = 4 * t * c * nt;  // from V[i][j] to V[i + 1][j]
+          float *v0 = v + (j * t * c + fc) * nt + tr * tw, *v1 = v0 + step, *v2 = v1 + step, *v3 = v2 + step;
 #pragma omp simd
           for (int64_t tc = 0; tc < tw; ++tc) {
             v0[tc] = a0[tc] - a2[tc];
@@ -974,7 +1069,7 @@ static void conv3x3_winograd(const float *x, const float *w, const float *bias, 
       // and odd columns, then interleaved into y
       float *q = rows;  // (2 rows x even / odd, tw)
       for (int64_t oc = 0; oc < o; ++oc) {
-        float *yo = y + ((b * o + oc) * to + f) * ho * wo;
+        const int64_t yo = ((b * o + oc) * to + f) * ho * wo;
         const float bv = has_bias ? bias[oc] : 0.0f;
         for (int64_t tr = 0; tr < ntr; ++tr) {
           const float *mk[16];
@@ -995,12 +1090,13 @@ static void conv3x3_winograd(const float *x, const float *w, const float *bias, 
           const int64_t r = 2 * (tr0 + tr);
           for (int i = 0; i < 2 && r + i < ho; ++i) {
             const float *ei = i ? e1 : e0, *oi = i ? o1 : o0;
-            float *yr = yo + (r + i) * wo;
+            float *yr = y.dest(yo + (r + i) * wo, line);
             for (int64_t tc = 0; tc < wo / 2; ++tc) {
               yr[2 * tc] = ei[tc];
               yr[2 * tc + 1] = oi[tc];
             }
             if (wo % 2) yr[wo - 1] = ei[wo / 2];
+            y.commit(yo + (r + i) * wo, wo, yr);
           }
         }
       }
@@ -1044,13 +1140,12 @@ static void conv_temporal(const float *x, const float *w, const float *bias, boo
 // w (O, C / G, kt, kh, kw), bias (O) -> (B, O, To, Ho, Wo); attrs {st, sh, sw, pt, ph, pw, groups, has_bias}.
 // Jobs are (batch, block of output rows): the block's im2col columns (C/G * kt*kh*kw, rows * Wo) are built in a
 // thread-local buffer (at most ~2^21 floats) and one sgemm per group writes the output block in place (NCHW).
-int mp_conv(int nparam, void **params, int *ndims, int64_t **shapes, const char **, void *, void *) {
+int mp_conv(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes, void *, void *) {
   MP_REQUIRE(nparam == 5 && ndims[0] == 5 && ndims[1] == 5 && holds(ndims, shapes, 3, 8));
-  const float *x = static_cast<const float *>(params[0]);
+  const Any x = any(params, dtypes, 0), y = any(params, dtypes, 4);  // float32 or float16 (see Any)
   const float *w = static_cast<const float *>(params[1]);
   const float *bias = static_cast<const float *>(params[2]);
   const float *at = static_cast<const float *>(params[3]);
-  float *y = static_cast<float *>(params[4]);
   const int64_t nb = shapes[0][0], c = shapes[0][1], t = shapes[0][2], h = shapes[0][3], wd = shapes[0][4];
   const int64_t o = shapes[1][0], cg = shapes[1][1], kt = shapes[1][2], kh = shapes[1][3], kw = shapes[1][4];
   const int64_t st = at[0], sh = at[1], sw = at[2], pt = at[3], ph = at[4], pw = at[5], groups = at[6];
@@ -1064,9 +1159,13 @@ int mp_conv(int nparam, void **params, int *ndims, int64_t **shapes, const char 
   MP_REQUIRE(cg >= 1 && t >= 1 && h >= 1 && wd >= 1);
   if (!sgemm()) return kNoBlas;
   const int64_t og = o / groups, kdim = cg * kt * kh * kw, out_rows = to * ho, plane = out_rows * wo;
-  const bool pointwise = kdim == c && groups == 1 && st == 1 && sh == 1 && sw == 1 && pt == 0 && ph == 0 && pw == 0;
+  // pointwise (float32 only: its sgemm reads the input in place; half precision takes the im2col copy)
+  const bool pointwise = kdim == c && groups == 1 && st == 1 && sh == 1 && sw == 1 && pt == 0 && ph == 0 && pw == 0 &&
+                         !x.half && !y.half;
   if (kt > 1 && kh == 1 && kw == 1 && sh == 1 && sw == 1 && ph == 0 && pw == 0 && groups == 1) {
-    conv_temporal(x, w, bias, has_bias, y, nb, c, t, h * wd, o, kt, st, pt);
+    if (x.half || y.half) return kNoHalf;  // its sgemms read and write whole frames in place
+    conv_temporal(static_cast<const float *>(x.p), w, bias, has_bias, static_cast<float *>(y.p), nb, c, t, h * wd, o,
+                  kt, st, pt);
     return 0;
   }
   // Over frames (kt > 1), Winograd where there are enough tiles for wide jobs (each job's sgemms pack the whole
@@ -1086,14 +1185,17 @@ int mp_conv(int nparam, void **params, int *ndims, int64_t **shapes, const char 
   parallel_for(nb * blocks, [&](int64_t job) {
     const int64_t b = job / blocks, r0 = (job % blocks) * rows_per_job, nr = std::min(rows_per_job, out_rows - r0);
     const int64_t np = nr * wo;
-    if (pointwise)  // 1x1, stride 1, no padding: the input block is already the column matrix
-      sgemm()(kRowMajor, kNoTrans, kNoTrans, o, np, c, 1.0f, w, c, x + b * c * plane + r0 * wo, plane, 0.0f,
-              y + b * o * plane + r0 * wo, plane);
+    if (pointwise) {  // 1x1, stride 1, no padding: the input block is already the column matrix
+      float *yb = static_cast<float *>(y.p) + b * o * plane + r0 * wo;
+      sgemm()(kRowMajor, kNoTrans, kNoTrans, o, np, c, 1.0f, w, c,
+              static_cast<const float *>(x.p) + b * c * plane + r0 * wo, plane, 0.0f, yb, plane);
+      add_bias(yb, plane, o, np, has_bias ? bias : nullptr);
+    }
     float *cols = pointwise ? nullptr : scratch(0, kdim * np);
     for (int64_t g = 0; g < (pointwise ? 0 : groups); ++g) {
       // im2col: row k = ((ci * kt + dt) * kh + di) * kw + dj, column = output position in the block
       for (int64_t ci = 0; ci < cg; ++ci) {
-        const float *xc = x + ((b * c + g * cg + ci) * t) * h * wd;
+        const int64_t xc = ((b * c + g * cg + ci) * t) * h * wd;
         for (int64_t dt = 0; dt < kt; ++dt)
           for (int64_t di = 0; di < kh; ++di)
             for (int64_t dj = 0; dj < kw; ++dj) {
@@ -1106,32 +1208,28 @@ int mp_conv(int nparam, void **params, int *ndims, int64_t **shapes, const char 
                   std::memset(dst, 0, wo * sizeof(float));
                   continue;
                 }
-                const float *src = xc + (it * h + ih) * wd;
+                const int64_t src = xc + (it * h + ih) * wd;
                 // output columns whose input column iw = ow * sw - pw + dj lies inside [0, wd)
                 const int64_t lo = std::min(wo, std::max<int64_t>(0, (pw - dj + sw - 1) / sw));
                 const int64_t hi = std::max(lo, std::min(wo, (wd + pw - dj + sw - 1) / sw));
                 std::fill(dst, dst + lo, 0.0f);
                 std::fill(dst + hi, dst + wo, 0.0f);
                 if (sw == 1) {
-                  std::memcpy(dst + lo, src + lo - pw + dj, (hi - lo) * sizeof(float));
+                  x.copy(src + lo - pw + dj, hi - lo, dst + lo);
                 } else {
-                  for (int64_t ow = lo; ow < hi; ++ow) dst[ow] = src[ow * sw - pw + dj];
+                  for (int64_t ow = lo; ow < hi; ++ow) dst[ow] = x.at(src + ow * sw - pw + dj);
                 }
               }
             }
       }
-      // y[b, g*og:(g+1)*og, block] = w_g (og, kdim) @ cols (kdim, np); rows of y have stride `plane`
-      float *yb = y + (b * o + g * og) * plane + r0 * wo;
-      sgemm()(kRowMajor, kNoTrans, kNoTrans, og, np, kdim, 1.0f, w + g * og * kdim, kdim, cols, np, 0.0f, yb,
-              plane);
+      // y[b, g*og:(g+1)*og, block] = w_g (og, kdim) @ cols (kdim, np): in place (rows of y have stride `plane`),
+      // or for a half-precision output into a float32 block (og, np), then rounded into y
+      const int64_t y0 = (b * o + g * og) * plane + r0 * wo, ldy = y.half ? np : plane;
+      float *yb = y.dest(y0, y.half ? scratch(1, og * np) : nullptr);
+      sgemm()(kRowMajor, kNoTrans, kNoTrans, og, np, kdim, 1.0f, w + g * og * kdim, kdim, cols, np, 0.0f, yb, ldy);
+      add_bias(yb, ldy, og, np, has_bias ? bias + g * og : nullptr);
+      for (int64_t oc = 0; y.half && oc < og; ++oc) y.commit(y0 + oc * plane, np, yb + oc * np);
     }
-    if (has_bias)
-      for (int64_t oc = 0; oc < o; ++oc) {
-        float *yr = y + (b * o + oc) * plane + r0 * wo;
-        const float bv = bias[oc];
-#pragma omp simd
-        for (int64_t i = 0; i < np; ++i) yr[i] += bv;
-      }
   });
   return 0;
 }
