@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from converters import ConversionError
 from converters.sources import read_json
 from mindport.image_processing import pipeline_output_size, vae_scale_factor
 
@@ -136,7 +137,12 @@ class AnimateDiffAdapter(PipelineAdapter):
         from mindport.pipelines.free_noise import free_noise_settings
 
         limit = read_json(Path(root) / "unet" / "config.json").get("motion_max_seq_length", 32)
-        return free_noise_settings(limit, **free_noise)
+        settings = free_noise_settings(limit, **free_noise)
+        if settings["weighting_scheme"] == "delayed_reverse_sawtooth" and settings["context_length"] % 2:
+            raise ConversionError(f"--free-noise: diffusers {_diffusers_version()} cannot run delayed_reverse_sawtooth "
+                                  f"with an odd context_length ({settings['context_length']}: it builds one weight too "
+                                  "many); use an even one")
+        return settings
 
     def call_kwargs(self, settings: dict) -> dict:
         """Identical arguments for both pipelines: a prompt and a negative prompt with guidance."""
@@ -160,6 +166,12 @@ class AnimateDiffAdapter(PipelineAdapter):
         height, width = pipeline_output_size(None, None, unet, vae_scale_factor(vae), vae_config=vae,
                                              owner="mindport parity (--height, --width)")
         return {"height": height, "width": width, "frames": min(16, unet.get("motion_max_seq_length") or 32)}
+
+
+def _diffusers_version() -> str:
+    import diffusers
+
+    return diffusers.__version__
 
 
 class _SharedRandperm:

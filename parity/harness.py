@@ -111,8 +111,6 @@ def run_parity(src, out, converted=None, steps: int | None = None, frames: int |
     root = resolve(src) if src is not None else None
     pipeline = gold.settings["pipeline"] if gold is not None else read_json(root / "model_index.json").get("_class_name")
     adapter = adapter_for(pipeline, str(golden if gold is not None else root / "model_index.json"))
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
 
     # 1. settings: explicit flags, else what a tiny fixture was built for, else diffusers' defaults for the configs
     #    (against a golden: the golden's)
@@ -120,6 +118,8 @@ def run_parity(src, out, converted=None, steps: int | None = None, frames: int |
            adapter.settings(root, frames=frames, height=height, width=width, decode_chunk_size=decode_chunk_size))
     if gold is None and (free_noise is not None or run.get("free_noise") is not None):
         run["free_noise"] = adapter.free_noise_settings(root, free_noise if free_noise is not None else run["free_noise"])
+    out = Path(out)  # created once the settings hold
+    out.mkdir(parents=True, exist_ok=True)
     settings = {
         "pipeline": pipeline, "source": str(src if gold is None else gold.settings["source"]), "dtype": dtype,
         "seed": seed, "steps": steps, **run,

@@ -312,4 +312,10 @@ def test_cli(tmp_path, capsys):
         assert message in err and len(err.splitlines()) == 1, err
     assert main(["parity", tiny, "--context-stride", "2", "--out", str(tmp_path / "p")]) == 2
     assert "--context-stride set up FreeNoise: give --free-noise too" in capsys.readouterr().err
+    assert main(["parity", tiny, "--free-noise", "--context-length", "5", "--weighting-scheme",
+                 "delayed_reverse_sawtooth", "--out", str(tmp_path / "p")]) == 2  # diffusers fails there
+    assert "cannot run delayed_reverse_sawtooth with an odd context_length (5" in capsys.readouterr().err
+    assert main(["parity", str(build("svd-tiny")), "--free-noise", "--out", str(tmp_path / "p")]) == 2
+    assert "StableVideoDiffusionPipeline has no FreeNoise" in capsys.readouterr().err
+    assert not (tmp_path / "p").exists()
     assert not (tmp_path / "x.gif").exists()
