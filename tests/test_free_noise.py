@@ -1,7 +1,8 @@
 """FreeNoise on AnimateDiff against diffusers' (enable_free_noise on the same tiny checkpoints, every random draw from
 one numpy stream per side, diffusers' window permutations included): frames for more frames than the motion modules
-hold, three configs and every weighting scheme and noise type, per-frame prompt dicts, video-to-video, fp16; the
-windowed block alone; disable_free_noise giving the plain frames back; bad arguments; the harness and the CLI."""
+hold, three configs and every weighting scheme and noise type, per-frame prompt dicts, video-to-video, LoRAs, split
+inference, fp16; the windowed block alone; disable_free_noise giving the plain frames back; bad arguments; the harness
+and the CLI."""
 
 import mindspore as ms
 import numpy as np
@@ -229,6 +230,7 @@ def test_video_to_video_with_free_noise():
     assert_close(got, expected, rel_l2=1e-4, where="video-to-video FreeNoise")
 
 
+@pytest.mark.slow
 @pytest.mark.filterwarnings("ignore:Already found a `peft_config`")
 def test_with_loras_against_diffusers():
     """A style and a motion LoRA loaded before FreeNoise is enabled (diffusers can enable it only before loading a
@@ -245,6 +247,33 @@ def test_with_loras_against_diffusers():
     got, expected, _ = _run_both(ref, ours, dict(context_length=8, context_stride=2), disable_reference=False,
                                  num_frames=11, height=16, width=8, **CALL)
     assert_close(got, expected, rel_l2=1e-4, where="FreeNoise with LoRAs")
+
+
+def test_split_inference_against_diffusers():
+    """enable_free_noise_split_inference on both sides: the same wrapped module paths, the same frames (and ours
+    within float rounding of the unsplit run); FreeNoise still switches through the wrappers."""
+    ref, ours = _pipes("animatediff-tiny")
+    kw = dict(CALL, num_frames=11, height=16, width=8, output_type="np")
+    lat = np.random.default_rng(5).standard_normal((1, 4, 11, 8, 4)).astype(np.float32)
+    names = sorted(p.name for p in ours.unet.get_parameters())
+    for pipe in (ref, ours):
+        pipe.enable_free_noise(context_length=6, context_stride=2)
+    whole = ours(**kw, latents=lat)[0]
+    for pipe in (ref, ours):
+        pipe.enable_free_noise_split_inference(spatial_split_size=40, temporal_split_size=4)
+    wrapped = sorted(n for n, _ in ours.unet.cells_and_names() if n.endswith(".module"))
+    assert wrapped == sorted(n for n, _ in ref.unet.named_modules() if n.endswith(".module")) and len(wrapped) == 35
+    assert sorted(p.name for p in ours.unet.get_parameters()) == names
+    got = ours(**kw, latents=lat)[0]
+    with torch.no_grad():
+        expected = ref(**kw, latents=torch.from_numpy(lat)).frames
+    assert_close(got, expected, rel_l2=1e-4, where="FreeNoise split inference")
+    assert_close(got, whole, rel_l2=1e-5, where="split vs whole")
+    ours.disable_free_noise()
+    assert not ours.unet.free_noise_enabled
+    with pytest.raises(ValueError, match="enable_free_noise_split_inference: temporal_split_size=0 is not a positive "
+                                         "integer"):
+        ours.enable_free_noise_split_inference(temporal_split_size=0)
 
 
 def test_fp16_against_torch_fp32(tiny):

@@ -14,9 +14,14 @@ The block is built from the plain `BasicTransformerBlock` and holds the same cel
 ff, pos_embed): the weights are shared, not copied, and the module paths (`...transformer_blocks.k.attn1`) are
 diffusers'. As diffusers 0.42.1 does, the tail window (when the stride does not land on F) adds its last r frames
 with their per-position weights but counts each of them with one weight, the window's position L-r.
+
+`SplitInferenceModule` (diffusers' name and module path `.module`) runs a cell on slices of its batch, for FreeNoise's
+memory saving on long videos (`enable_free_noise_split_inference`): the same numbers in smaller pieces.
 """
 
 from __future__ import annotations
+
+import inspect
 
 import numpy as np
 from mindspore import Tensor, nn, ops
@@ -121,18 +126,54 @@ class FreeNoiseTransformerBlock(nn.Cell):
         return backend.add(self.ff(self.norm3(hidden_states)), hidden_states)
 
 
-def _replace(cells: nn.CellList, index: int, make) -> None:
-    """cells[index] = make(cells[index]), the parameters keeping their full names (building the new cell and
-    CellList assignment would prefix them anew)."""
-    names = [(p, p.name) for p in cells[index].get_parameters()]
+class SplitInferenceModule(nn.Cell):
+    """`module` run on slices of `split_size` along `split_dim` of its inputs named in `input_kwargs_to_split`
+    (positional or keyword; None passes whole), the outputs (a tensor, or a tuple of them) concatenated back."""
+
+    def __init__(self, module: nn.Cell, split_size: int = 1, split_dim: int = 0,
+                 input_kwargs_to_split=("hidden_states",)):
+        super().__init__()
+        self.module = module
+        self.split_size, self.split_dim = int(split_size), int(split_dim)
+        self.input_kwargs_to_split = tuple(input_kwargs_to_split)
+
+    def construct(self, *args, **kwargs):
+        inputs = inspect.signature(self.module.construct).bind(*args, **kwargs).arguments
+        pieces = {k: ops.split(v, self.split_size, self.split_dim) for k, v in inputs.items()
+                  if k in self.input_kwargs_to_split and isinstance(v, Tensor)}
+        results = [self.module(**{**inputs, **{k: v[i] for k, v in pieces.items()}})
+                   for i in range(len(next(iter(pieces.values()))))]
+        if isinstance(results[0], tuple):
+            return tuple(ops.cat(list(parts), axis=self.split_dim) for parts in zip(*results))
+        return ops.cat(results, axis=self.split_dim)
+
+
+def input_names(cell: nn.Cell, count: int) -> tuple[str, ...]:
+    """The names of a cell's first `count` construct parameters (what SplitInferenceModule splits)."""
+    return tuple(list(inspect.signature(cell.construct).parameters)[:count])
+
+
+def unwrap(cell: nn.Cell) -> nn.Cell:
+    """The cell a SplitInferenceModule wraps (the cell itself otherwise)."""
+    return cell.module if isinstance(cell, SplitInferenceModule) else cell
+
+
+def replace(parent: nn.Cell, key, make) -> None:
+    """parent[key] (a CellList index) or parent.key (an attribute) = make(that cell), the parameters keeping their
+    full names (building the new cell and assigning it would prefix them anew)."""
+    old = parent[key] if isinstance(key, int) else getattr(parent, key)
+    names = [(p, p.name) for p in old.get_parameters()]
 
     def restore():
         for p, name in names:
             p.name = name
 
-    new = make(cells[index])
+    new = make(old)
     restore()  # CellList reads its prefix from its cells' parameter names
-    cells[index] = new
+    if isinstance(key, int):
+        parent[key] = new
+    else:
+        setattr(parent, key, new)
     restore()
 
 
@@ -140,23 +181,24 @@ def use_windowed_blocks(motion_transformers, context_length: int, context_stride
     """Every motion transformer's blocks become FreeNoise blocks (or, already, take the new settings)."""
     frame_weights(context_length, weighting_scheme)  # an unknown scheme fails before any block changes
     for module in motion_transformers:
-        blocks = module.transformer_blocks
-        for i in range(len(blocks)):
-            if isinstance(blocks[i], FreeNoiseTransformerBlock):
-                blocks[i].set_free_noise_properties(context_length, context_stride, weighting_scheme)
+        for i, block in enumerate(module.transformer_blocks):
+            # (a split-inference wrapper keeps its place: its inner block is swapped)
+            parent, key = (block, "module") if isinstance(block, SplitInferenceModule) else (module.transformer_blocks, i)
+            if isinstance(unwrap(block), FreeNoiseTransformerBlock):
+                unwrap(block).set_free_noise_properties(context_length, context_stride, weighting_scheme)
             else:
-                _replace(blocks, i, lambda b: FreeNoiseTransformerBlock(b, context_length, context_stride,
-                                                                        weighting_scheme))
+                replace(parent, key, lambda b: FreeNoiseTransformerBlock(b, context_length, context_stride,
+                                                                         weighting_scheme))
 
 
 def use_plain_blocks(motion_transformers) -> None:
     """The blocks FreeNoise replaced, back in place (the same cells, so the same weights)."""
     for module in motion_transformers:
-        blocks = module.transformer_blocks
-        for i in range(len(blocks)):
-            if isinstance(blocks[i], FreeNoiseTransformerBlock):
-                _replace(blocks, i, lambda b: b.plain)
+        for i, block in enumerate(module.transformer_blocks):
+            parent, key = (block, "module") if isinstance(block, SplitInferenceModule) else (module.transformer_blocks, i)
+            if isinstance(unwrap(block), FreeNoiseTransformerBlock):
+                replace(parent, key, lambda b: b.plain)
 
 
-__all__ = ["FreeNoiseTransformerBlock", "WEIGHTING_SCHEMES", "frame_weights", "window_ranges", "use_windowed_blocks",
-           "use_plain_blocks"]
+__all__ = ["FreeNoiseTransformerBlock", "SplitInferenceModule", "WEIGHTING_SCHEMES", "frame_weights", "window_ranges",
+           "use_windowed_blocks", "use_plain_blocks", "input_names", "unwrap", "replace"]

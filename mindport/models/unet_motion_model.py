@@ -22,7 +22,7 @@ from .. import backend
 from ..layers import Conv2d, GroupNorm, SiLU
 from ..modeling import Config, ModelMixin, Output, per_entry
 from .embeddings import TimestepEmbedding, Timesteps, timesteps_1d
-from .free_noise import FreeNoiseTransformerBlock
+from .free_noise import FreeNoiseTransformerBlock, unwrap
 from .resnet import Downsample2D, ResnetBlock2D, Upsample2D
 from .transformer_2d import Transformer2DModel
 from .transformer_temporal import TransformerTemporalModel
@@ -52,7 +52,7 @@ class AnimateDiffTransformer3D(TransformerTemporalModel):
 
     @property
     def windowed(self) -> bool:
-        return any(isinstance(b, FreeNoiseTransformerBlock) for b in self.transformer_blocks)
+        return any(isinstance(unwrap(b), FreeNoiseTransformerBlock) for b in self.transformer_blocks)
 
     @property
     def num_positional_embeddings(self) -> int | None:

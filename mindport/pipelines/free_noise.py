@@ -16,7 +16,10 @@ weights; disabling puts the plain blocks back. While enabled, the pipeline:
 - takes `prompt` (and `negative_prompt`) as a str or a dict {frame index: str} starting at frame 0: each prompt's
   embedding is held at its frame and interpolated between them (linearly, or by `prompt_interpolation_callback(
   start_frame, end_frame, start_embeds (1, L, D), end_embeds (1, L, D)) -> (end - start + 1, L, D)`), one per frame.
-Not ported: `enable_free_noise_split_inference` (a memory optimisation: the same numbers in smaller batches).
+`enable_free_noise_split_inference(spatial_split_size=256, temporal_split_size=16)` saves memory on long videos: the
+motion modules' parts run on `spatial_split_size` pixel sequences at a time, the spatial attentions, resnets and
+down / up samplers on `temporal_split_size` frames at a time (diffusers' SplitInferenceModule wrappers and module
+paths); the numbers stay the same. It stays on after disable_free_noise, as in diffusers.
 """
 
 from __future__ import annotations
@@ -24,7 +27,15 @@ from __future__ import annotations
 import numpy as np
 from mindspore import Tensor, ops
 
-from ..models.free_noise import WEIGHTING_SCHEMES, use_plain_blocks, use_windowed_blocks
+from ..models.free_noise import (
+    WEIGHTING_SCHEMES,
+    SplitInferenceModule,
+    input_names,
+    replace,
+    unwrap,
+    use_plain_blocks,
+    use_windowed_blocks,
+)
 from ..utils import randn
 
 NOISE_TYPES = ("shuffle_context", "repeat_context", "random")
@@ -60,6 +71,35 @@ class AnimateDiffFreeNoiseMixin:
         """The plain motion blocks back (the pipeline's frames are then exactly those before enabling)."""
         self._free_noise_context_length = None
         use_plain_blocks(self.unet.motion_transformers())
+
+    def enable_free_noise_split_inference(self, spatial_split_size: int = 256, temporal_split_size: int = 16) -> None:
+        """Run the UNet's blocks on slices of their batch (see the module docstring); again: new sizes."""
+        for name, value in (("spatial_split_size", spatial_split_size), ("temporal_split_size", temporal_split_size)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"enable_free_noise_split_inference: {name}={value!r} is not a positive integer")
+
+        def split(parent, key, size: int, names) -> None:
+            cell = parent[key] if isinstance(key, int) else getattr(parent, key)
+            if isinstance(cell, SplitInferenceModule):
+                cell.split_size = size
+            else:
+                replace(parent, key, lambda c: SplitInferenceModule(c, size, 0, names))
+
+        unet = self.unet
+        for block in [*unet.down_blocks, unet.mid_block, *unet.up_blocks]:
+            # motion modules: (B*H*W, F, C) sequences, split over pixels
+            for module in getattr(block, "motion_modules", None) or ():
+                for key in ("proj_in", "proj_out"):
+                    split(module, key, spatial_split_size, input_names(unwrap(getattr(module, key)), 1))
+                for i in range(len(module.transformer_blocks)):
+                    split(module.transformer_blocks, i, spatial_split_size, ("hidden_states", "encoder_hidden_states"))
+            # spatial parts: (B*F, C, H, W) frames, split over frames (resnets: with their time embedding)
+            for attr, count in (("attentions", 2), ("resnets", 2), ("downsamplers", 1), ("upsamplers", 1)):
+                cells = getattr(block, attr, None) or ()
+                for i in range(len(cells)):
+                    names = ("hidden_states", "encoder_hidden_states") if attr == "attentions" else \
+                        input_names(unwrap(cells[i]), count)
+                    split(cells, i, temporal_split_size, names)
 
     @property
     def free_noise_enabled(self) -> bool:
