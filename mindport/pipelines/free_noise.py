@@ -130,11 +130,13 @@ class AnimateDiffFreeNoiseMixin:
         if self._free_noise_noise_type == "shuffle_context":
             latents = latents.copy()
             stride = self._free_noise_context_stride
+            # (one permutation per window for the whole batch: from the first generator of a list)
+            perm_generator = generator[0] if isinstance(generator, (list, tuple)) else generator
             for i in range(length, num_frames, stride):
                 # the `stride` frames one context earlier, shuffled, become frames i .. i + stride
                 start = i - length
                 n = min(num_frames, start + stride) - start
-                order = start + np.argsort(randn(generator, (n,)), kind="stable")
+                order = start + np.argsort(randn(perm_generator, (n,)), kind="stable")
                 end = min(num_frames, i + n)
                 latents[:, :, i:end] = latents[:, :, order[: end - i]]
         elif self._free_noise_noise_type == "repeat_context":
