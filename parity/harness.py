@@ -117,7 +117,7 @@ def run_parity(src, out, converted=None, steps: int | None = None, frames: int |
     run = ({k: v for k, v in gold.settings.items() if k not in GOLDEN_OWN_SETTINGS} if gold is not None else
            adapter.settings(root, frames=frames, height=height, width=width, decode_chunk_size=decode_chunk_size))
     if gold is None and (free_noise is not None or run.get("free_noise") is not None):
-        run["free_noise"] = adapter.free_noise_settings(root, free_noise if free_noise is not None else run["free_noise"])
+        run["free_noise"] = adapter.free_noise_settings(root, run["free_noise"] if free_noise is None else free_noise)
     out = Path(out)  # created once the settings hold
     out.mkdir(parents=True, exist_ok=True)
     settings = {

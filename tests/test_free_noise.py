@@ -63,7 +63,8 @@ def _run_both(ref, ours, free_noise, seed=3, disable_reference=True, **call):
     return np.asarray(got), np.asarray(expected), noise.runs[0]["draws"]
 
 
-CALL = dict(prompt="a cat walking", negative_prompt="blurry", num_inference_steps=2)  # (one DDIM step: t=0, no denoising)
+# two steps: DDIM's only step at one step is t=0, which leaves the latents as they are
+CALL = dict(prompt="a cat walking", negative_prompt="blurry", num_inference_steps=2)
 
 
 @pytest.mark.parametrize("scheme", ["flat", "pyramid", "delayed_reverse_sawtooth"])
@@ -104,7 +105,7 @@ def test_noise_types_against_diffusers(tiny):
                               ("random", None)):
         ref.enable_free_noise(context_length=8, context_stride=2, noise_type=noise_type)
         ours.enable_free_noise(context_length=8, context_stride=2, noise_type=noise_type)
-        lat = None if given is None else np.random.default_rng(1).standard_normal((1, 4, given, 3, 5)).astype(np.float32)
+        lat = None if given is None else np.random.default_rng(1).standard_normal((1, 4, given, 3, 5), np.float32)
         noise = SharedNoise(7)
         undo = adapter.patch_noise(noise)
         try:
@@ -324,7 +325,6 @@ def test_bad_calls(tiny, call, message):
         ours.disable_free_noise()
 
 
-@pytest.mark.slow
 def test_harness_with_free_noise(tmp_path):
     """`run_parity(..., free_noise=...)`: both sides enable it, the per-module comparison and the gates pass."""
     from parity.harness import run_parity
@@ -333,8 +333,8 @@ def test_harness_with_free_noise(tmp_path):
                    free_noise=dict(context_length=8, context_stride=2, weighting_scheme="delayed_reverse_sawtooth"),
                    floor=False, isolate=False, weight_samples=0, log=lambda m: None)
     assert r["passed"] and r["frames"]["rel_l2"] <= 1e-4, r["first_divergence"]
-    assert r["settings"]["free_noise"] == dict(context_length=8, context_stride=2,
-                                               weighting_scheme="delayed_reverse_sawtooth", noise_type="shuffle_context")
+    assert r["settings"]["free_noise"] == dict(context_length=8, context_stride=2, noise_type="shuffle_context",
+                                               weighting_scheme="delayed_reverse_sawtooth")
     assert [d["shape"] for d in r["noise"]["runs"][0]["draws"]] == [[1, 4, 11, 8, 12], [2], [2]]
     assert any(".transformer_blocks.0.attn1" in row["module"] for row in r["layers"])
 
@@ -349,7 +349,8 @@ def test_cli(tmp_path, capsys):
     assert gif.n_frames == 11 and gif.size == (24, 16)
     capsys.readouterr()
     for argv, message in (
-        ([tiny, "--prompt", "a", "--frames", "11"], "`num_frames`=11 exceeds the motion modules' motion_max_seq_length=8"),
+        ([tiny, "--prompt", "a", "--frames", "11"],
+         "`num_frames`=11 exceeds the motion modules' motion_max_seq_length=8"),
         ([tiny, "--prompt", "a", "--context-length", "4"], "--context-length set up FreeNoise: give --free-noise too"),
         ([tiny, "--prompt", "a", "--free-noise", "--context-length", "12"], "context_length=12 is not an integer in"),
         ([str(build("svd-tiny")), "--image", "x.png", "--free-noise"], "StableVideoDiffusionPipeline does not take "

@@ -177,27 +177,33 @@ def replace(parent: nn.Cell, key, make) -> None:
     restore()
 
 
+def _block_slots(motion_transformers):
+    """(parent, key, block) for every motion transformer block: its CellList slot, or, when split inference wraps it,
+    the wrapper's `module` (the wrapper keeps its place)."""
+    for module in motion_transformers:
+        for i, block in enumerate(module.transformer_blocks):
+            if isinstance(block, SplitInferenceModule):
+                yield block, "module", block.module
+            else:
+                yield module.transformer_blocks, i, block
+
+
 def use_windowed_blocks(motion_transformers, context_length: int, context_stride: int, weighting_scheme: str) -> None:
     """Every motion transformer's blocks become FreeNoise blocks (or, already, take the new settings)."""
     frame_weights(context_length, weighting_scheme)  # an unknown scheme fails before any block changes
-    for module in motion_transformers:
-        for i, block in enumerate(module.transformer_blocks):
-            # (a split-inference wrapper keeps its place: its inner block is swapped)
-            parent, key = (block, "module") if isinstance(block, SplitInferenceModule) else (module.transformer_blocks, i)
-            if isinstance(unwrap(block), FreeNoiseTransformerBlock):
-                unwrap(block).set_free_noise_properties(context_length, context_stride, weighting_scheme)
-            else:
-                replace(parent, key, lambda b: FreeNoiseTransformerBlock(b, context_length, context_stride,
-                                                                         weighting_scheme))
+    for parent, key, block in list(_block_slots(motion_transformers)):
+        if isinstance(block, FreeNoiseTransformerBlock):
+            block.set_free_noise_properties(context_length, context_stride, weighting_scheme)
+        else:
+            replace(parent, key, lambda b: FreeNoiseTransformerBlock(b, context_length, context_stride,
+                                                                     weighting_scheme))
 
 
 def use_plain_blocks(motion_transformers) -> None:
     """The blocks FreeNoise replaced, back in place (the same cells, so the same weights)."""
-    for module in motion_transformers:
-        for i, block in enumerate(module.transformer_blocks):
-            parent, key = (block, "module") if isinstance(block, SplitInferenceModule) else (module.transformer_blocks, i)
-            if isinstance(unwrap(block), FreeNoiseTransformerBlock):
-                replace(parent, key, lambda b: b.plain)
+    for parent, key, block in list(_block_slots(motion_transformers)):
+        if isinstance(block, FreeNoiseTransformerBlock):
+            replace(parent, key, lambda b: b.plain)
 
 
 __all__ = ["FreeNoiseTransformerBlock", "SplitInferenceModule", "WEIGHTING_SCHEMES", "frame_weights", "window_ranges",

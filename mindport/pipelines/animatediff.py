@@ -118,7 +118,8 @@ class AnimateDiffPipeline(AnimateDiffFreeNoiseMixin, LoraLoaderMixin, DiffusionP
             negative_prompt_embeds
 
     def _frame_context(self, prompt_embeds: Tensor, negative_prompt_embeds, num_frames: int) -> Tensor:
-        context = ops.cat([negative_prompt_embeds, prompt_embeds]) if self.do_classifier_free_guidance else prompt_embeds
+        context = (ops.cat([negative_prompt_embeds, prompt_embeds]) if self.do_classifier_free_guidance
+                   else prompt_embeds)
         # per video -> per frame: (B*n, L, D) -> (B*n*F, L, D) (FreeNoise's embeddings are per frame already)
         return context if self.free_noise_enabled else ops.repeat_interleave(context, num_frames, 0)
 
@@ -176,8 +177,8 @@ class AnimateDiffPipeline(AnimateDiffFreeNoiseMixin, LoraLoaderMixin, DiffusionP
             raise ValueError("provide either `prompt` or `prompt_embeds`")
         if self.free_noise_enabled:  # prompts per frame (checked when encoded)
             self._check_free_noise_frames(num_frames)
-        elif prompt is not None and not (isinstance(prompt, str) or
-                                         (isinstance(prompt, list) and prompt and all(isinstance(p, str) for p in prompt))):
+        elif prompt is not None and not (isinstance(prompt, str) or (isinstance(prompt, list) and prompt and
+                                                                     all(isinstance(p, str) for p in prompt))):
             raise ValueError(f"`prompt` has to be a str or a non-empty list of str, got {type(prompt).__name__}")
         if negative_prompt is not None and negative_prompt_embeds is not None:
             raise ValueError("pass either `negative_prompt` or `negative_prompt_embeds`, not both")
