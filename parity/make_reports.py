@@ -34,12 +34,13 @@ CASES = [
     ("wan-i2v-tiny/fp32", "wan-i2v-tiny", "fp32", 3),
     ("wan-i2v-tiny/fp16", "wan-i2v-tiny", "fp16", 3),
     ("animatediff-tiny-lora/fp32", "animatediff-tiny", "fp32", 3),
+    ("wan-tiny-lora/fp32", "wan-t2v-tiny", "fp32", 3),
     ("animatediff-tiny-freenoise/fp32", "animatediff-tiny", "fp32", 3),
     ("animatediff-tiny-freenoise/fp16", "animatediff-tiny", "fp16", 3),
 ]
-# cases run with LoRAs fused on both sides: the seeded (style, motion) LoRA files of parity.lora.tiny_loras, at
-# these scales
-LORA_SCALES = {"animatediff-tiny-lora/fp32": (0.8, 1.2)}
+# cases run with LoRAs fused on both sides: the seeded LoRA pair of parity.lora.case_loras (AnimateDiff: style and
+# motion; Wan: a peft and an original-layout file), at these scales
+LORA_SCALES = {"animatediff-tiny-lora/fp32": (0.8, 1.2), "wan-tiny-lora/fp32": (0.8, 1.2)}
 # cases run with FreeNoise on both sides: 13 frames (the motion modules hold 8) of 24x16 pixels, windows of 8 frames
 # every 3 (0-8, 3-11 and the tail 5-13, whose two new frames count with one weight, as diffusers), pyramid
 # weights, shuffled context noise
@@ -76,7 +77,7 @@ def main() -> int:
 
     from .fixtures import build
     from .harness import run_parity
-    from .lora import tiny_loras
+    from .lora import case_loras
 
     backend.init_context()
     results = {}
@@ -86,7 +87,7 @@ def main() -> int:
             continue
         print(f"== {name}", file=sys.stderr)
         folder = build(preset)
-        loras = list(zip(tiny_loras(folder), LORA_SCALES[name])) if name in LORA_SCALES else ()
+        loras = list(zip(case_loras(folder), LORA_SCALES[name])) if name in LORA_SCALES else ()
         results[name] = run_parity(folder, REPORTS / name, dtype=dtype, steps=steps, loras=loras,
                                    **FREE_NOISE.get(name, {}), log=lambda m: print(f"   {m}", file=sys.stderr))
     for name, *_ in CASES:  # the table covers every committed report, regenerated now or not
