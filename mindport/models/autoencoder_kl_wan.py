@@ -301,7 +301,7 @@ class WanMidBlock(nn.Cell):
 
     def construct(self, x: Tensor, cache: FeatureCache) -> Tensor:
         x = self.resnets[0](x, cache)
-        for attn, resnet in zip(self.attentions, self.resnets[1:]):
+        for attn, resnet in zip(self.attentions, list(self.resnets)[1:]):
             x = resnet(attn(x), cache)
         return x
 

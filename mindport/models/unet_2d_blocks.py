@@ -83,7 +83,7 @@ class UNetMidBlock2DCrossAttn(nn.Cell):
                   encoder_attention_mask: Tensor | None = None) -> Tensor:
         # (B, C, H, W) throughout
         hidden_states = self.resnets[0](hidden_states, temb)
-        for attn, resnet in zip(self.attentions, self.resnets[1:]):
+        for attn, resnet in zip(self.attentions, list(self.resnets)[1:]):
             hidden_states = attn(hidden_states, encoder_hidden_states=encoder_hidden_states,
                                  attention_mask=attention_mask, encoder_attention_mask=encoder_attention_mask,
                                  return_dict=False)[0]

@@ -36,7 +36,7 @@ class UNetMidBlockSpatioTemporal(nn.Cell):
     def construct(self, hidden_states: Tensor, temb: Tensor | None = None, encoder_hidden_states: Tensor | None = None,
                   image_only_indicator: Tensor | None = None) -> Tensor:
         hidden_states = self.resnets[0](hidden_states, temb, image_only_indicator)
-        for attn, resnet in zip(self.attentions, self.resnets[1:]):
+        for attn, resnet in zip(self.attentions, list(self.resnets)[1:]):
             hidden_states = attn(hidden_states, encoder_hidden_states, image_only_indicator, return_dict=False)[0]
             hidden_states = resnet(hidden_states, temb, image_only_indicator)
         return hidden_states
@@ -297,8 +297,8 @@ class UNetMidBlock3DCrossAttn(nn.Cell):
                   attention_mask: Tensor | None = None, num_frames: int = 1, cross_attention_kwargs=None) -> Tensor:
         hidden_states = self.resnets[0](hidden_states, temb)
         hidden_states = self.temp_convs[0](hidden_states, num_frames=num_frames)
-        for attn, temp_attn, resnet, temp_conv in zip(self.attentions, self.temp_attentions, self.resnets[1:],
-                                                      self.temp_convs[1:]):
+        for attn, temp_attn, resnet, temp_conv in zip(self.attentions, self.temp_attentions, list(self.resnets)[1:],
+                                                      list(self.temp_convs)[1:]):
             hidden_states = attn(hidden_states, encoder_hidden_states=encoder_hidden_states, return_dict=False)[0]
             hidden_states = temp_attn(hidden_states, num_frames=num_frames, return_dict=False)[0]
             hidden_states = resnet(hidden_states, temb)
