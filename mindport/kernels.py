@@ -387,7 +387,6 @@ _SPECS = {
 }
 
 BAD_SHAPE = 2  # the C++ kernels' status for shapes or settings they cannot take (1: no BLAS)
-NO_HALF = 3  # a kernel that reads float16 itself, on a case it computes from float32 only (then widened first)
 _DTYPE_NAMES = {ms.float16: b"float16", ms.float32: b"float32"}
 
 
@@ -430,8 +429,8 @@ class Kernel:
     and the output is float16 when the first input was (half-precision storage, single-precision arithmetic inside
     each op): the kernels whose spec says `half` read their leading float16 inputs and write the float16 output
     themselves, in runs (a whole-tensor widening and rounding around every activation kernel was a quarter of a
-    fp16 SVD run at 576x1024); for the others, and the cases those answer NO_HALF for, float16 inputs are widened on
-    the way in (the cast kernel) and the output rounded back."""
+    fp16 SVD run at 576x1024); for the others float16 inputs are widened on the way in (the cast kernel) and the
+    output rounded back."""
 
     def __init__(self, name: str):
         if kernel_library() is None:
@@ -445,14 +444,7 @@ class Kernel:
 
     def __call__(self, *inputs: Tensor, settings=()) -> Tensor:
         half = not self.converts and inputs[0].dtype == ms.float16
-        out = self._run(inputs, settings, self.spec.half if half else 0)
-        if out is None:  # this case takes float32 only
-            out = self._run(inputs, settings, 0)
-        return kernel("mp_f32_to_f16")(out) if half and out.dtype != ms.float16 else out
-
-    def _run(self, inputs, settings, keep: int) -> Tensor | None:
-        """One call; the first `keep` inputs stay float16 (the kernel reads them, and writes a float16 output),
-        the others are widened. None when the kernel answers that it takes this case in float32 only."""
+        keep = self.spec.half if half else 0  # leading float16 inputs the kernel reads (and a float16 output)
         if not self.converts:
             inputs = [kernel("mp_f16_to_f32")(t) if t.dtype == ms.float16 and i >= keep else t
                       for i, t in enumerate(inputs)]
@@ -476,13 +468,11 @@ class Kernel:
                 names = [_DTYPE_NAMES[t.dtype] for t in inputs] + [b"float32", b"float16"]
                 dtypes = (ctypes.c_char_p * n)(*names)
             status = self.fn(n, ptrs, ndims, dims, dtypes, None, None)
-            if status == NO_HALF and keep:
-                return None
             if status == BAD_SHAPE:
                 raise ValueError(f"mindport kernel {self.name} rejected input shapes {shapes}, settings {settings}")
             if status:
                 raise RuntimeError(f"mindport kernel {self.name} failed (status {status}) on input shapes {shapes}")
-        return result
+        return kernel("mp_f32_to_f16")(result) if half and not keep else result
 
     def _layout(self, shapes, settings):
         """Checks one set of input shapes and settings; gives the output shape and the ctypes shape arrays (cached:

@@ -284,7 +284,8 @@ def _second(shape, dtype=np.float16):
 
 
 # (name, x shape, fn of the float16 (or widened) input, whether the kernel reads x as float16 itself): the kernels
-# that take half precision in place, their odd sizes and paths; the temporal (3, 1, 1) convolution widens x first
+# that take half precision in place, their odd sizes and paths (the temporal convolution in blocks of 4096
+# positions: 4,140 per frame here); layer norm widens x first
 HALF = [
     ("silu", (3, 4099), backend.silu, True),
     ("group_norm 5D", (2, 8, 3, 9, 7), lambda x: backend.group_norm(x, 4, _second(8), _second(8), 1e-6), True),
@@ -297,7 +298,9 @@ HALF = [
     ("conv im2col strided", (2, 8, 1, 11, 10), _conv_case((6, 8, 1, 3, 3), stride=(1, 2, 2)), True),
     ("conv2d grouped", (1, 32, 9, 10), _conv2d_case((64, 8, 3, 3), (1, 1), (1, 1), 4), True),
     ("conv2d 1x1", (2, 24, 6, 7), _conv2d_case((40, 24, 1, 1), (1, 1), (0, 0), 1), True),
-    ("conv temporal", (1, 12, 5, 4, 6), _conv_case((10, 12, 3, 1, 1), padding=(1, 0, 0)), False),
+    ("conv temporal", (2, 12, 5, 46, 90), _conv_case((10, 12, 3, 1, 1), padding=(1, 0, 0)), True),
+    ("conv temporal strided", (1, 8, 6, 5, 7), _conv_case((6, 8, 3, 1, 1), stride=(2, 1, 1), padding=(0, 0, 0)), True),
+    ("layer norm", (3, 7, 40), lambda x: backend.layer_norm(x, _second(40), _second(40), 1e-5), False),
 ]
 
 

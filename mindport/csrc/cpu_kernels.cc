@@ -13,8 +13,7 @@
 // const char **dtypes, void *stream, void *extra): params holds the inputs then the output (contiguous float32, or
 // float16 where `dtypes` names it "float16": kernels.py passes dtypes only to the kernels that take half precision,
 // null otherwise); stream and extra are unused. Scalar settings (eps, groups, scale, a permutation) arrive as a small
-// float32 "attrs" tensor, the last input. Status: 0 success, 1 no BLAS, 2 shapes or settings the kernel cannot take,
-// 3 a half-precision tensor on a path that takes float32 only (kernels.py then widens it and calls again).
+// float32 "attrs" tensor, the last input. Status: 0 success, 1 no BLAS, 2 shapes or settings the kernel cannot take.
 // kernels.py checks shapes before calling; each kernel checks again, cheaply, whatever would otherwise make it read
 // or write out of bounds, so a caller's bug is an exception, never a crash.
 // mp_build_key and mp_self_test serve kernels.py's load test of a cached library.
@@ -144,7 +143,7 @@ int64_t numel(int nd, const int64_t *shape) {
   return n;
 }
 
-enum Status { kOk = 0, kNoBlas = 1, kBadShape = 2, kNoHalf = 3 };  // kNoHalf: this case takes float32 only
+enum Status { kOk = 0, kNoBlas = 1, kBadShape = 2 };
 #define MP_REQUIRE(cond)           \
   do {                             \
     if (!(cond)) return kBadShape; \
@@ -1125,8 +1124,9 @@ static void conv3x3_winograd(const Any &x, const float *w, const float *bias, bo
 }
 
 // Temporal kernel (kt, 1, 1), time stride st, one group: out[b, :, f] = sum_dt W_dt (O, C) @ x[b, :, f*st + dt - pt]
-// (C, H*W), each term one sgemm reading the input frame in place (no im2col). Jobs are (batch, output frame).
-static void conv_temporal(const float *x, const float *w, const float *bias, bool has_bias, float *y, int64_t nb,
+// (C, H*W), each term one sgemm reading the input frame in place (no im2col). Jobs are (batch, output frame) in
+// float32; half-precision tensors split each frame into blocks of 4096 positions, widened and rounded per block.
+static void conv_temporal(const Any &x, const float *w, const float *bias, bool has_bias, const Any &y, int64_t nb,
                           int64_t c, int64_t t, int64_t hw, int64_t o, int64_t kt, int64_t st, int64_t pt) {
   const int64_t to = (t + 2 * pt - kt) / st + 1;
   std::vector<float> wt(kt * o * c);  // W_dt as contiguous (O, C) matrices
@@ -1134,24 +1134,31 @@ static void conv_temporal(const float *x, const float *w, const float *bias, boo
     for (int64_t ci = 0; ci < c; ++ci)
       for (int64_t dt = 0; dt < kt; ++dt) wt[(dt * o + oc) * c + ci] = w[(oc * c + ci) * kt + dt];
   });
-  parallel_for(nb * to, [&](int64_t job) {
-    const int64_t b = job / to, f = job % to;
-    float *yf = y + b * o * to * hw + f * hw;  // (O, H*W) with row stride To*H*W
+  const int64_t blk = x.half || y.half ? std::min<int64_t>(hw, 4096) : hw, blocks = (hw + blk - 1) / blk;
+  parallel_for(nb * to * blocks, [&](int64_t job) {
+    const int64_t b = job / (to * blocks), f = job / blocks % to, j0 = job % blocks * blk, n = std::min(blk, hw - j0);
+    const int64_t y0 = b * o * to * hw + f * hw + j0, ldy = y.half ? n : to * hw;  // (O, n), rows To*H*W apart
+    float *yf = y.dest(y0, y.half ? scratch(1, o * n) : nullptr);
     bool first = true;
     for (int64_t dt = 0; dt < kt; ++dt) {
       const int64_t fi = f * st + dt - pt;
       if (fi < 0 || fi >= t) continue;
-      sgemm()(kRowMajor, kNoTrans, kNoTrans, o, hw, c, 1.0f, wt.data() + dt * o * c, c, x + b * c * t * hw + fi * hw,
-              t * hw, first ? 0.0f : 1.0f, yf, to * hw);
+      const int64_t x0 = b * c * t * hw + fi * hw + j0;  // (C, n), rows T*H*W apart
+      const float *xf = static_cast<const float *>(x.p) + x0;
+      if (x.half) {
+        float *buf = scratch(0, c * n);
+        for (int64_t ci = 0; ci < c; ++ci) x.copy(x0 + ci * t * hw, n, buf + ci * n);
+        xf = buf;
+      }
+      sgemm()(kRowMajor, kNoTrans, kNoTrans, o, n, c, 1.0f, wt.data() + dt * o * c, c, xf, x.half ? n : t * hw,
+              first ? 0.0f : 1.0f, yf, ldy);
       first = false;
     }
     for (int64_t oc = 0; oc < o; ++oc) {
-      float *yr = yf + oc * to * hw;
-      const float bv = has_bias ? bias[oc] : 0.0f;
-      if (first) std::fill(yr, yr + hw, bv);
-      else if (has_bias)
-#pragma omp simd
-        for (int64_t i = 0; i < hw; ++i) yr[i] += bv;
+      float *yr = yf + oc * ldy;
+      if (first) std::fill(yr, yr + n, has_bias ? bias[oc] : 0.0f);
+      else if (has_bias) add_bias(yr, ldy, 1, n, bias + oc);
+      y.commit(y0 + oc * to * hw, n, yr);
     }
   });
 }
@@ -1183,9 +1190,7 @@ int mp_conv(int nparam, void **params, int *ndims, int64_t **shapes, const char 
   const bool pointwise = kdim == c && groups == 1 && st == 1 && sh == 1 && sw == 1 && pt == 0 && ph == 0 && pw == 0 &&
                          !x.half && !y.half;
   if (kt > 1 && kh == 1 && kw == 1 && sh == 1 && sw == 1 && ph == 0 && pw == 0 && groups == 1) {
-    if (x.half || y.half) return kNoHalf;  // its sgemms read and write whole frames in place
-    conv_temporal(static_cast<const float *>(x.p), w, bias, has_bias, static_cast<float *>(y.p), nb, c, t, h * wd, o,
-                  kt, st, pt);
+    conv_temporal(x, w, bias, has_bias, y, nb, c, t, h * wd, o, kt, st, pt);
     return 0;
   }
   // Over frames (kt > 1), Winograd where there are enough tiles for wide jobs (each job's sgemms pack the whole
