@@ -32,9 +32,9 @@ Facts behind the choices (measured, see shared/design.md and bench/README.md):
   slow case); `ops.matmul(q, k.swapaxes(-1, -2))` copies k where `BatchMatMul(transpose_b=True)` reads it in place,
   and `BatchMatMul()` runs probs @ v 1.6x faster than `ops.matmul`.
 - Half precision on CPU: the kernels compute in fp32; the activations' kernels (SiLU, add, blend, group norm,
-  nearest upsampling, convolution) read and write float16 in place, the others get float16 inputs widened by a cast
-  kernel and outputs rounded back (kernels.Kernel); on the MindSpore-ops paths fp16 norms/softmax are computed in
-  fp32 and cast back (reductions over thousands of values lose digits in fp16).
+  nearest upsampling, transposes, convolution) read and write float16 in place, the others get float16 inputs
+  widened by a cast kernel and outputs rounded back (kernels.Kernel); on the MindSpore-ops paths fp16 norms/softmax
+  are computed in fp32 and cast back (reductions over thousands of values lose digits in fp16).
 """
 
 from __future__ import annotations

@@ -377,7 +377,7 @@ _SPECS = {
     "mp_f16_to_f32": _Spec(1, 0, _elementwise),
     "mp_f32_to_f16": _Spec(1, 0, _elementwise, np.float16),
     "mp_blend": _Spec(3, 0, _blend, half=2),  # a, b, alpha
-    "mp_permute": _Spec(1, None, _permute),  # x; the permutation (as many as x's axes)
+    "mp_permute": _Spec(1, None, _permute, half=1),  # x; the permutation (as many as x's axes)
     "mp_upsample_nearest": _Spec(1, 2, _upsample, half=1),  # x; fh, fw
     "mp_adaptive_avg_pool": _Spec(1, 2, _pool),  # x; Ho, Wo
     "mp_linear": _Spec(3, 1, _linear, blas=True),  # x, w, bias; has_bias

@@ -4,8 +4,9 @@
 // Why they exist: on the CPU backend MindSpore's group_norm, LayerNorm, broadcasting elementwise ops, transposes and
 // the exact GELU run 4-60x slower than PyTorch's (measured figures in backend.py); each kernel here replaces a chain
 // of those ops with one pass over memory. Arithmetic in float32; the activations' kernels (SiLU, add, blend, group
-// norm, nearest upsampling, convolution) also read and write float16 tensors in place, in runs widened and rounded as
-// they go (Any); the others take float32, float16 tensors widened and rounded back by the two cast kernels.
+// norm, convolution) also read and write float16 tensors in place, in runs widened and rounded as they go (Any), and
+// transposes and nearest upsampling copy float16 as it is; the others take float32, float16 tensors widened and
+// rounded back by the two cast kernels.
 // Threads: a small pool of our own whose idle workers sleep (OpenMP's spin-waiting workers took the cores from
 // MindSpore's next op: the mid-size SVD UNet ran 40% slower with OpenMP than without the kernels).
 //
@@ -453,6 +454,65 @@ int upsample_nearest(void **params, int *ndims, int64_t **shapes) {
   return 0;
 }
 
+// Transpose of float32 or float16 (E) values, a copy either way: see mp_permute.
+template <class E>
+int permute(void **params, int *ndims, int64_t **shapes) {
+  const int k = ndims[0];
+  const E *x = static_cast<const E *>(params[0]);
+  const float *attrs = static_cast<const float *>(params[1]);
+  E *y = static_cast<E *>(params[2]);
+  bool seen[8] = {};
+  for (int i = 0; i < k; ++i) {  // a permutation of 0..k-1, and y shaped x[perm]
+    const int p = static_cast<int>(attrs[i]);
+    MP_REQUIRE(p >= 0 && p < k && !seen[p] && shapes[2][i] == shapes[0][p]);
+    seen[p] = true;
+  }
+  if (numel(k, shapes[0]) == 0) return kOk;
+  int64_t in_stride[8] = {}, out_shape[8] = {}, stride_of_out[8] = {};
+  in_stride[k - 1] = 1;
+  for (int i = k - 2; i >= 0; --i) in_stride[i] = in_stride[i + 1] * shapes[0][i + 1];
+  for (int i = 0; i < k; ++i) {
+    const int p = static_cast<int>(attrs[i]);
+    out_shape[i] = shapes[0][p];
+    stride_of_out[i] = in_stride[p];
+  }
+  const int64_t row = out_shape[k - 1], rs = stride_of_out[k - 1];
+  const int64_t rows = numel(k, out_shape) / row;
+  // x's offset of output index `index` over output axes 0..last (row-major)
+  auto offset = [&](int64_t index, int last) {
+    int64_t base = 0;
+    for (int i = last; i >= 0; --i) {
+      base += (index % out_shape[i]) * stride_of_out[i];
+      index /= out_shape[i];
+    }
+    return base;
+  };
+  if (k >= 2 && rs != 1 && stride_of_out[k - 2] == 1) {
+    // a batched 2D transpose in the last two output axes: tiles, so reads and writes both stay in cache
+    const int64_t m = out_shape[k - 2], batches = rows / m, T = 32;
+    const int64_t tiles_i = (m + T - 1) / T, tiles_j = (row + T - 1) / T;
+    parallel_for(batches * tiles_i * tiles_j, [&](int64_t job) {
+      const int64_t bt = job / (tiles_i * tiles_j), ti = (job / tiles_j) % tiles_i, tj = job % tiles_j;
+      const int64_t base = offset(bt, k - 3);
+      E *yb = y + bt * m * row;
+      const int64_t i1 = ti * T + T < m ? ti * T + T : m, j1 = tj * T + T < row ? tj * T + T : row;
+      for (int64_t i = ti * T; i < i1; ++i)
+        for (int64_t j = tj * T; j < j1; ++j) yb[i * row + j] = x[base + i + j * rs];
+    });
+    return 0;
+  }
+  parallel_for(rows, [&](int64_t r) {
+    const int64_t base = offset(r, k - 2);
+    E *ys = y + r * row;
+    if (rs == 1) {
+      std::memcpy(ys, x + base, row * sizeof(E));
+    } else {
+      for (int64_t j = 0; j < row; ++j) ys[j] = x[base + j * rs];
+    }
+  });
+  return 0;
+}
+
 }  // namespace
 
 extern "C" {
@@ -765,62 +825,11 @@ int mp_blend(int nparam, void **params, int *ndims, int64_t **shapes, const char
 
 // Transpose: inputs x (rank k, axes already merged by the caller), attrs {perm[0], ..., perm[k-1]}; output
 // shape = x.shape[perm]. Output rows of the last output axis are gathered from x with that axis' input stride.
-int mp_permute(int nparam, void **params, int *ndims, int64_t **shapes, const char **, void *, void *) {
+int mp_permute(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes, void *, void *) {
   const int k = ndims[0];
   MP_REQUIRE(nparam == 3 && k >= 1 && k <= 8 && holds(ndims, shapes, 1, k) && ndims[2] == k);
-  const float *x = static_cast<const float *>(params[0]);
-  const float *attrs = static_cast<const float *>(params[1]);
-  float *y = static_cast<float *>(params[2]);
-  bool seen[8] = {};
-  for (int i = 0; i < k; ++i) {  // a permutation of 0..k-1, and y shaped x[perm]
-    const int p = static_cast<int>(attrs[i]);
-    MP_REQUIRE(p >= 0 && p < k && !seen[p] && shapes[2][i] == shapes[0][p]);
-    seen[p] = true;
-  }
-  if (numel(k, shapes[0]) == 0) return kOk;
-  int64_t in_stride[8] = {}, out_shape[8] = {}, stride_of_out[8] = {};
-  in_stride[k - 1] = 1;
-  for (int i = k - 2; i >= 0; --i) in_stride[i] = in_stride[i + 1] * shapes[0][i + 1];
-  for (int i = 0; i < k; ++i) {
-    const int p = static_cast<int>(attrs[i]);
-    out_shape[i] = shapes[0][p];
-    stride_of_out[i] = in_stride[p];
-  }
-  const int64_t row = out_shape[k - 1], rs = stride_of_out[k - 1];
-  const int64_t rows = numel(k, out_shape) / row;
-  // x's offset of output index `index` over output axes 0..last (row-major)
-  auto offset = [&](int64_t index, int last) {
-    int64_t base = 0;
-    for (int i = last; i >= 0; --i) {
-      base += (index % out_shape[i]) * stride_of_out[i];
-      index /= out_shape[i];
-    }
-    return base;
-  };
-  if (k >= 2 && rs != 1 && stride_of_out[k - 2] == 1) {
-    // a batched 2D transpose in the last two output axes: tiles, so reads and writes both stay in cache
-    const int64_t m = out_shape[k - 2], batches = rows / m, T = 32;
-    const int64_t tiles_i = (m + T - 1) / T, tiles_j = (row + T - 1) / T;
-    parallel_for(batches * tiles_i * tiles_j, [&](int64_t job) {
-      const int64_t bt = job / (tiles_i * tiles_j), ti = (job / tiles_j) % tiles_i, tj = job % tiles_j;
-      const int64_t base = offset(bt, k - 3);
-      float *yb = y + bt * m * row;
-      const int64_t i1 = ti * T + T < m ? ti * T + T : m, j1 = tj * T + T < row ? tj * T + T : row;
-      for (int64_t i = ti * T; i < i1; ++i)
-        for (int64_t j = tj * T; j < j1; ++j) yb[i * row + j] = x[base + i + j * rs];
-    });
-    return 0;
-  }
-  parallel_for(rows, [&](int64_t r) {
-    const int64_t base = offset(r, k - 2);
-    float *ys = y + r * row;
-    if (rs == 1) {
-      std::memcpy(ys, x + base, row * sizeof(float));
-    } else {
-      for (int64_t j = 0; j < row; ++j) ys[j] = x[base + j * rs];
-    }
-  });
-  return 0;
+  MP_REQUIRE(is_half(dtypes, 0) == is_half(dtypes, 2));  // a copy: float16 in, float16 out
+  return is_half(dtypes, 0) ? permute<uint16_t>(params, ndims, shapes) : permute<float>(params, ndims, shapes);
 }
 
 // Nearest-neighbour upsampling by integer factors: x (N, C, H, W) -> (N, C, H*fh, W*fw); attrs {fh, fw}. Output row
