@@ -298,12 +298,14 @@ def group_norm(x: Tensor, groups: int, weight: Tensor | None, bias: Tensor | Non
     """GroupNorm over (B, C, *) - 4D and 5D; `ops.group_norm` has CPU kernels, `mint.group_norm` does not. The
     kernel reads and writes float16 itself (float32 arithmetic, no widened copy of x); elsewhere half precision is
     computed in float32 and cast back."""
-    c = x.shape[1]
+    dt, c = x.dtype, x.shape[1]
+    if dt != ms.float16:  # bfloat16 widened; float16 as it is (the kernel reads it, the ops path widens it below)
+        x, _ = _upcast(x)
     w = cast(weight, ms.float32) if weight is not None else _constant(1.0, c)
     bb = cast(bias, ms.float32) if bias is not None else _constant(0.0, c)
     if _kernels_for(x):
-        return _kernel("mp_group_norm")(x, w, bb, settings=(int(groups), float(eps)))
-    x, dt = _upcast(x)
+        return cast(_kernel("mp_group_norm")(x, w, bb, settings=(int(groups), float(eps))), dt)
+    x, _ = _upcast(x)
     return cast(ops.group_norm(x, groups, w, bb, eps), dt)
 
 
