@@ -89,7 +89,7 @@ bench-graph: $(STAMP)  # graph mode (ms.jit) against the PyNative kernel path on
 
 # The three pipelines at the seed's pixels and frames (SVD 576x1024 x 5, AnimateDiff 512x512 x 16, I2VGen-XL
 # 640x352 x 25) on narrow random-weight models, one step + decode: PyTorch fp32 against mindport fp32 / fp16, peak
-# RSS per worker -> reports/bench_seed.md. ~30-40 min on 2 cores (a run takes ~1 min a side).
+# RSS per worker -> reports/bench_seed.md. ~25-30 min on 2 cores (one run: 20-80 s a side).
 .PHONY: bench-seed
 bench-seed: $(STAMP)
 	$(BIN)/python bench/speed.py --only seed --repeats 2
