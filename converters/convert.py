@@ -9,6 +9,7 @@ import os
 import re
 import shutil
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable
 
@@ -243,30 +244,38 @@ def pipeline_components(root: Path) -> dict[str, tuple[str | None, str | None]]:
     return comps
 
 
+@contextmanager
+def staged(dst: Path, tag: str = "partial"):
+    """A staging path beside `dst` (not created) that replaces `dst` when the block succeeds and is removed when it
+    fails or is interrupted: `dst` appears complete or stays as it was."""
+    stage = dst.parent / f".{dst.name}.{tag}-{os.getpid()}"
+    shutil.rmtree(stage, ignore_errors=True)
+    try:
+        yield stage
+        if dst.exists():
+            shutil.rmtree(dst)
+        os.replace(stage, dst)
+    except BaseException:
+        shutil.rmtree(stage, ignore_errors=True)
+        raise
+
+
 def publish(dst, overwrite: bool, build: Callable[[Path], dict], manifest_name: str = MANIFEST) -> dict:
-    """Write through a temporary sibling folder: `build(tmp)` fills it and returns the manifest's components; the
-    folder is renamed to DST only when every component passed its audit. Any failure (or an interrupt) removes the
-    temporary folder and leaves DST untouched; an existing DST is refused unless `overwrite`. The manifest is
-    written as `manifest_name` (`mindport export` names its own, so that an exported PyTorch folder is not taken
-    for a converted one)."""
+    """Write through a temporary sibling folder (`staged`): `build(tmp)` fills it and returns the manifest's
+    components; the folder is renamed to DST only when every component passed its audit. Any failure (or an
+    interrupt) removes the temporary folder and leaves DST untouched; an existing DST is refused unless `overwrite`.
+    The manifest is written as `manifest_name` (`mindport export` names its own, so that an exported PyTorch folder
+    is not taken for a converted one)."""
     dst = Path(dst)
     if dst.exists() and not overwrite:
         raise ConversionError(f"{dst}: already exists (pass --overwrite to replace it)")
-    tmp = dst.parent / f".{dst.name}.partial-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
+    with staged(dst) as tmp:
         tmp.mkdir(parents=True)
         manifest = build(tmp)
         failed = [n for n, c in manifest["components"].items() if "audit" in c and not c["audit"]["passed"]]
         if failed:
             raise ConversionError(f"{dst}: audit failed for {', '.join(failed)}")
         (tmp / manifest_name).write_text(json.dumps(manifest, indent=2))
-        if dst.exists():
-            shutil.rmtree(dst)
-        os.replace(tmp, dst)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return manifest
 
 

@@ -33,7 +33,6 @@ import hashlib
 import inspect
 import json
 import os
-import shutil
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,6 +41,7 @@ import numpy as np
 from mindspore import Tensor
 
 from converters import ConversionError
+from converters.convert import staged
 from converters.lora import COMPONENTS as FILE_COMPONENTS
 from converters.lora import LoraPlan, map_lora, read_lora_file
 
@@ -532,27 +532,11 @@ def convert_lora_file(file, out, pipeline, overwrite: bool = False) -> dict:
                          "source_keys": list(e.keys)}
     info = {"format": "mindport-lora", "version": 1, "source": str(file), "source_sha256": _sha256(file),
             "source_layouts": plan.layouts, "pipeline": str(pipeline), "modules": modules}
-    with _staged(out) as stage:
+    with staged(out, "lora") as stage:
         stage.mkdir(parents=True)
         write_safetensors(stage / CONVERTED_LORA, entries, {"format": "mindport-lora"})
         (stage / CONVERTED_LORA_INFO).write_text(json.dumps(info, indent=2))
     return info
-
-
-@contextmanager
-def _staged(out: Path):
-    """A staging path next to `out` (not created) that replaces `out` when the block succeeds and is removed when it
-    fails: `out` appears complete or stays as it was."""
-    stage = out.parent / f".{out.name}.lora-{os.getpid()}"
-    shutil.rmtree(stage, ignore_errors=True)
-    try:
-        yield stage
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(stage, out)
-    except BaseException:
-        shutil.rmtree(stage, ignore_errors=True)
-        raise
 
 
 def fuse_into_converted(folder, loras: list[tuple[str, float]]) -> list[dict]:
@@ -623,7 +607,7 @@ def convert_with_lora(src, dst, loras: list[tuple[str, float]], overwrite: bool 
     for file, _ in loras:
         if not Path(file).is_file():
             raise ConversionError(f"{file}: LoRA file not found")
-    with _staged(dst) as stage:
+    with staged(dst, "lora") as stage:
         manifest = convert_checkpoint(src, stage, overwrite=True, **convert_kwargs)
         manifest["lora"] = fuse_into_converted(stage, loras)
         (stage / MANIFEST).write_text(json.dumps(manifest, indent=2))
