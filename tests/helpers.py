@@ -45,3 +45,25 @@ def both(fn, ops_path):
     with ops_path:
         slow = fn().asnumpy()
     return fast, slow
+
+
+def run_with_shared_noise(adapter, seed, reference, ours):
+    """(ours(), reference(), noise): the reference run, then ours, with the adapter's noise sites drawing from one
+    numpy stream per side (parity.noise.SharedNoise, the harness's noise); asserts both sides drew the same shapes
+    in the same order."""
+    import torch
+
+    from parity.noise import SharedNoise
+
+    noise = SharedNoise(seed)
+    undo = adapter.patch_noise(noise)
+    try:
+        noise.start("torch", "reference")
+        with torch.no_grad():
+            expected = reference()
+        noise.start("mindspore", "ours")
+        got = ours()
+    finally:
+        undo()
+    assert noise.mismatches() == []
+    return got, expected, noise

@@ -12,13 +12,12 @@ import pytest
 torch = pytest.importorskip("torch")
 diffusers = pytest.importorskip("diffusers")
 
-from helpers import assert_close, rel_l2  # noqa: E402
+from helpers import assert_close, rel_l2, run_with_shared_noise  # noqa: E402
 from mindport.cli import main  # noqa: E402
 from mindport.models.free_noise import FreeNoiseTransformerBlock, frame_weights, window_ranges  # noqa: E402
 from mindport.pipelines import AnimateDiffPipeline, AnimateDiffVideoToVideoPipeline  # noqa: E402
 from parity.adapter import adapter_for, quiet_reference_libraries  # noqa: E402
 from parity.fixtures import build, synthetic_image  # noqa: E402
-from parity.noise import SharedNoise  # noqa: E402
 
 quiet_reference_libraries()
 
@@ -44,22 +43,15 @@ def _run_both(ref, ours, free_noise, seed=3, disable_reference=True, **call):
     """Frames of both pipelines with FreeNoise enabled alike, each side's random draws from one numpy stream."""
     ref.enable_free_noise(**free_noise)
     ours.enable_free_noise(**free_noise)
-    adapter = adapter_for(type(ref).__name__)
-    noise = SharedNoise(seed)
-    undo = adapter.patch_noise(noise)
     try:
-        noise.start("torch", "reference")
-        with torch.no_grad():
-            expected = ref(**call, output_type="np").frames
-        noise.start("mindspore", "ours")
-        got = ours(**call, output_type="np")[0]
+        got, expected, noise = run_with_shared_noise(adapter_for(type(ref).__name__), seed,
+                                                     lambda: ref(**call, output_type="np").frames,
+                                                     lambda: ours(**call, output_type="np")[0])
     finally:
-        undo()
         ours.disable_free_noise()
         # (diffusers 0.42.1's disable fails without a motion mid block, and after a motion LoRA)
         if disable_reference and hasattr(ref.unet.mid_block, "motion_modules"):
             ref.disable_free_noise()
-    assert noise.mismatches() == []
     return np.asarray(got), np.asarray(expected), noise.runs[0]["draws"]
 
 
@@ -106,17 +98,11 @@ def test_noise_types_against_diffusers(tiny):
         ref.enable_free_noise(context_length=8, context_stride=2, noise_type=noise_type)
         ours.enable_free_noise(context_length=8, context_stride=2, noise_type=noise_type)
         lat = None if given is None else np.random.default_rng(1).standard_normal((1, 4, given, 3, 5), np.float32)
-        noise = SharedNoise(7)
-        undo = adapter.patch_noise(noise)
-        try:
-            noise.start("torch", "reference")
-            expected = ref.prepare_latents(1, 4, 13, 6, 10, torch.float32, "cpu", None,
-                                           None if lat is None else torch.from_numpy(lat.copy()))
-            noise.start("mindspore", "ours")
-            got = ours.prepare_latents(1, 4, 13, 6, 10, ms.float32, None, lat).asnumpy()
-        finally:
-            undo()
-        assert noise.mismatches() == []
+        got, expected, noise = run_with_shared_noise(
+            adapter, 7,
+            lambda: ref.prepare_latents(1, 4, 13, 6, 10, torch.float32, "cpu", None,
+                                        None if lat is None else torch.from_numpy(lat.copy())),
+            lambda: ours.prepare_latents(1, 4, 13, 6, 10, ms.float32, None, lat).asnumpy())
         np.testing.assert_array_equal(got, expected.numpy())
         if noise_type == "shuffle_context":  # frames 8, 9 are frames 0, 1 in some order; 10, 11 are 2, 3; 12 is 4 or 5
             assert sorted(got[0, 0, 8:10, 0, 0]) == sorted(got[0, 0, 0:2, 0, 0])

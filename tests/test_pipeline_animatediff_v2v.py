@@ -6,7 +6,7 @@ import PIL.Image
 import pytest
 import torch
 
-from helpers import rel_l2
+from helpers import rel_l2, run_with_shared_noise
 from mindport.pipelines import AnimateDiffVideoToVideoPipeline
 from parity.adapter import adapter_for, quiet_reference_libraries
 from parity.fixtures import build, synthetic_image
@@ -23,25 +23,14 @@ def _run_both(preset, dtype=None, seed=5, **kw):
     """Frames of both pipelines with every random draw from one numpy stream per side (the harness's noise)."""
     import diffusers
 
-    from parity.noise import SharedNoise
-
     root = build(preset)
     adapter = adapter_for("AnimateDiffVideoToVideoPipeline")
     ref = diffusers.AnimateDiffVideoToVideoPipeline.from_pretrained(str(root), torch_dtype=torch.float32)
     ref.set_progress_bar_config(disable=True)
     ours = AnimateDiffVideoToVideoPipeline.from_pretrained(str(root), mindspore_dtype=dtype)
     ours.set_progress_bar_config(disable=True)
-    noise = SharedNoise(seed)
-    undo = adapter.patch_noise(noise)
-    try:
-        noise.start("torch", "reference")
-        with torch.no_grad():
-            expected = ref(**kw, output_type="np").frames
-        noise.start("mindspore", "ours")
-        got = ours(**kw, output_type="np")[0]
-    finally:
-        undo()
-    assert noise.mismatches() == []
+    got, expected, _ = run_with_shared_noise(adapter, seed, lambda: ref(**kw, output_type="np").frames,
+                                             lambda: ours(**kw, output_type="np")[0])
     return np.asarray(got), np.asarray(expected)
 
 
