@@ -7,11 +7,19 @@ Every pipeline, model and scheduler of the registry (`converters/registry.py`) i
 use so that `import mindport` stays light (no MindSpore until a class is touched).
 """
 
+import os
 from importlib import import_module
+from pathlib import Path
 
 from converters.registry import MODEL_ROWS, PIPELINE_ROWS, SCHEDULER_ROWS
 
 __version__ = "0.1.0"
+
+
+def cache_dir(name: str) -> Path:
+    """$MINDPORT_CACHE (default ~/.cache/mindport)/`name`: the CPU kernels' builds ("kernels"), the conversions'
+    parameter lists ("specs")."""
+    return Path(os.environ.get("MINDPORT_CACHE", Path.home() / ".cache" / "mindport")) / name
 
 
 def lazy_classes(package: str, rows: dict, kind: str):

@@ -45,6 +45,8 @@ import mindspore as ms
 import numpy as np
 from mindspore import Tensor
 
+from . import cache_dir as package_cache_dir
+
 KERNEL_SOURCE = Path(__file__).resolve().parent / "csrc" / "cpu_kernels.cc"
 KERNEL_FLAGS = ("-O3", "-march=native", "-fopenmp-simd", "-pthread", "-shared", "-fPIC", "-std=c++17")
 CHECK_TIMEOUT_S = 60  # the load test takes ~30 ms; a hung child must not hang the caller
@@ -56,7 +58,7 @@ def device_target() -> str:
 
 
 def cache_dir() -> Path:
-    return Path(os.environ.get("MINDPORT_CACHE", Path.home() / ".cache" / "mindport")) / "kernels"
+    return package_cache_dir("kernels")
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -19,12 +19,8 @@ from converters.convert import convert as _convert
 from converters.registry import MODEL_ROWS
 from converters.sources import resolve
 
+from . import cache_dir
 from .models import model_class
-
-
-def spec_cache_dir() -> Path:
-    """$MINDPORT_CACHE (default ~/.cache/mindport)/specs: {parameter: (shape, dtype)} of models built before."""
-    return Path(os.environ.get("MINDPORT_CACHE", Path.home() / ".cache" / "mindport")) / "specs"
 
 
 # what decides a ported model's parameter names and shapes (pipelines, LoRA, the CLI do not)
@@ -45,7 +41,7 @@ def _ports_fingerprint() -> str:
 def _cached_spec(key: str, build):
     """The spec under `key`, from the cache, else built (and stored: written aside and renamed, so a reader never
     sees half a file; an unreadable entry is rebuilt)."""
-    path = spec_cache_dir() / f"{key}.json"
+    path = cache_dir("specs") / f"{key}.json"  # {parameter: (shape, dtype)} of models built before
     try:
         return {k: (tuple(shape), dtype) for k, (shape, dtype) in json.loads(path.read_text()).items()}
     except (OSError, ValueError, TypeError):
